@@ -1,0 +1,455 @@
+"""Bounded, host-side (numpy) history of everything a probe records.
+
+Memory is fixed at construction, however long training runs: every time series keeps its most
+recent points at full resolution in a ring, and folds older points into buckets that keep
+min / max / mean; when the buckets are full, neighbouring pairs merge (so old data gets coarser,
+never dropped).  :meth:`History.memory_bytes` reports the total; the caps are:
+
+=====================  ==========================  ===========================================
+series                 default capacity            bytes
+=====================  ==========================  ===========================================
+each scalar            4096 recent + 1024 buckets  8·4096 + 32·1024 ≈ 64 KiB (+ steps)
+per-layer metrics      256 recent + 256 buckets    4·L·M·(256 + 3·256)   (L layers, M=19 metrics)
+act / grad histograms  64 recent + 192 buckets     2 · 4·L·100·(64 + 192)
+dead-unit window       ``dead_window`` samples     units of the ReLU/linear/conv layers, bool
+timeline events        10 000 events               small records
+=====================  ==========================  ===========================================
+
+e.g. 30 layers ≈ 2.2 MB + 6.1 MB; 200 layers ≈ 15 MB + 41 MB.  The probe pushes data in; readers
+(the dashboard, diagnostics, the run directory) pull arrays out and may :meth:`subscribe` to be
+told about new data.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .layers import LayerInfo
+from .stats import NBINS
+
+__all__ = [
+    "LAYER_METRICS",
+    "Downsampled",
+    "Event",
+    "History",
+    "StepRecord",
+    "Subscription",
+    "Update",
+]
+
+LAYER_METRICS: tuple[str, ...] = (
+    # activations (module outputs), training forwards only
+    "act_mean",
+    "act_std",
+    "act_min",
+    "act_max",
+    "act_abs_max",
+    "act_frac_zero",
+    "act_frac_sat",  # bounded activations only (tanh, sigmoid, hardtanh, relu6, ...), else NaN
+    "act_nonfinite",  # exact count; -1: at least one, not counted (see stats.py)
+    "act_dead_frac",  # fraction of units that never fired over the dead-unit window, else NaN
+    # gradients with respect to the module outputs
+    "ograd_mean",
+    "ograd_std",
+    "ograd_abs_max",
+    "ograd_frac_zero",
+    "ograd_nonfinite",
+    # the module's own parameters (NaN for modules without any)
+    "weight_norm",  # ||θ||
+    "grad_norm",  # ||∇θ|| after backward (as the optimizer sees it)
+    "update_ratio",  # ||θ_t − θ_{t−1}|| / ||θ_t|| across one optimizer step
+    "dist_init",  # ||θ − θ_0|| (θ_0: the parameters when the probe attached)
+    "grad_nonfinite",  # non-finite gradient elements (exact)
+)
+METRIC_INDEX = {m: i for i, m in enumerate(LAYER_METRICS)}
+
+
+class Downsampled:
+    """A bounded time series of fixed-shape items: recent points raw, older ones bucketed.
+
+    Parameters
+    ----------
+    shape
+        Shape of one item (``()`` for a scalar series).
+    recent
+        Points kept at full resolution.
+    buckets
+        Number of buckets for older points (even).  Each bucket stores min, max and mean of the
+        points it covers (mean only if ``extrema=False``) and the first / last step covered.
+    """
+
+    def __init__(
+        self,
+        shape: tuple[int, ...] = (),
+        *,
+        recent: int = 4096,
+        buckets: int = 1024,
+        extrema: bool = True,
+        dtype: Any = np.float32,
+    ) -> None:
+        if recent < 1 or buckets < 2 or buckets % 2:
+            raise ValueError("recent must be >= 1 and buckets an even number >= 2")
+        self.shape = shape
+        self.extrema = extrema
+        self._r_steps = np.zeros(recent, np.int64)
+        self._r_vals = np.zeros((recent, *shape), dtype)
+        self._r_len = 0
+        self._r_head = 0  # index of the oldest point
+        self._b_first = np.zeros(buckets, np.int64)
+        self._b_last = np.zeros(buckets, np.int64)
+        self._b_count = np.zeros(buckets, np.int64)
+        self._b_sum = np.zeros((buckets, *shape), np.float64 if shape == () else dtype)
+        self._b_min = np.zeros((buckets, *shape), dtype) if extrema else None
+        self._b_max = np.zeros((buckets, *shape), dtype) if extrema else None
+        self._b_len = 0  # closed buckets
+        self._width = 1  # points per closed bucket
+        self._open_n = 0  # points in the open (last) bucket, which lives at index _b_len
+        self.total = 0  # points ever appended
+
+    def __len__(self) -> int:
+        return self._b_len + (1 if self._open_n else 0) + self._r_len
+
+    @property
+    def nbytes(self) -> int:
+        arrays = [self._r_steps, self._r_vals, self._b_first, self._b_last, self._b_count, self._b_sum]
+        arrays += [a for a in (self._b_min, self._b_max) if a is not None]
+        return sum(a.nbytes for a in arrays)
+
+    def append(self, step: int, value: Any) -> None:
+        cap = len(self._r_steps)
+        if self._r_len == cap:  # evict the oldest recent point into the buckets
+            self._to_bucket(int(self._r_steps[self._r_head]), self._r_vals[self._r_head])
+            self._r_head = (self._r_head + 1) % cap
+            self._r_len -= 1
+        j = (self._r_head + self._r_len) % cap
+        self._r_steps[j] = step
+        self._r_vals[j] = value
+        self._r_len += 1
+        self.total += 1
+
+    def _to_bucket(self, step: int, value: np.ndarray) -> None:
+        i = self._b_len
+        if self._open_n == 0:
+            self._b_first[i] = step
+            self._b_sum[i] = value
+            if self._b_min is not None and self._b_max is not None:
+                self._b_min[i] = value
+                self._b_max[i] = value
+        else:
+            self._b_sum[i] += value
+            if self._b_min is not None and self._b_max is not None:
+                self._b_min[i] = np.minimum(self._b_min[i], value)
+                self._b_max[i] = np.maximum(self._b_max[i], value)
+        self._b_last[i] = step
+        self._open_n += 1
+        self._b_count[i] = self._open_n
+        if self._open_n == self._width:  # close it
+            self._b_len += 1
+            self._open_n = 0
+            if self._b_len == len(self._b_first):
+                self._merge_pairs()
+
+    def _merge_pairs(self) -> None:
+        n = self._b_len
+        h = n // 2
+        self._b_first[:h] = self._b_first[0:n:2]
+        self._b_last[:h] = self._b_last[1:n:2]
+        self._b_count[:h] = self._b_count[0:n:2] + self._b_count[1:n:2]
+        self._b_sum[:h] = self._b_sum[0:n:2] + self._b_sum[1:n:2]
+        if self._b_min is not None and self._b_max is not None:
+            self._b_min[:h] = np.minimum(self._b_min[0:n:2], self._b_min[1:n:2])
+            self._b_max[:h] = np.maximum(self._b_max[0:n:2], self._b_max[1:n:2])
+        self._b_len = h
+        self._width *= 2
+
+    def _recent_order(self) -> np.ndarray:
+        cap = len(self._r_steps)
+        return (self._r_head + np.arange(self._r_len)) % cap
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Everything, oldest first: ``step`` (float64: a bucket's mean step), ``mean``, ``min``,
+        ``max`` (same as ``mean`` for raw points), ``first`` / ``last`` steps and ``count``."""
+        nb = self._b_len + (1 if self._open_n else 0)
+        order = self._recent_order()
+        cnt = self._b_count[:nb].astype(np.float64)
+        bshape = (nb,) + (1,) * len(self.shape)
+        b_mean = (self._b_sum[:nb] / cnt.reshape(bshape)).astype(self._r_vals.dtype)
+        r_vals = self._r_vals[order]
+        r_steps = self._r_steps[order]
+        mean = np.concatenate([b_mean, r_vals])
+        if self._b_min is not None and self._b_max is not None:
+            lo = np.concatenate([self._b_min[:nb], r_vals])
+            hi = np.concatenate([self._b_max[:nb], r_vals])
+        else:
+            lo = hi = mean
+        first = np.concatenate([self._b_first[:nb], r_steps])
+        last = np.concatenate([self._b_last[:nb], r_steps])
+        return {
+            "step": (first + last) / 2.0,
+            "mean": mean,
+            "min": lo,
+            "max": hi,
+            "first": first,
+            "last": last,
+            "count": np.concatenate([self._b_count[:nb], np.ones(len(order), np.int64)]),
+        }
+
+    def last(self, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` most recent raw points (steps, values), oldest first."""
+        order = self._recent_order()[-k:] if k > 0 else self._recent_order()[:0]
+        return self._r_steps[order], self._r_vals[order]
+
+
+@dataclass
+class Event:
+    """An entry on the run's timeline (an intervention, a check that ran, a note...)."""
+
+    id: int
+    step: int
+    kind: str
+    label: str
+    data: dict[str, Any] = field(default_factory=dict)
+    time: float = field(default_factory=time.time)
+
+
+@dataclass
+class StepRecord:
+    """Everything recorded at one sampled step (host-side numpy)."""
+
+    step: int
+    time: float
+    metrics: dict[str, np.ndarray]  # LAYER_METRICS -> (L,) per layer
+    act_hist: np.ndarray | None  # (L, NBINS) estimated counts, None if histograms are off
+    ograd_hist: np.ndarray | None
+    forward_order: list[int]  # layer indices in the order they first ran this step
+    backward_order: list[int]  # layer indices in the order their output gradient arrived
+    first_nonfinite_forward: int | None  # layer index, forward order
+    first_nonfinite_backward: int | None  # layer index, backward order
+    dead_units: dict[int, np.ndarray] = field(default_factory=dict)  # layer -> bool mask (dead)
+    inputs: dict[str, Any] = field(default_factory=dict)  # model-input summary
+    loss_inputs: dict[str, Any] = field(default_factory=dict)  # loss-function input summary
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Update:
+    """What changed, passed to subscribers."""
+
+    step: int
+    scalars: bool = False
+    record: bool = False
+    events: bool = False
+
+
+class Subscription:
+    """Handle returned by :meth:`History.subscribe`; ``remove()`` or use as a context manager."""
+
+    def __init__(self, history: History, key: int) -> None:
+        self._history = history
+        self._key = key
+
+    def remove(self) -> None:
+        self._history._subscribers.pop(self._key, None)
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+
+class History:
+    """Bounded record of a run: scalars, per-layer metrics, histograms, dead-unit masks, events."""
+
+    def __init__(
+        self,
+        layers: list[LayerInfo] | None = None,
+        *,
+        scalar_recent: int = 4096,
+        scalar_buckets: int = 1024,
+        layer_recent: int = 256,
+        layer_buckets: int = 256,
+        hist_recent: int = 64,
+        hist_buckets: int = 192,
+        dead_window: int = 20,
+        max_events: int = 10_000,
+    ) -> None:
+        self._lock = threading.RLock()
+        self._cfg = dict(
+            scalar_recent=scalar_recent,
+            scalar_buckets=scalar_buckets,
+            layer_recent=layer_recent,
+            layer_buckets=layer_buckets,
+            hist_recent=hist_recent,
+            hist_buckets=hist_buckets,
+        )
+        self.dead_window = dead_window
+        self.scalars: dict[str, Downsampled] = {}
+        self.events: deque[Event] = deque(maxlen=max_events)
+        self._event_ids = itertools.count(1)
+        self._subscribers: dict[int, Callable[[Update], None]] = {}
+        self._sub_ids = itertools.count()
+        self.subscriber_errors: list[str] = []
+        self.latest: StepRecord | None = None
+        self.step = -1  # the latest step anything was recorded for
+        self.meta: dict[str, Any] = {}
+        self.layers: list[LayerInfo] = []
+        self.set_layers(layers or [])
+
+    # ---------------------------------------------------------------- layers
+    def set_layers(self, layers: list[LayerInfo]) -> None:
+        """(Re)define the tracked layers; clears per-layer series if the set changes."""
+        with self._lock:
+            if [x.name for x in layers] == [x.name for x in self.layers] and self.layers:
+                self.layers = list(layers)
+                return
+            self.layers = list(layers)
+            L = len(layers)
+            c = self._cfg
+            self._layer = Downsampled((L, len(LAYER_METRICS)), recent=c["layer_recent"], buckets=c["layer_buckets"])
+            self._act_hist = Downsampled((L, NBINS), recent=c["hist_recent"], buckets=c["hist_buckets"], extrema=False)
+            self._ograd_hist = Downsampled((L, NBINS), recent=c["hist_recent"], buckets=c["hist_buckets"], extrema=False)
+            self._dead_windows: dict[int, deque[np.ndarray]] = {}
+            self.forward_order: list[int] = list(range(L))
+            self.latest = None
+
+    def set_forward_order(self, order: list[int]) -> None:
+        """Record the order in which layers ran (indices into ``layers``); storage is unchanged."""
+        with self._lock:
+            seen = list(dict.fromkeys(i for i in order if 0 <= i < len(self.layers)))
+            rest = [i for i in range(len(self.layers)) if i not in set(seen)]
+            self.forward_order = seen + rest
+
+    @property
+    def layer_names(self) -> list[str]:
+        return [x.name for x in self.layers]
+
+    def layer_index(self, name: str) -> int:
+        for i, x in enumerate(self.layers):
+            if x.name == name:
+                return i
+        raise KeyError(f"no layer named {name!r}; layers are: {', '.join(self.layer_names[:20])}")
+
+    # ---------------------------------------------------------------- writing
+    def add_scalars(self, step: int, values: dict[str, float]) -> None:
+        with self._lock:
+            for name, v in values.items():
+                s = self.scalars.get(name)
+                if s is None:
+                    s = self.scalars[name] = Downsampled(
+                        recent=self._cfg["scalar_recent"], buckets=self._cfg["scalar_buckets"], dtype=np.float64
+                    )
+                s.append(step, v)
+            self.step = max(self.step, step)
+
+    def add_record(self, rec: StepRecord) -> None:
+        with self._lock:
+            row = np.stack([rec.metrics[m] for m in LAYER_METRICS], axis=1).astype(np.float32)
+            self._layer.append(rec.step, row)
+            if rec.act_hist is not None:
+                self._act_hist.append(rec.step, rec.act_hist)
+            if rec.ograd_hist is not None:
+                self._ograd_hist.append(rec.step, rec.ograd_hist)
+            self.latest = rec
+            self.step = max(self.step, rec.step)
+
+    def update_units(self, layer: int, active: np.ndarray) -> np.ndarray:
+        """Add one sample's per-unit activity flags; returns the dead mask over the window."""
+        with self._lock:
+            win = self._dead_windows.get(layer)
+            if win is None or (win and win[0].shape != active.shape):
+                win = self._dead_windows[layer] = deque(maxlen=self.dead_window)
+            win.append(active.astype(bool))
+            ever = np.logical_or.reduce(np.stack(win), axis=0)
+            return ~ever
+
+    def dead_window_fill(self, layer: int) -> int:
+        """How many samples the dead-unit window of a layer holds so far."""
+        win = self._dead_windows.get(layer)
+        return len(win) if win else 0
+
+    def add_event(self, kind: str, label: str, step: int | None = None, **data: Any) -> Event:
+        with self._lock:
+            ev = Event(id=next(self._event_ids), step=self.step if step is None else step, kind=kind, label=label, data=data)
+            self.events.append(ev)
+        self.notify(Update(step=ev.step, events=True))
+        return ev
+
+    # ---------------------------------------------------------------- reading
+    def scalar(self, name: str) -> dict[str, np.ndarray]:
+        """A scalar series (see :meth:`Downsampled.arrays`); empty arrays if never logged."""
+        with self._lock:
+            s = self.scalars.get(name)
+            if s is None:
+                z = np.zeros(0)
+                return {"step": z, "mean": z, "min": z, "max": z, "first": z, "last": z, "count": z}
+            return s.arrays()
+
+    def scalar_names(self) -> list[str]:
+        with self._lock:
+            return list(self.scalars)
+
+    def layer_series(self, metric: str) -> tuple[np.ndarray, np.ndarray]:
+        """``(steps (T,), values (T, L))`` of one per-layer metric (bucket means for old data)."""
+        if metric not in METRIC_INDEX:
+            raise KeyError(f"unknown metric {metric!r}; metrics are {', '.join(LAYER_METRICS)}")
+        with self._lock:
+            a = self._layer.arrays()
+            return a["step"], a["mean"][:, :, METRIC_INDEX[metric]]
+
+    def layer_series_range(self, metric: str) -> dict[str, np.ndarray]:
+        """Like :meth:`layer_series` with the bucket ``min`` / ``max`` as well."""
+        with self._lock:
+            a = self._layer.arrays()
+            j = METRIC_INDEX[metric]
+            return {"step": a["step"], "mean": a["mean"][:, :, j], "min": a["min"][:, :, j], "max": a["max"][:, :, j]}
+
+    def histograms(self, kind: str = "act") -> tuple[np.ndarray, np.ndarray]:
+        """``(steps (T,), counts (T, L, NBINS))`` for ``kind`` ``"act"`` or ``"ograd"``."""
+        store = {"act": self._act_hist, "ograd": self._ograd_hist}.get(kind)
+        if store is None:
+            raise KeyError("kind must be 'act' or 'ograd'")
+        with self._lock:
+            a = store.arrays()
+            return a["step"], a["mean"]
+
+    def samples(self) -> int:
+        """Number of sampled steps recorded so far."""
+        return self._layer.total
+
+    def memory_bytes(self) -> int:
+        with self._lock:
+            total = self._layer.nbytes + self._act_hist.nbytes + self._ograd_hist.nbytes
+            total += sum(s.nbytes for s in self.scalars.values())
+            total += sum(sum(m.nbytes for m in w) for w in self._dead_windows.values())
+            return total
+
+    # ---------------------------------------------------------------- subscribers
+    def subscribe(self, callback: Callable[[Update], None]) -> Subscription:
+        """Call ``callback(update)`` after new data arrives (on the thread that recorded it).
+
+        Exceptions raised by a callback are recorded in ``subscriber_errors`` and never reach
+        the training loop.
+        """
+        key = next(self._sub_ids)
+        self._subscribers[key] = callback
+        return Subscription(self, key)
+
+    def notify(self, update: Update) -> None:
+        for cb in list(self._subscribers.values()):
+            try:
+                cb(update)
+            except Exception as e:  # a broken reader must never break training
+                if len(self.subscriber_errors) < 100:
+                    self.subscriber_errors.append(f"{type(e).__name__}: {e}")
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.scalars)

@@ -1,0 +1,1210 @@
+"""The probe: attaches to any ``nn.Module`` and records per-layer statistics at low cost.
+
+Cost design
+-----------
+* Steps that are not sampled pay (almost) nothing: the per-layer forward hooks are *installed*
+  at the step boundary before a sampled step and *removed* at the boundary after it.  What stays
+  attached permanently is one forward pre-hook on the root module (train/eval bookkeeping), the
+  optimizer's step hooks and, when a loss module is given, one hook on it.
+* Statistics are computed on the tensor's device, in fp32 (:mod:`trainscope.stats`), collected as
+  device tensors, concatenated and copied to the host **once** per sampled step -- non-blocking
+  on CUDA (pinned memory + an event, read at a later boundary).  Nothing calls ``.item()``.
+* ``budget=`` (a fraction of step time) adapts the sampling interval to the measured overhead.
+
+Failure design
+--------------
+Every hook body is guarded.  An exception inside the probe is recorded in :attr:`Probe.errors`,
+reported once as a ``RuntimeWarning``, and the failing component is switched off; the user's
+training never sees it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import statistics
+import threading
+import time
+import traceback
+import warnings
+import weakref
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from . import stats as S
+from .actions import ActionQueue, Ticket
+from .history import LAYER_METRICS, History, StepRecord, Update
+from .layers import LayerInfo, Selector, classify, select_layers
+
+__all__ = ["Probe", "ProbeError"]
+
+_ATTACHED: weakref.WeakKeyDictionary[nn.Module, Probe] = weakref.WeakKeyDictionary()
+_MAX_UNITS = 1 << 16  # per-unit masks are kept for layers with at most this many units
+
+
+@dataclass
+class ProbeError:
+    """An exception caught inside the probe (it never reaches the training loop)."""
+
+    where: str
+    step: int
+    error: str
+    traceback: str
+
+
+class _Handle:
+    """Removable handle for ``on_step`` callbacks."""
+
+    def __init__(self, registry: dict[int, Any], key: int) -> None:
+        self._registry = registry
+        self._key = key
+
+    def remove(self) -> None:
+        self._registry.pop(self._key, None)
+
+    def __enter__(self) -> _Handle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+
+def _primary_tensor(out: Any) -> Tensor | None:
+    """The first floating-point tensor of a module output (tensor, tuple, list or dict)."""
+    if isinstance(out, Tensor):
+        return out if out.is_floating_point() else None
+    if isinstance(out, (tuple, list)):
+        for o in out:
+            t = _primary_tensor(o)
+            if t is not None:
+                return t
+    elif isinstance(out, dict):
+        for o in out.values():
+            t = _primary_tensor(o)
+            if t is not None:
+                return t
+    return None
+
+
+class _Pending:
+    """One device->host transfer: blocking on CPU, pinned + non-blocking + event on CUDA."""
+
+    def __init__(self, flat: Tensor, meta: dict[str, Any]) -> None:
+        self.meta = meta
+        self._event: Any = None
+        if flat.is_cuda:
+            host = torch.empty(flat.shape, dtype=flat.dtype, pin_memory=True)
+            host.copy_(flat, non_blocking=True)
+            self._event = torch.cuda.Event()
+            self._event.record()
+            self._host = host
+        else:
+            self._host = flat.detach().to("cpu")
+
+    def ready(self) -> bool:
+        return self._event is None or bool(self._event.query())
+
+    def result(self) -> np.ndarray:
+        if self._event is not None:
+            self._event.synchronize()
+        return self._host.numpy()
+
+
+class Probe:
+    """Per-layer statistics from any PyTorch model, cheap enough to leave on.
+
+    Parameters
+    ----------
+    model
+        Any ``nn.Module``.  Leaf modules and modules that own parameters directly are tracked,
+        each under its ``named_modules()`` name.
+    optimizer
+        When given, every ``optimizer.step()`` is a step boundary (through the optimizer's step
+        hooks, so the training loop is unchanged).  Without one, call :meth:`step` yourself.
+    loss_fn
+        A loss *module* (e.g. ``nn.CrossEntropyLoss()``): its output is logged as ``loss`` in
+        training forwards and as ``val_loss`` under ``no_grad`` / eval mode, and its inputs are
+        summarized (for the "probabilities into the loss" and "wrong loss" checks).
+    every
+        Sample the full statistics every ``every`` optimizer steps (step 0 is always sampled), or
+        a callable ``step -> bool``.
+    cheap_every
+        Additionally record the cheap, parameter-level set (weight / gradient norms, update ratio,
+        distance from init) every ``cheap_every`` steps; ``None``: only at sampled steps.
+    histograms
+        Record activation and output-gradient histograms at sampled steps.
+    include, exclude
+        Name globs (``"encoder.*"``), ``"re:<regex>"``, module types or ``(name, module) -> bool``
+        selecting which modules to track.
+    budget
+        Keep the probe's own measured overhead at or below this fraction of step time
+        (e.g. ``0.03``) by adapting the sampling interval.  Requires an integer ``every``.
+    dead_window
+        Number of sampled steps over which a unit must never fire to count as dead.
+    track_init
+        Keep a copy of the initial parameters for ``dist_init`` (costs one model's worth of
+        memory, plus one more for the update ratio).
+    history
+        A :class:`~trainscope.history.History` to record into (a new one by default).
+    attach
+        Attach immediately (default).  Otherwise call :meth:`attach` or use ``with Probe(...)``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer | None = None,
+        *,
+        loss_fn: nn.Module | None = None,
+        every: int | Callable[[int], bool] = 10,
+        cheap_every: int | None = None,
+        histograms: bool = True,
+        include: Selector | Sequence[Selector] | None = None,
+        exclude: Selector | Sequence[Selector] | None = None,
+        budget: float | None = None,
+        dead_window: int = 20,
+        track_init: bool = True,
+        auto_val_loss: bool = True,
+        history: History | None = None,
+        attach: bool = True,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(
+                f"Probe needs a torch.nn.Module, got {type(model).__name__}. "
+                "Pass the model itself (e.g. Probe(model, optimizer)), not its output or a function."
+            )
+        if optimizer is not None and not (
+            hasattr(optimizer, "param_groups") and hasattr(optimizer, "register_step_post_hook")
+        ):
+            raise TypeError(
+                f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}. "
+                "Pass optimizer=None and call probe.step() after each update if you step by hand."
+            )
+        if loss_fn is not None and not isinstance(loss_fn, nn.Module):
+            raise TypeError(
+                "loss_fn must be a loss module such as nn.CrossEntropyLoss() so the probe can hook it; "
+                f"got {type(loss_fn).__name__}. For a functional loss call probe.log(loss=loss) instead."
+            )
+        if isinstance(every, bool) or not (callable(every) or (isinstance(every, int) and every >= 1)):
+            raise ValueError(f"every must be a positive int or a callable step -> bool, got {every!r}")
+        if cheap_every is not None and (not isinstance(cheap_every, int) or cheap_every < 1):
+            raise ValueError(f"cheap_every must be None or a positive int, got {cheap_every!r}")
+        if budget is not None:
+            if not (isinstance(budget, (int, float)) and 0 < budget < 1):
+                raise ValueError(f"budget is a fraction of step time in (0, 1), e.g. 0.03; got {budget!r}")
+            if callable(every):
+                raise ValueError("budget adapts an integer sampling interval; pass every=<int>")
+        if not isinstance(dead_window, int) or dead_window < 1:
+            raise ValueError(f"dead_window must be a positive int, got {dead_window!r}")
+
+        self.model = model
+        self.optimizer = optimizer
+        self.loss_fn = loss_fn
+        self.every: int | Callable[[int], bool] = every
+        self.cheap_every = cheap_every
+        self.histograms = histograms
+        self.budget = budget
+        self.track_init = track_init
+        self.auto_val_loss = auto_val_loss
+        self._include = include
+        self._exclude = exclude
+
+        chosen = select_layers(model, include, exclude)  # raises on patterns that match nothing
+        self._modules: list[nn.Module] = [m for _, m in chosen]
+        self.layers: list[LayerInfo] = [classify(n, m) for n, m in chosen]
+        self._index = {id(m): i for i, m in enumerate(self._modules)}
+        # parameters grouped by the tracked module that owns them directly
+        self._params: list[nn.Parameter] = []
+        self._param_layer: list[int] = []
+        self._param_names: list[str] = []
+        seen: set[int] = set()
+        for name, p in model.named_parameters():
+            owner = name.rsplit(".", 1)[0] if "." in name else ""
+            mod = model.get_submodule(owner) if owner else model
+            i = self._index.get(id(mod))
+            if i is None or id(p) in seen:
+                continue
+            seen.add(id(p))
+            self._params.append(p)
+            self._param_layer.append(i)
+            self._param_names.append(name)
+        self.param_in_optimizer: dict[str, bool] = {}
+        if optimizer is not None:
+            owned = {id(p) for g in optimizer.param_groups for p in g["params"]}
+            model_ids = {id(p) for p in model.parameters()}
+            if model_ids and not (owned & model_ids):
+                raise ValueError(
+                    "the optimizer does not own any parameter of this model. Build it from this "
+                    "model's parameters (torch.optim.SGD(model.parameters(), ...)) or pass the "
+                    "optimizer that trains this model."
+                )
+            self.param_in_optimizer = {n: id(p) in owned for n, p in zip(self._param_names, self._params, strict=True)}
+
+        self.history = history if history is not None else History(self.layers, dead_window=dead_window)
+        if history is not None:
+            self.history.set_layers(self.layers)
+        self.history.meta.update(
+            model=type(model).__name__,
+            n_params=sum(p.numel() for p in model.parameters()),
+            n_trainable=sum(p.numel() for p in model.parameters() if p.requires_grad),
+            optimizer=type(optimizer).__name__ if optimizer is not None else None,
+            loss_fn=type(loss_fn).__name__ if loss_fn is not None else None,
+            param_in_optimizer=self.param_in_optimizer,
+        )
+
+        self.errors: list[ProbeError] = []
+        self._warned: set[str] = set()
+        self._enabled = {"forward": True, "backward": True, "params": True, "inputs": True}
+        self._handles: list[Any] = []  # permanent while attached
+        self._sample_handles: list[Any] = []  # present only around sampled steps
+        self._step_callbacks: dict[int, Callable[[Probe], None]] = {}
+        self._cb_key = 0
+        self._lock = threading.RLock()
+        self._attached = False
+        self._paused = 0
+        self._optimizer_mode = optimizer is not None
+
+        self.step_count = 0  # completed optimizer steps
+        self._sampling = False  # hooks installed for the step in progress
+        self._cheap_now = False
+        self._next_sample = 0
+        self._force_sample = False
+        self._exact_nonfinite = False
+        self._forward_since_boundary = False
+        self._reset_step_buffers()
+        self._scalar_buf: list[tuple[int, str, Any]] = []
+        self._eval_losses: list[Tensor] = []
+        self._pending: deque[_Pending] = deque()
+        self._last_flush = time.perf_counter()
+        self.flush_interval = 0.5  # seconds between scalar flushes on unsampled steps (no sync)
+        self._t_boundary: float | None = None
+        self._dur_sampled: deque[float] = deque(maxlen=32)
+        self._dur_plain: deque[float] = deque(maxlen=64)
+        self._boundary_cost: deque[float] = deque(maxlen=64)
+        self.forward_modes = {"train": 0, "eval_in_train_mode": 0, "train_in_eval_mode": 0, "eval": 0}
+        self._init: list[Tensor] | None = None
+        self._snap: list[Tensor] | None = None
+        self._snap_valid = False
+        self._last_channel_first = False
+        self._unit_dim_cache: dict[int, int] = {}
+        self.actions = ActionQueue(self)
+        self._fwd_hooks = [self._make_fwd_hook(i) for i in range(len(self._modules))]
+        self._grad_hooks = [self._make_grad_hook(i) for i in range(len(self._modules))]
+        if attach:
+            self.attach()
+
+    # ------------------------------------------------------------------ lifecycle
+    @property
+    def is_attached(self) -> bool:
+        return self._attached
+
+    def attach(self) -> Probe:
+        """Register the hooks.  Raises if this model already has an attached probe."""
+        if self._attached:
+            raise RuntimeError("this probe is already attached; call probe.detach() before attaching again")
+        other = _ATTACHED.get(self.model)
+        if other is not None and other is not self and other.is_attached:
+            raise RuntimeError(
+                "this model already has an attached trainscope Probe; detach it first "
+                "(other_probe.detach()) or reuse it"
+            )
+        handles: list[Any] = []
+        try:
+            handles.append(self.model.register_forward_pre_hook(self._root_pre_hook))
+            if self.optimizer is not None:
+                handles.append(self.optimizer.register_step_pre_hook(self._opt_pre_hook))
+                handles.append(self.optimizer.register_step_post_hook(self._opt_post_hook))
+            if self.loss_fn is not None:
+                handles.append(self.loss_fn.register_forward_pre_hook(self._loss_pre_hook))
+                handles.append(self.loss_fn.register_forward_hook(self._loss_hook))
+            if self.track_init and self._init is None:
+                with torch.no_grad():
+                    self._init = [p.detach().clone() for p in self._params]
+        except Exception:
+            for h in handles:
+                h.remove()
+            raise
+        self._handles = handles
+        self._attached = True
+        _ATTACHED[self.model] = self
+        self._next_sample = self.step_count
+        self._begin_step()
+        return self
+
+    def detach(self) -> None:
+        """Remove every hook (the model is left exactly as found) and flush what is pending."""
+        if not self._attached:
+            return
+        with contextlib.suppress(Exception):
+            self.flush()
+        for h in self._handles + self._sample_handles:
+            h.remove()
+        self._handles = []
+        self._sample_handles = []
+        self._sampling = False
+        self._attached = False
+        self._snap = None
+        self._reset_step_buffers()
+        if _ATTACHED.get(self.model) is self:
+            del _ATTACHED[self.model]
+
+    def __enter__(self) -> Probe:
+        if not self._attached:
+            self.attach()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.detach()
+
+    def __del__(self) -> None:  # pragma: no cover - best effort
+        with contextlib.suppress(Exception):
+            if self._attached:
+                for h in self._handles + self._sample_handles:
+                    h.remove()
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[Probe]:
+        """Record nothing inside the block (e.g. while a check or the LR finder runs the model);
+        optimizer steps taken inside it are not counted."""
+        self._paused += 1
+        try:
+            yield self
+        finally:
+            self._paused -= 1
+
+    # ------------------------------------------------------------------ public API
+    def step(self) -> None:
+        """Mark a step boundary by hand (only when no optimizer was given)."""
+        if self._optimizer_mode:
+            self._warn_once(
+                "manual-step",
+                "probe.step() is ignored: steps are counted from optimizer.step() when the probe "
+                "has an optimizer",
+            )
+            return
+        self._boundary()
+
+    def log(self, **values: float | int | Tensor) -> None:
+        """Record scalars (``loss=``, ``val_loss=``, ``acc=``, ...) for the current step.
+
+        Tensors are kept on their device and copied with the next transfer (no sync here).  A value
+        logged after ``optimizer.step()`` and before the next training forward belongs to the step
+        that just finished; otherwise to the step in progress.  Several values for one name in one
+        step are averaged.
+        """
+        step = self.current_step
+        for name, v in values.items():
+            if not isinstance(name, str) or not name:
+                raise ValueError("scalar names must be non-empty strings")
+            if isinstance(v, Tensor):
+                if v.numel() != 1:
+                    raise ValueError(f"log({name}=...) needs a scalar; got a tensor of shape {tuple(v.shape)}")
+                self._scalar_buf.append((step, name, v.detach().reshape(())))
+            elif isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool):
+                self._scalar_buf.append((step, name, float(v)))
+            else:
+                raise TypeError(f"log({name}=...) takes a number or a one-element tensor, got {type(v).__name__}")
+
+    @property
+    def current_step(self) -> int:
+        """The step new values are attributed to (see :meth:`log`)."""
+        if self._forward_since_boundary or self.step_count == 0:
+            return self.step_count
+        return self.step_count - 1
+
+    def on_step(self, callback: Callable[[Probe], None]) -> _Handle:
+        """Call ``callback(probe)`` at every step boundary, on the training thread.
+
+        Exceptions are recorded in :attr:`errors` and never reach the training loop.
+        """
+        self._cb_key += 1
+        self._step_callbacks[self._cb_key] = callback
+        return _Handle(self._step_callbacks, self._cb_key)
+
+    def request(self, action: str, /, **params: Any) -> Ticket:
+        """Queue an action (e.g. ``probe.request("set_lr", lr=1e-3)``) for the next step boundary.
+
+        Returns its :class:`~trainscope.actions.Ticket`; a request with bad arguments is refused
+        at once (``ticket.status == "refused"``, ``ticket.message`` says why) and changes nothing.
+        """
+        return self.actions.submit(action, params, source="python")
+
+    def sample_next(self) -> None:
+        """Record full statistics at the next step, whatever the schedule."""
+        self._force_sample = True
+        if self._attached and not self._sampling:
+            self._install_sampling()
+
+    def flush(self) -> None:
+        """Copy everything pending to the history now (blocks on the device if needed)."""
+        with self._lock:
+            if self._eval_losses:
+                self._log_val_loss()
+            if self._scalar_buf:
+                self._start_transfer(None, block=True)
+            while self._pending:
+                self._process(self._pending.popleft())
+
+    @property
+    def overhead(self) -> float | None:
+        """Measured overhead as a fraction of step time (``None`` until enough steps ran)."""
+        if len(self._dur_plain) < 4:
+            return None
+        base = statistics.median(self._dur_plain)
+        if base <= 0:
+            return None
+        per_step = statistics.median(self._boundary_cost) if self._boundary_cost else 0.0
+        extra = 0.0
+        if len(self._dur_sampled) >= 2:
+            extra = max(statistics.median(self._dur_sampled) - base, 0.0)
+        every = self._every_int()
+        return (extra / every + per_step) / base if every else per_step / base
+
+    @property
+    def step_time(self) -> float | None:
+        """Median wall time of a recent step without sampling (seconds)."""
+        return statistics.median(self._dur_plain) if self._dur_plain else None
+
+    def summary(self, metrics: Sequence[str] = ("act_mean", "act_std", "act_frac_zero", "act_dead_frac", "grad_norm", "update_ratio")) -> str:
+        """A plain-text table of the latest sampled step (for scripts and logs)."""
+        rec = self.history.latest
+        if rec is None:
+            return "trainscope: nothing sampled yet"
+        order = self.history.forward_order
+        w = max(8, *(len(self.layers[i].name) for i in order))
+        head = f"{'layer':<{w}} {'type':<12}" + "".join(f"{m:>14}" for m in metrics)
+        lines = [f"trainscope: step {rec.step}", head, "-" * len(head)]
+        for i in order:
+            info = self.layers[i]
+            cells = "".join(f"{_fmt(rec.metrics[m][i]):>14}" for m in metrics)
+            lines.append(f"{info.name:<{w}} {info.type[:12]:<12}{cells}")
+        return "\n".join(lines)
+
+    # ------------------------------------------------------------------ failure handling
+    def _warn_once(self, key: str, msg: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            warnings.warn(f"trainscope: {msg}", RuntimeWarning, stacklevel=3)
+
+    def _fail(self, where: str, exc: BaseException) -> None:
+        if len(self.errors) < 1000:
+            self.errors.append(
+                ProbeError(where, self.step_count, f"{type(exc).__name__}: {exc}", traceback.format_exc())
+            )
+        if where in self._enabled:
+            self._enabled[where] = False
+        self._warn_once(
+            f"fail-{where}",
+            f"an internal error in the probe's {where} code was caught and that part is switched "
+            f"off; training continues. ({type(exc).__name__}: {exc}) Details: probe.errors",
+        )
+        if where in ("forward", "backward", "boundary"):
+            self._reset_step_buffers()
+
+    # ------------------------------------------------------------------ schedule
+    def _every_int(self) -> int | None:
+        return self.every if isinstance(self.every, int) else None
+
+    def _is_sample_step(self, step: int) -> bool:
+        if self._force_sample or step == 0:
+            return True
+        if callable(self.every):
+            try:
+                return bool(self.every(step))
+            except Exception as e:
+                self._fail("schedule", e)
+                self.every = 10
+                return step % 10 == 0
+        return step >= self._next_sample
+
+    def _begin_step(self) -> None:
+        """Decide what the step now starting records, and (un)install hooks accordingly."""
+        k = self.step_count
+        sample = self._is_sample_step(k)
+        self._cheap_now = sample or (self.cheap_every is not None and k % self.cheap_every == 0)
+        if sample and not self._sampling:
+            self._install_sampling()
+        elif not sample and self._sampling:
+            self._remove_sampling()
+        self._snap_valid = False
+        if not self._optimizer_mode and self._cheap_now:
+            self._take_snapshot()  # manual mode: the update is measured from this boundary
+
+    def _install_sampling(self) -> None:
+        if not self._enabled["forward"]:
+            self._sampling = True
+            return
+        try:
+            for i, m in enumerate(self._modules):
+                self._sample_handles.append(m.register_forward_hook(self._fwd_hooks[i]))
+        except Exception as e:
+            self._remove_sampling()
+            self._fail("forward", e)
+        self._sampling = True
+
+    def _remove_sampling(self) -> None:
+        for h in self._sample_handles:
+            h.remove()
+        self._sample_handles = []
+        self._sampling = False
+
+    # ------------------------------------------------------------------ per-step buffers
+    def _reset_step_buffers(self) -> None:
+        self._act_rows: list[Tensor] = []
+        self._act_meta: list[tuple[int, int]] = []
+        self._act_hists: list[Tensor] = []
+        self._act_hist_layer: list[int] = []
+        self._grad_rows: list[Tensor] = []
+        self._grad_meta: list[tuple[int, int]] = []
+        self._grad_hists: list[Tensor] = []
+        self._grad_hist_layer: list[int] = []
+        self._act_masks: dict[int, Tensor] = {}
+        self._grad_masks: dict[int, Tensor] = {}
+        self._fwd_order: list[int] = []
+        self._bwd_order: list[int] = []
+        self._fwd_seen: set[int] = set()
+        self._bwd_seen: set[int] = set()
+        self._inputs: tuple[Tensor, dict[str, Any]] | None = None
+        self._loss_in: tuple[Tensor, dict[str, Any]] | None = None
+        self._carried: Tensor | None = None
+        self._step_modes = {"train": 0, "eval_in_train_mode": 0, "train_in_eval_mode": 0, "eval": 0}
+
+    # ------------------------------------------------------------------ hooks
+    def _root_pre_hook(self, module: nn.Module, args: tuple[Any, ...]) -> None:
+        if self._paused:
+            return
+        try:
+            grad = torch.is_grad_enabled()
+            training = module.training
+            mode = ("train" if training else "train_in_eval_mode") if grad else ("eval_in_train_mode" if training else "eval")
+            self.forward_modes[mode] += 1
+            self._step_modes[mode] += 1
+            if not grad:
+                return
+            if not self._forward_since_boundary:
+                if self._eval_losses:
+                    self._log_val_loss()  # belongs to the step that finished before this forward
+                self._forward_since_boundary = True
+                if self._sampling and self._enabled["inputs"]:
+                    self._first_forward_checks(args)
+            elif self._sampling and self._inputs is None and self._enabled["inputs"]:
+                self._summarize_inputs(args)
+        except Exception as e:
+            self._fail("inputs", e)
+
+    def _first_forward_checks(self, args: tuple[Any, ...]) -> None:
+        # gradients left over from the previous step (no zero_grad): norm of what is there now
+        grads = [p.grad for p in self._params if p.grad is not None]
+        if grads:
+            self._carried = S.norms(grads).norm()
+        self._summarize_inputs(args)
+
+    @torch.no_grad()
+    def _summarize_inputs(self, args: tuple[Any, ...]) -> None:
+        x = _primary_tensor(args)
+        if x is None:
+            return
+        vec, _ = S.summarize(x)
+        meta: dict[str, Any] = {"shape": tuple(x.shape), "dtype": str(x.dtype).replace("torch.", ""), "numel": x.numel()}
+        parts = [vec]
+        if x.dim() >= 2:
+            cdim = 1 if x.dim() >= 3 else x.dim() - 1
+            dims = tuple(d for d in range(x.dim()) if d != cdim)
+            c = x.shape[cdim]
+            if c <= 4096:
+                xf = x.float() if x.dtype != torch.float32 else x
+                cnt = x.numel() / c
+                cmean = xf.sum(dim=dims) / cnt
+                csq = torch.linalg.vector_norm(xf, dim=dims) ** 2 / cnt
+                parts += [cmean, csq]
+                meta["channels"] = c
+                meta["channel_dim"] = cdim
+        self._inputs = (torch.cat([p.reshape(-1).float() for p in parts]), meta)
+
+    def _make_fwd_hook(self, i: int) -> Callable[..., None]:
+        def hook(module: nn.Module, args: Any, output: Any) -> None:
+            if self._paused or not torch.is_grad_enabled() or not self.model.training:
+                return  # validation / no-grad forwards are kept apart from training statistics
+            try:
+                self._on_forward(i, output)
+            except Exception as e:
+                self._fail("forward", e)
+
+        return hook
+
+    def _make_grad_hook(self, i: int) -> Callable[[Tensor], None]:
+        def hook(grad: Tensor) -> None:
+            if self._paused or not self._enabled["backward"]:
+                return
+            try:
+                self._on_grad(i, grad)
+            except Exception as e:
+                self._fail("backward", e)
+
+        return hook
+
+    def _unit_dim(self, i: int, t: Tensor) -> int | None:
+        if t.dim() < 2:
+            return None
+        info = self.layers[i]
+        if info.kind in ("linear", "conv"):
+            self._last_channel_first = info.channel_first
+        if info.channel_first:
+            return 1
+        if info.kind == "linear":
+            return t.dim() - 1
+        if info.relu_family:
+            return 1 if (self._last_channel_first and t.dim() >= 3) else t.dim() - 1
+        return 1 if t.dim() >= 4 else t.dim() - 1
+
+    @torch.no_grad()
+    def _on_forward(self, i: int, output: Any) -> None:
+        t = _primary_tensor(output)
+        if t is None or t.numel() == 0:
+            return
+        info = self.layers[i]
+        if i not in self._fwd_seen:
+            self._fwd_seen.add(i)
+            self._fwd_order.append(i)
+        row, hist = S.summarize(t, bounds=info.saturation, exact_nonfinite=self._exact_nonfinite, hist=self.histograms)
+        self._act_rows.append(row)
+        self._act_meta.append((i, t.numel()))
+        if hist is not None:
+            self._act_hists.append(hist)
+            self._act_hist_layer.append(i)
+        if info.relu_family or info.kind in ("linear", "conv"):
+            ud = self._unit_dim(i, t)
+            if ud is not None and t.shape[ud] <= _MAX_UNITS:
+                self._unit_dim_cache[i] = ud
+                m = S.unit_mask(t, ud, positive=True)
+                prev = self._act_masks.get(i)
+                self._act_masks[i] = m if prev is None or prev.shape != m.shape else torch.maximum(prev, m)
+        if t.requires_grad and self._enabled["backward"]:
+            t.register_hook(self._grad_hooks[i])
+
+    @torch.no_grad()
+    def _on_grad(self, i: int, g: Tensor) -> None:
+        if g is None or g.numel() == 0:
+            return
+        if i not in self._bwd_seen:
+            self._bwd_seen.add(i)
+            self._bwd_order.append(i)
+        row, hist = S.summarize(g, exact_nonfinite=self._exact_nonfinite, hist=self.histograms)
+        self._grad_rows.append(row)
+        self._grad_meta.append((i, g.numel()))
+        if hist is not None:
+            self._grad_hists.append(hist)
+            self._grad_hist_layer.append(i)
+        ud = self._unit_dim_cache.get(i)
+        if self.layers[i].kind in ("linear", "conv") and ud is not None and ud < g.dim():
+            m = S.unit_mask(g, ud, positive=False)
+            prev = self._grad_masks.get(i)
+            self._grad_masks[i] = m if prev is None or prev.shape != m.shape else torch.maximum(prev, m)
+
+    def _loss_pre_hook(self, module: nn.Module, args: tuple[Any, ...]) -> None:
+        if self._paused or not self._sampling or self._loss_in is not None or not torch.is_grad_enabled():
+            return
+        try:
+            self._summarize_loss_inputs(module, args)
+        except Exception as e:
+            self._fail("inputs", e)
+
+    @torch.no_grad()
+    def _summarize_loss_inputs(self, module: nn.Module, args: tuple[Any, ...]) -> None:
+        if not args or not isinstance(args[0], Tensor):
+            return
+        pred = args[0]
+        target = args[1] if len(args) > 1 and isinstance(args[1], Tensor) else None
+        meta: dict[str, Any] = {
+            "loss": type(module).__name__,
+            "pred_shape": tuple(pred.shape),
+            "pred_dtype": str(pred.dtype).replace("torch.", ""),
+        }
+        p = pred.detach()
+        pf = p.float() if p.is_floating_point() else p.double().float()
+        mn, mx = torch.aminmax(pf)
+        if pf.dim() >= 2:
+            rowdev = (pf.sum(dim=1) - 1.0).abs().mean()
+        else:
+            rowdev = pf.new_full((), float("nan"))
+        parts = [mn, mx, rowdev]
+        if target is not None:
+            meta["target_shape"] = tuple(target.shape)
+            meta["target_dtype"] = str(target.dtype).replace("torch.", "")
+            tf = target.detach().float()
+            tmn, tmx = torch.aminmax(tf)
+            integral = (tf - tf.round()).abs().amax() if tf.numel() else tf.new_zeros(())
+            parts += [tmn, tmx, integral]
+        self._loss_in = (torch.stack(parts), meta)
+
+    def _loss_hook(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        if self._paused or not isinstance(output, Tensor) or output.numel() != 1:
+            return
+        try:
+            if torch.is_grad_enabled() and self.model.training:
+                self._scalar_buf.append((self.step_count, "loss", output.detach().reshape(())))
+            elif self.auto_val_loss:
+                self._eval_losses.append(output.detach().reshape(()))
+        except Exception as e:
+            self._fail("inputs", e)
+
+    def _log_val_loss(self) -> None:
+        losses, self._eval_losses = self._eval_losses, []
+        step = self.current_step
+        self._scalar_buf.append((step, "val_loss", torch.stack(losses).float().mean()))
+
+    def _opt_pre_hook(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        if self._paused:
+            return
+        try:
+            if self._cheap_now and self._enabled["params"]:
+                self._take_snapshot()
+        except Exception as e:
+            self._fail("params", e)
+
+    def _opt_post_hook(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        if self._paused:
+            return
+        self._boundary()
+
+    # ------------------------------------------------------------------ the step boundary
+    @torch.no_grad()
+    def _take_snapshot(self) -> None:
+        if not self._params:
+            return
+        if self._snap is None:
+            self._snap = [p.detach().clone() for p in self._params]
+        else:
+            torch._foreach_copy_(self._snap, [p.detach() for p in self._params])
+        self._snap_valid = True
+
+    @torch.no_grad()
+    def _param_stats(self) -> tuple[list[Tensor], dict[str, Any]]:
+        params = [p.detach() for p in self._params]
+        if not params:
+            return [], {}
+        with_grad = [j for j, p in enumerate(self._params) if p.grad is not None]
+        parts = [S.norms(params)]
+        meta: dict[str, Any] = {"with_grad": with_grad, "update": False, "init": False}
+        if with_grad:
+            parts.append(S.norms([self._params[j].grad.detach() for j in with_grad]))  # type: ignore[union-attr]
+        if self._snap is not None and self._snap_valid:
+            torch._foreach_sub_(self._snap, params)
+            parts.append(S.norms(self._snap))
+            meta["update"] = True
+            self._snap_valid = False
+        if self._init is not None:
+            if self._snap is None:
+                self._snap = [p.clone() for p in params]
+            torch._foreach_copy_(self._snap, params)
+            torch._foreach_sub_(self._snap, self._init)
+            parts.append(S.norms(self._snap))
+            meta["init"] = True
+        return parts, meta
+
+    def _boundary(self) -> None:
+        t0 = time.perf_counter()
+        if not self._attached or self._paused:
+            return
+        k = self.step_count
+        sampled = self._sampling
+        try:
+            with self._lock:
+                self._record_optimizer_scalars(k)
+                payload: dict[str, Any] | None = None
+                if sampled or self._cheap_now:
+                    payload = self._collect(k, full=sampled)
+                if self._t_boundary is not None:
+                    dur = t0 - self._t_boundary
+                    (self._dur_sampled if sampled else self._dur_plain).append(dur)
+                    self._scalar_buf.append((k, "step_time", dur))
+                self._t_boundary = t0
+                self.step_count = k + 1
+                self._forward_since_boundary = False
+                if sampled:
+                    self._force_sample = False
+                    self._adapt_interval()
+                    ev = self._every_int()
+                    self._next_sample = k + (ev if ev else 1)
+                self._process_ready()
+                due = payload is not None or (time.perf_counter() - self._last_flush) > self.flush_interval
+                if due:
+                    self._start_transfer(payload, block=False)
+                self._reset_step_buffers()
+                self._begin_step()
+        except Exception as e:
+            self._fail("boundary", e)
+            self.step_count = k + 1
+            self._forward_since_boundary = False
+            with contextlib.suppress(Exception):
+                self._begin_step()
+        try:
+            self.actions.apply_pending()
+        except Exception as e:
+            self._fail("actions", e)
+        for key, cb in list(self._step_callbacks.items()):
+            try:
+                cb(self)
+            except Exception as e:
+                self._fail(f"callback {getattr(cb, '__name__', key)}", e)
+        if not sampled:
+            self._boundary_cost.append(time.perf_counter() - t0)
+
+    def _record_optimizer_scalars(self, k: int) -> None:
+        opt = self.optimizer
+        if opt is None:
+            return
+        groups = opt.param_groups
+        lr0 = groups[0].get("lr")
+        if isinstance(lr0, Tensor):
+            lr0 = lr0.detach()
+        if lr0 is not None:
+            self._scalar_buf.append((k, "lr", lr0 if isinstance(lr0, Tensor) else float(lr0)))
+        for gi, g in enumerate(groups[1:], start=1):
+            lr = g.get("lr")
+            if lr is not None and not isinstance(lr, Tensor) and lr != lr0:
+                self._scalar_buf.append((k, f"lr/group{gi}", float(lr)))
+        mom = groups[0].get("momentum")
+        if mom is None and "betas" in groups[0]:
+            mom = groups[0]["betas"][0]
+        if isinstance(mom, (int, float)):
+            self._scalar_buf.append((k, "momentum", float(mom)))
+
+    def _collect(self, k: int, *, full: bool) -> dict[str, Any]:
+        """Gather this step's device tensors (no sync) into one payload for a single transfer."""
+        tensors: list[Tensor] = []
+        meta: dict[str, Any] = {"step": k, "full": full, "time": time.time()}
+
+        def add(key: str, t: Tensor | None) -> None:
+            if t is None:
+                return
+            flat = t.detach().reshape(-1).float()
+            meta.setdefault("slices", {})[key] = (sum(x.numel() for x in tensors), flat.numel(), tuple(t.shape))
+            tensors.append(flat)
+
+        if self._enabled["params"]:
+            try:
+                parts, pmeta = self._param_stats()
+                meta["params"] = pmeta
+                for j, part in enumerate(parts):
+                    add(f"p{j}", part)
+            except Exception as e:
+                self._fail("params", e)
+        if full:
+            if self._act_rows:
+                add("act", torch.stack(self._act_rows))
+                meta["act_meta"] = list(self._act_meta)
+            if self._grad_rows:
+                add("grad", torch.stack(self._grad_rows))
+                meta["grad_meta"] = list(self._grad_meta)
+            if self._act_hists:
+                add("act_hist", torch.stack(self._act_hists))
+                meta["act_hist_layer"] = list(self._act_hist_layer)
+            if self._grad_hists:
+                add("grad_hist", torch.stack(self._grad_hists))
+                meta["grad_hist_layer"] = list(self._grad_hist_layer)
+            for i, m in self._act_masks.items():
+                add(f"amask{i}", m)
+            for i, m in self._grad_masks.items():
+                add(f"gmask{i}", m)
+            meta["amask"] = list(self._act_masks)
+            meta["gmask"] = list(self._grad_masks)
+            if self._inputs is not None:
+                add("inputs", self._inputs[0])
+                meta["inputs_meta"] = self._inputs[1]
+            if self._loss_in is not None:
+                add("loss_in", self._loss_in[0])
+                meta["loss_in_meta"] = self._loss_in[1]
+            if self._carried is not None:
+                add("carried", self._carried)
+            meta["fwd_order"] = list(self._fwd_order)
+            meta["bwd_order"] = list(self._bwd_order)
+            meta["modes"] = dict(self._step_modes)
+            meta["exact_nonfinite"] = self._exact_nonfinite
+        meta["tensors"] = tensors
+        return meta
+
+    def _start_transfer(self, payload: dict[str, Any] | None, *, block: bool) -> None:
+        """Concatenate the payload's tensors and the buffered scalars into one copy to the host."""
+        meta = payload if payload is not None else {"step": self.step_count, "full": False, "params": None}
+        tensors: list[Tensor] = meta.pop("tensors", [])
+        offset = sum(t.numel() for t in tensors)
+        scal_float: list[tuple[int, str, float]] = []
+        scal_tensor: list[tuple[int, str]] = []
+        scal_values: list[Tensor] = []
+        for step, name, v in self._scalar_buf:
+            if isinstance(v, Tensor):
+                scal_tensor.append((step, name))
+                scal_values.append(v.float().reshape(1))
+            else:
+                scal_float.append((step, name, v))
+        self._scalar_buf = []
+        meta["scal_float"] = scal_float
+        meta["scal_tensor"] = scal_tensor
+        meta["scal_offset"] = offset
+        devices = {t.device for t in tensors} | {t.device for t in scal_values}
+        dev = next(iter(devices)) if len(devices) == 1 else torch.device("cpu")
+        flat_parts = [t.to(dev) for t in tensors] + [t.to(dev) for t in scal_values]
+        flat = torch.cat(flat_parts) if flat_parts else torch.zeros(0)
+        self._pending.append(_Pending(flat, meta))
+        self._last_flush = time.perf_counter()
+        if block or not flat.is_cuda:
+            while self._pending:
+                self._process(self._pending.popleft())
+
+    def _process_ready(self) -> None:
+        while self._pending and self._pending[0].ready():
+            self._process(self._pending.popleft())
+
+    # ------------------------------------------------------------------ host side
+    def _process(self, pending: _Pending) -> None:
+        try:
+            buf = pending.result()
+            meta = pending.meta
+            self._process_scalars(buf, meta)
+            if meta.get("params") is not None or meta.get("full"):
+                self._process_record(buf, meta)
+        except Exception as e:
+            self._fail("flush", e)
+
+    def _process_scalars(self, buf: np.ndarray, meta: dict[str, Any]) -> None:
+        acc: dict[int, dict[str, list[float]]] = {}
+        for step, name, v in meta["scal_float"]:
+            acc.setdefault(step, {}).setdefault(name, []).append(v)
+        off = meta["scal_offset"]
+        for j, (step, name) in enumerate(meta["scal_tensor"]):
+            acc.setdefault(step, {}).setdefault(name, []).append(float(buf[off + j]))
+        updated = False
+        for step in sorted(acc):
+            vals = {n: float(np.mean(v)) for n, v in acc[step].items()}
+            loss = vals.get("loss")
+            if loss is not None and not math.isfinite(loss) and not self._exact_nonfinite:
+                self._exact_nonfinite = True
+                self.sample_next()
+            self.history.add_scalars(step, vals)
+            updated = True
+        if updated and not meta.get("full") and meta.get("params") is None:
+            self.history.notify(Update(step=self.history.step, scalars=True))
+
+    def _slice(self, buf: np.ndarray, meta: dict[str, Any], key: str) -> np.ndarray | None:
+        s = meta.get("slices", {}).get(key)
+        if s is None:
+            return None
+        start, n, shape = s
+        return buf[start : start + n].reshape(shape)
+
+    def _process_record(self, buf: np.ndarray, meta: dict[str, Any]) -> None:
+        L = len(self.layers)
+        k = meta["step"]
+        metrics = {m: np.full(L, np.nan) for m in LAYER_METRICS}
+        pm = meta.get("params")
+        if pm:
+            self._fill_param_metrics(buf, meta, pm, metrics)
+        if not meta.get("full"):
+            # cheap step: parameter metrics only, kept as whole-model scalars
+            gn = self._slice(buf, meta, "p1")
+            if gn is not None:
+                self.history.add_scalars(k, {"grad_norm_total": float(np.sqrt(np.sum(gn.astype(np.float64) ** 2)))})
+            self.history.notify(Update(step=k, scalars=True))
+            return
+        act = self._slice(buf, meta, "act")
+        nonfinite_seen = False
+        if act is not None:
+            idx = np.array([i for i, _ in meta["act_meta"]])
+            numel = np.array([n for _, n in meta["act_meta"]])
+            a = S.finalize_summaries(act, idx, numel, L)
+            for f in ("mean", "std", "min", "max", "abs_max", "frac_zero", "frac_sat", "nonfinite"):
+                metrics[f"act_{f}"] = getattr(a, f)
+            nonfinite_seen |= bool(np.nan_to_num(a.nonfinite, nan=0.0).any())
+            act_hist = self._hist(buf, meta, "act_hist", "act_hist_layer", a)
+        else:
+            a, act_hist = None, None
+        grad = self._slice(buf, meta, "grad")
+        if grad is not None:
+            idx = np.array([i for i, _ in meta["grad_meta"]])
+            numel = np.array([n for _, n in meta["grad_meta"]])
+            g = S.finalize_summaries(grad, idx, numel, L)
+            for f in ("mean", "std", "abs_max", "frac_zero", "nonfinite"):
+                metrics[f"ograd_{f}"] = getattr(g, f)
+            nonfinite_seen |= bool(np.nan_to_num(g.nonfinite, nan=0.0).any())
+            ograd_hist = self._hist(buf, meta, "grad_hist", "grad_hist_layer", g)
+        else:
+            ograd_hist = None
+        dead: dict[int, np.ndarray] = {}
+        for i in meta.get("amask", []):
+            am = self._slice(buf, meta, f"amask{i}")
+            if am is None:
+                continue
+            active = am > 0
+            if self.layers[i].kind in ("linear", "conv"):
+                gm = self._slice(buf, meta, f"gmask{i}") if i in meta.get("gmask", []) else None
+                if gm is None or gm.shape != am.shape:
+                    continue  # without the gradient we cannot tell a dead unit from a negative one
+                active = active | (gm > 0)
+            mask = self.history.update_units(i, active)
+            dead[i] = mask
+            metrics["act_dead_frac"][i] = float(mask.mean()) if mask.size else np.nan
+        fwd = meta.get("fwd_order", [])
+        bwd = meta.get("bwd_order", [])
+        first_f = next((i for i in fwd if metrics["act_nonfinite"][i] != 0 and np.isfinite(metrics["act_nonfinite"][i])), None)
+        first_b = next((i for i in bwd if metrics["ograd_nonfinite"][i] != 0 and np.isfinite(metrics["ograd_nonfinite"][i])), None)
+        gnf = metrics["grad_nonfinite"]
+        nonfinite_seen |= bool(np.nan_to_num(gnf, nan=0.0).any())
+        if nonfinite_seen and not self._exact_nonfinite:
+            self._exact_nonfinite = True  # count exactly from now on (see stats.py)
+            self.sample_next()
+        if fwd and len(fwd) >= len(self.history.forward_order[: len(fwd)]) and self.history.samples() == 0:
+            self.history.set_forward_order(fwd)
+        elif fwd and set(fwd) - set(self.history.forward_order[: len(fwd)]):
+            self.history.set_forward_order(fwd)
+        rec = StepRecord(
+            step=k,
+            time=meta["time"],
+            metrics=metrics,
+            act_hist=act_hist,
+            ograd_hist=ograd_hist,
+            forward_order=fwd,
+            backward_order=bwd,
+            first_nonfinite_forward=first_f,
+            first_nonfinite_backward=first_b,
+            dead_units=dead,
+            inputs=self._inputs_summary(buf, meta),
+            loss_inputs=self._loss_summary(buf, meta),
+            extra={
+                "forward_modes": meta.get("modes", {}),
+                "exact_nonfinite": meta.get("exact_nonfinite", False),
+                "dead_window_fill": {i: self.history.dead_window_fill(i) for i in dead},
+            },
+        )
+        carried = self._slice(buf, meta, "carried")
+        if carried is not None:
+            rec.extra["grad_norm_before_backward"] = float(carried.reshape(-1)[0])
+        scal = {}
+        gn = self._slice(buf, meta, "p1")
+        if gn is not None:
+            scal["grad_norm_total"] = float(np.sqrt(np.sum(gn.astype(np.float64) ** 2)))
+        if scal:
+            self.history.add_scalars(k, scal)
+        self.history.add_record(rec)
+        self.history.notify(Update(step=k, scalars=True, record=True))
+
+    def _fill_param_metrics(self, buf: np.ndarray, meta: dict[str, Any], pm: dict[str, Any], metrics: dict[str, np.ndarray]) -> None:
+        L = len(self.layers)
+        layer = np.asarray(self._param_layer, dtype=np.int64)
+        has = np.bincount(layer, minlength=L) > 0
+
+        def per_layer(v: np.ndarray, which: np.ndarray) -> np.ndarray:
+            sq = np.bincount(which, weights=v.astype(np.float64) ** 2, minlength=L)
+            return np.where(has, np.sqrt(sq), np.nan)
+
+        j = 0
+        w = self._slice(buf, meta, f"p{j}")
+        j += 1
+        if w is None:
+            return
+        metrics["weight_norm"] = per_layer(w, layer)
+        with_grad = np.asarray(pm["with_grad"], dtype=np.int64)
+        if len(with_grad):
+            g = self._slice(buf, meta, f"p{j}")
+            j += 1
+            assert g is not None
+            gl = layer[with_grad]
+            has_g = np.bincount(gl, minlength=L) > 0
+            metrics["grad_norm"] = np.where(has_g, per_layer(g, gl), np.nan)
+            bad = ~np.isfinite(g)
+            counts = np.zeros(L)
+            if bad.any():
+                for jj in np.flatnonzero(bad):
+                    counts[gl[jj]] += self._count_nonfinite_grad(int(with_grad[jj]))
+            metrics["grad_nonfinite"] = np.where(has_g, counts, np.nan)
+        if pm.get("update"):
+            u = self._slice(buf, meta, f"p{j}")
+            j += 1
+            assert u is not None
+            with np.errstate(invalid="ignore", divide="ignore"):
+                metrics["update_ratio"] = per_layer(u, layer) / metrics["weight_norm"]
+        if pm.get("init"):
+            d = self._slice(buf, meta, f"p{j}")
+            j += 1
+            assert d is not None
+            metrics["dist_init"] = per_layer(d, layer)
+
+    def _count_nonfinite_grad(self, j: int) -> float:
+        """Exact count, where the gradient is still there (CPU path); -1 = at least one."""
+        g = self._params[j].grad
+        if g is None or g.is_cuda:
+            return -1.0
+        with torch.no_grad():
+            return float((~torch.isfinite(g)).sum())
+
+    def _hist(self, buf: np.ndarray, meta: dict[str, Any], key: str, layer_key: str, summ: S.ActSummary) -> np.ndarray | None:
+        h = self._slice(buf, meta, key)
+        if h is None:
+            return None
+        L = len(self.layers)
+        counts = np.zeros((L, S.NBINS))
+        np.add.at(counts, np.asarray(meta[layer_key], dtype=np.int64), h.astype(np.float64))
+        return S.scale_histograms(counts, summ)
+
+    def _inputs_summary(self, buf: np.ndarray, meta: dict[str, Any]) -> dict[str, Any]:
+        v = self._slice(buf, meta, "inputs")
+        if v is None:
+            return {}
+        im = dict(meta["inputs_meta"])
+        n = im["numel"]
+        f = {name: float(v[j]) for j, name in enumerate(S.ACT_FIELDS)}
+        mean = f["sum"] / n
+        im.update(
+            mean=mean,
+            std=math.sqrt(max(f["sumsq"] / n - mean * mean, 0.0)),
+            min=f["min"],
+            max=f["max"],
+        )
+        c = im.get("channels")
+        if c:
+            base = len(S.ACT_FIELDS)
+            cm = v[base : base + c].astype(np.float64)
+            csq = v[base + c : base + 2 * c].astype(np.float64)
+            im["channel_mean"] = cm
+            im["channel_std"] = np.sqrt(np.maximum(csq - cm * cm, 0.0))
+        return im
+
+    def _loss_summary(self, buf: np.ndarray, meta: dict[str, Any]) -> dict[str, Any]:
+        v = self._slice(buf, meta, "loss_in")
+        if v is None:
+            return {}
+        lm = dict(meta["loss_in_meta"])
+        names = ["pred_min", "pred_max", "pred_rowsum_dev", "target_min", "target_max", "target_frac_dev"]
+        lm.update({n: float(x) for n, x in zip(names, v, strict=False)})
+        return lm
+
+    def _adapt_interval(self) -> None:
+        if self.budget is None or not isinstance(self.every, int):
+            return
+        if len(self._dur_sampled) < 3 or len(self._dur_plain) < 8:
+            return
+        base = statistics.median(self._dur_plain)
+        extra = max(statistics.median(self._dur_sampled) - base, 0.0)
+        per_step = statistics.median(self._boundary_cost) if self._boundary_cost else 0.0
+        room = self.budget * base - per_step
+        if room <= 0:
+            self.every = 10_000
+            return
+        self.every = int(min(max(math.ceil(extra / room), 1), 10_000))
+
+
+def _fmt(v: float) -> str:
+    if v is None or not np.isfinite(v):
+        return "-" if v is None or np.isnan(v) else str(v)
+    if v == 0:
+        return "0"
+    a = abs(v)
+    if 1e-3 <= a < 1e4:
+        return f"{v:.4g}"
+    return f"{v:.2e}"

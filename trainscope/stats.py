@@ -1,0 +1,387 @@
+"""Pure, sync-free tensor statistics.
+
+Every function here runs under ``torch.no_grad()`` on the tensor's own device, in fp32 whatever the
+input dtype (bf16/fp16 under autocast included), and returns *device tensors*: nothing here calls
+``.item()``, ``.tolist()`` or anything else that waits for the device.  The probe stacks the results
+of one sampled step and copies them to the host once (:func:`host_copy`).
+
+Cost model (CPU, one (64, 64, 24, 24) fp32 activation, see ``shared/perf-notes.md``): the summary is
+built from three full passes, ``sum``, a BLAS ``dot`` for the sum of squares and ``aminmax``,
+about 4x a plain sum in all, where the obvious ``std_mean`` / ``count_nonzero`` / ``isfinite`` route
+costs ~200x.  Per-element tests (zeros, saturation, histogram bins) run on a fixed random
+subsample of at most :data:`HIST_SAMPLE` elements.
+
+Non-finite values: ``aminmax`` propagates NaN and returns ±Inf exactly, so whether a tensor holds a
+non-finite value is known *exactly* from the summary at no extra cost.  The exact NaN / +Inf / -Inf
+counts need three more full passes (~75x a sum), so they are computed only in ``exact_nonfinite``
+mode, which the probe switches on once non-finite values have been seen (see ``Probe``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = [
+    "ACT_FIELDS",
+    "HIST_EDGES",
+    "HIST_LABELS",
+    "HIST_SAMPLE",
+    "subsample",
+    "NBINS",
+    "ActSummary",
+    "finalize_summaries",
+    "hist_codes",
+    "host_copy",
+    "summarize",
+]
+
+# --------------------------------------------------------------------------------------------
+# Histogram layout: fixed symmetric-log bins, identical for every layer, step and dtype.
+#
+#   index 0            -Inf
+#   1 .. 48            negative values, from (-inf, -10^5.67] (index 1) to (-10^-9.67, 0) (48)
+#   49                 exactly zero
+#   50 .. 97           positive values, from (0, 10^-9.67) (50) to [10^5.67, inf) (97)
+#   98                 +Inf
+#   99                 NaN
+#
+# Magnitude bins are 1/3 decade wide over [1e-10, 1e6]; the innermost bins also hold the tiny
+# non-zero values below 1e-10 and the outermost ones the finite values above 1e6.
+# --------------------------------------------------------------------------------------------
+LOG_MIN = -10.0
+LOG_MAX = 6.0
+BINS_PER_DECADE = 3
+NMAG = int((LOG_MAX - LOG_MIN) * BINS_PER_DECADE)  # 48 magnitude bins per sign
+NEG_INF = 0
+ZERO = NMAG + 1  # 49
+POS_INF = 2 * NMAG + 2  # 98
+NAN = 2 * NMAG + 3  # 99
+NBINS = 2 * NMAG + 4  # 100
+HIST_SAMPLE = 1 << 14
+"""At most this many elements of a tensor enter its histogram, zero and saturation counts
+(a fixed random subsample; all elements of smaller tensors)."""
+
+_MAG_EDGES = 10.0 ** np.linspace(LOG_MIN, LOG_MAX, NMAG + 1)
+HIST_EDGES: np.ndarray = np.concatenate([-_MAG_EDGES[::-1], _MAG_EDGES])
+"""Bin edges of the magnitude bins: ``HIST_EDGES[:NMAG+1]`` negative, ``[NMAG+1:]`` positive."""
+
+
+def _label(i: int) -> str:
+    if i == NEG_INF:
+        return "-inf"
+    if i == POS_INF:
+        return "+inf"
+    if i == NAN:
+        return "nan"
+    if i == ZERO:
+        return "0"
+    if i < ZERO:
+        b = ZERO - 1 - i
+        return f"-1e{LOG_MIN + b / BINS_PER_DECADE:+.2f}"
+    b = i - ZERO - 1
+    return f"1e{LOG_MIN + b / BINS_PER_DECADE:+.2f}"
+
+
+HIST_LABELS: tuple[str, ...] = tuple(_label(i) for i in range(NBINS))
+"""A short label per bin (the lower magnitude edge of each value bin)."""
+
+# --------------------------------------------------------------------------------------------
+# The per-call summary vector.  One row per (module call, tensor); rows of one step are stacked.
+#
+# Full passes over the tensor: sum, L2 norm, aminmax (about 6x the cost of one plain sum).
+# Everything that needs a per-element test (zeros, saturation, histogram bins) is done on a
+# fixed random subsample of at most HIST_SAMPLE elements -- exact for tensors up to that size,
+# an unbiased estimate above it (standard error of a fraction <= 0.4 percentage points).
+# --------------------------------------------------------------------------------------------
+ACT_FIELDS: tuple[str, ...] = (
+    "sum",  # fp32 sum of the elements
+    "sumsq",  # sum of squares (BLAS dot for contiguous fp32, else vector_norm**2)
+    "min",
+    "max",
+    "sub_zero",  # exact zeros in the subsample
+    "sub_sat",  # saturated elements in the subsample (bounded activations), -1 where not applicable
+    "nan",  # exact counts over the whole tensor in exact_nonfinite mode, -1 otherwise
+    "posinf",
+    "neginf",
+)
+_F = {name: i for i, name in enumerate(ACT_FIELDS)}
+NFIELDS = len(ACT_FIELDS)
+
+_generators: dict[torch.device, torch.Generator] = {}
+_index_cache: dict[tuple[int, torch.device], Tensor] = {}
+
+
+def _sample_index(numel: int, device: torch.device) -> Tensor:
+    """A fixed random subset of ``HIST_SAMPLE`` flat indices for tensors of ``numel`` elements.
+
+    Drawn once per (size, device) from a private generator, so the user's RNG streams are never
+    touched (training stays bit-identical), and random rather than strided, so that the subsample
+    cannot alias with a channel or feature period.  Sorted, for memory locality.
+    """
+    key = (numel, device)
+    idx = _index_cache.get(key)
+    if idx is None:
+        gen = _generators.get(device)
+        if gen is None:
+            gen = torch.Generator(device="cpu")
+            gen.manual_seed(0x7A15C0DE)
+            _generators[device] = gen
+        idx = torch.randperm(numel, generator=gen)[:HIST_SAMPLE].sort().values.to(device)
+        if len(_index_cache) > 256:
+            _index_cache.clear()
+        _index_cache[key] = idx
+    return idx
+
+
+_MINUS_ONE: dict[torch.device, Tensor] = {}
+
+
+def _minus_one(device: torch.device) -> Tensor:
+    t = _MINUS_ONE.get(device)
+    if t is None:
+        t = _MINUS_ONE[device] = torch.tensor(-1.0, device=device)
+    return t
+
+
+def subsample(x: Tensor) -> Tensor:
+    """The fixed subsample of ``x`` (all of it when small), flattened, fp32."""
+    n = x.numel()
+    sub = x.reshape(-1) if n <= HIST_SAMPLE else torch.take(x, _sample_index(n, x.device))
+    return sub if sub.dtype == torch.float32 else sub.float()
+
+
+def hist_codes(x: Tensor) -> Tensor:
+    """Bin index (``0 .. NBINS-1``) of every element of a 1-D fp32 tensor.
+
+    Pure elementwise arithmetic (no search): magnitude bin ``m = floor(3·(log10|x| + 10))``
+    clamped to ``[0, NMAG-1]``, signed around the zero bin, ±Inf moved one bin further out and
+    NaN to its own bin.
+    """
+    sign = x.sign()  # -1, 0, 1 (±Inf keep their sign), NaN
+    mag = x.abs().log10_().sub_(LOG_MIN).mul_(BINS_PER_DECADE).floor_().clamp_(0, NMAG - 1).add_(1)
+    codes = mag.mul_(sign)  # 0 for zeros (log10(0) = -inf clamps to bin 0, times sign 0)
+    codes.add_(torch.isinf(x).float().mul_(sign)).add_(ZERO)  # ±Inf: one step past the last bin
+    return torch.nan_to_num_(codes, nan=float(NAN)).long()
+
+
+def _count_bins(codes: Tensor) -> Tensor:
+    if codes.is_cuda and torch.are_deterministic_algorithms_enabled():
+        # bincount has no deterministic CUDA kernel; a sort + searchsorted count is exact and is.
+        srt = codes.sort().values
+        bounds = torch.arange(NBINS + 1, device=codes.device)
+        return torch.searchsorted(srt, bounds).diff().float()
+    return torch.bincount(codes, minlength=NBINS).float()
+
+
+def histogram(x: Tensor) -> Tensor:
+    """Histogram counts (``NBINS``, fp32) of the fixed subsample of ``x`` (not rescaled)."""
+    return _count_bins(hist_codes(subsample(x)))
+
+
+def _sumsq(x: Tensor) -> Tensor:
+    if x.dtype == torch.float32 and x.is_contiguous():
+        v = x.view(-1)
+        return torch.dot(v, v)  # ~2.7x faster than vector_norm on CPU, one pass
+    return torch.linalg.vector_norm(x, dtype=torch.float32).square()
+
+
+@torch.no_grad()
+def summarize(
+    x: Tensor,
+    *,
+    bounds: tuple[float, float, float] | None = None,
+    exact_nonfinite: bool = False,
+    hist: bool = False,
+) -> tuple[Tensor, Tensor | None]:
+    """Summary vector (``ACT_FIELDS``, fp32, on ``x.device``) of one tensor, and optionally its
+    subsample histogram (``NBINS`` counts).
+
+    ``bounds = (center, half_range, threshold)`` enables the saturation count: an element is
+    saturated when ``|x - center| >= threshold`` (e.g. ``(0, 1, 0.98)`` for tanh).
+    """
+    f32 = torch.float32
+    mn, mx = torch.aminmax(x)
+    sub = subsample(x)
+    neg = _minus_one(x.device)
+    parts = [
+        x.sum(dtype=f32),
+        _sumsq(x),
+        mn.to(f32),
+        mx.to(f32),
+        (sub == 0).sum().to(f32),
+    ]
+    if bounds is not None:
+        center, _half, thr = bounds
+        parts.append(((sub - center).abs_() >= thr).sum().to(f32))
+    else:
+        parts.append(neg)
+    if exact_nonfinite:
+        parts.append(torch.isnan(x).sum().to(f32))
+        parts.append((x == math.inf).sum().to(f32))
+        parts.append((x == -math.inf).sum().to(f32))
+    else:
+        parts += [neg, neg, neg]
+    h = _count_bins(hist_codes(sub)) if hist else None
+    return torch.stack(parts), h
+
+
+@torch.no_grad()
+def unit_mask(x: Tensor, unit_dim: int, *, positive: bool) -> Tensor:
+    """Per-unit activity of ``x`` along ``unit_dim`` (fp32 0/1 flags on the device).
+
+    ``positive=True``: 1 where some element of the unit is > 0 (ReLU-style "fired");
+    ``positive=False``: 1 where some element is non-zero (used for gradients).
+    """
+    dims = tuple(d for d in range(x.dim()) if d != unit_dim % x.dim())
+    if not dims:
+        return (x > 0).float() if positive else (x != 0).float()
+    hi = x.amax(dim=dims)
+    if positive:
+        return (hi > 0).float()
+    return ((hi > 0) | (x.amin(dim=dims) < 0)).float()
+
+
+# --------------------------------------------------------------------------------------------
+# Host side: combine the rows of one step into per-layer numbers.
+# --------------------------------------------------------------------------------------------
+@dataclass
+class ActSummary:
+    """Per-layer statistics of one step, combined over every call of the layer in that step."""
+
+    n: np.ndarray  # elements seen
+    mean: np.ndarray
+    std: np.ndarray  # population std
+    min: np.ndarray
+    max: np.ndarray
+    abs_max: np.ndarray
+    frac_zero: np.ndarray
+    frac_sat: np.ndarray  # NaN where not a bounded activation
+    nonfinite: np.ndarray  # exact count; -1 = "at least one, count unknown"; 0 = none (exact)
+    nan: np.ndarray  # exact counts where known, -1 where unknown
+    posinf: np.ndarray
+    neginf: np.ndarray
+
+
+def finalize_summaries(rows: np.ndarray, layer_idx: np.ndarray, numel: np.ndarray, nlayers: int) -> ActSummary:
+    """Combine summary rows (one per call) into per-layer statistics.
+
+    ``rows`` is ``(R, NFIELDS)`` from :func:`summarize`, ``layer_idx`` the layer of each row and
+    ``numel`` its element count (known on the host, so never transferred).
+    """
+    L = nlayers
+    idx = np.asarray(layer_idx, dtype=np.int64)
+    r = np.asarray(rows, dtype=np.float64).reshape(-1, NFIELDS)
+
+    def total(col: np.ndarray) -> np.ndarray:
+        return np.bincount(idx, weights=col, minlength=L)
+
+    n = np.bincount(idx, weights=np.asarray(numel, dtype=np.float64), minlength=L)
+    seen = np.bincount(idx, minlength=L) > 0
+    s = total(r[:, _F["sum"]])
+    ss = total(r[:, _F["sumsq"]])
+    sub_counts = np.minimum(np.asarray(numel, dtype=np.float64), HIST_SAMPLE)
+    sub_n = total(sub_counts)
+    sub_zero = total(r[:, _F["sub_zero"]])
+    mn = np.full(L, np.inf)
+    mx = np.full(L, -np.inf)
+    np.minimum.at(mn, idx, r[:, _F["min"]])  # NaN propagates: a NaN anywhere makes the layer NaN
+    np.maximum.at(mx, idx, r[:, _F["max"]])
+    sat_rows = r[:, _F["sub_sat"]] >= 0
+    sat = total(np.where(sat_rows, r[:, _F["sub_sat"]], 0.0))
+    sat_n = total(np.where(sat_rows, sub_counts, 0.0))
+    has_sat = np.bincount(idx, weights=sat_rows.astype(np.float64), minlength=L) > 0
+    exact_rows = r[:, _F["nan"]] >= 0
+    exact = np.bincount(idx, weights=(~exact_rows).astype(np.float64), minlength=L) == 0
+    nan_c = total(np.where(exact_rows, r[:, _F["nan"]], 0.0))
+    pinf = total(np.where(exact_rows, r[:, _F["posinf"]], 0.0))
+    ninf = total(np.where(exact_rows, r[:, _F["neginf"]], 0.0))
+    out: dict[str, np.ndarray] = {}
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        nn_ = np.where(seen, n, np.nan)
+        mean = s / nn_
+        var = np.maximum(ss / nn_ - mean * mean, 0.0)
+        out["mean"] = mean
+        out["std"] = np.sqrt(var)
+        out["min"] = np.where(seen, mn, np.nan)
+        out["max"] = np.where(seen, mx, np.nan)
+        out["abs_max"] = np.where(seen, np.maximum(np.abs(mn), np.abs(mx)), np.nan)
+        out["frac_zero"] = np.where(seen, sub_zero / sub_n, np.nan)
+        out["frac_sat"] = np.where(has_sat, sat / sat_n, np.nan)
+    # Non-finite accounting: min/max are NaN (NaN present) or infinite (Inf present) exactly when
+    # the layer held a non-finite value.  Counts are exact in exact mode, "-1 = unknown" otherwise.
+    any_nf = seen & ~(np.isfinite(mn) & np.isfinite(mx))
+    nonfinite = np.where(exact, nan_c + pinf + ninf, np.where(any_nf, -1.0, 0.0))
+    nonfinite = np.where(seen, nonfinite, np.nan)
+    unknown = -np.ones(L)
+    return ActSummary(
+        n=n,
+        nonfinite=nonfinite,
+        nan=np.where(exact & seen, nan_c, np.where(any_nf, unknown, 0.0)),
+        posinf=np.where(exact & seen, pinf, np.where(any_nf, unknown, 0.0)),
+        neginf=np.where(exact & seen, ninf, np.where(any_nf, unknown, 0.0)),
+        **out,
+    )
+
+
+def scale_histograms(counts: np.ndarray, summary: ActSummary) -> np.ndarray:
+    """Turn per-layer subsample counts ``(L, NBINS)`` into estimates of the full-tensor counts.
+
+    The zero bin is set to the exact number of zeros.  The non-finite bins are exact in exact mode;
+    otherwise a layer known to hold non-finite values shows at least one in the matching bin
+    (from min/max: NaN min/max -> NaN bin, -Inf min -> -Inf bin, +Inf max -> +Inf bin), so a
+    non-finite value is never dropped from a histogram.  Value bins are rescaled so the row sums to
+    the number of elements seen.
+    """
+    out = counts.astype(np.float64).copy()
+    for i in range(out.shape[0]):
+        n = summary.n[i]
+        if not n:
+            out[i] = 0.0
+            continue
+        zeros = n * summary.frac_zero[i] if np.isfinite(summary.frac_zero[i]) else out[i, ZERO]
+        special = np.array([NEG_INF, POS_INF, NAN])
+        if summary.nonfinite[i] >= 0:
+            nf = np.array([summary.neginf[i], summary.posinf[i], summary.nan[i]])
+            nf = np.where(nf < 0, 0, nf)
+        else:  # present but uncounted: keep the subsample's evidence, at least one where known
+            nf = out[i, special].copy()
+            mn, mx = summary.min[i], summary.max[i]
+            if np.isnan(mn) or np.isnan(mx):
+                nf[2] = max(nf[2], 1)
+            if mn == -np.inf:
+                nf[0] = max(nf[0], 1)
+            if mx == np.inf:
+                nf[1] = max(nf[1], 1)
+        value_bins = np.ones(NBINS, bool)
+        value_bins[special] = False
+        value_bins[ZERO] = False
+        sub_values = out[i, value_bins].sum()
+        target = max(n - zeros - nf.sum(), 0.0)
+        out[i, value_bins] *= (target / sub_values) if sub_values > 0 else 0.0
+        out[i, ZERO] = zeros if np.isfinite(zeros) else 0.0
+        out[i, special] = nf
+    return out.astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------------
+# Parameter statistics (fused over all parameters with the foreach kernels).
+# --------------------------------------------------------------------------------------------
+def norms(tensors: list[Tensor]) -> Tensor:
+    """L2 norms of a list of tensors as one fp32 device tensor (one fused kernel where possible)."""
+    if not tensors:
+        return torch.zeros(0)
+    try:
+        res = torch._foreach_norm(tensors)
+    except Exception:  # pragma: no cover - very old torch or exotic tensor types
+        res = [torch.linalg.vector_norm(t) for t in tensors]
+    return torch.stack([r.to(torch.float32) for r in res])
+
+
+def host_copy(t: Tensor) -> np.ndarray:
+    """Copy a device tensor to a host numpy array (the probe's one transfer per sampled step)."""
+    return t.detach().to("cpu").numpy()
