@@ -55,6 +55,11 @@ class ActionSpec:
     apply: Applier
     description: str = ""
     needs_step_boundary: bool = True
+    category: str = "other"
+    schema: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    """Parameters for UI forms: ``{name: {"type": "float"|"int"|"bool"|"str"|"choice"|"layers"|
+    "layer", "default": ..., "min": ..., "max": ..., "log": bool, "choices": [...], "help": str}}``.
+    The dashboard renders a form from it; ``validate`` stays the authority."""
 
 
 REGISTRY: dict[str, ActionSpec] = {}
@@ -68,11 +73,22 @@ def register_action(
     label: str | None = None,
     description: str = "",
     needs_step_boundary: bool = True,
+    category: str = "other",
+    schema: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> ActionSpec:
     """Add an action to the whitelist (replacing one of the same name)."""
     if not name or not name.replace("_", "").replace("-", "").isalnum():
         raise ValueError(f"action names are short identifiers, got {name!r}")
-    spec = ActionSpec(name, label or name.replace("_", " "), validate, apply, description, needs_step_boundary)
+    spec = ActionSpec(
+        name,
+        label or name.replace("_", " "),
+        validate,
+        apply,
+        description,
+        needs_step_boundary,
+        category,
+        dict(schema or {}),
+    )
     REGISTRY[name] = spec
     return spec
 
@@ -281,4 +297,6 @@ register_action(
     apply=_apply_undo,
     label="Undo",
     description="Undo an applied intervention (restores what it changed).",
+    category="timeline",
+    schema={"ticket": {"type": "str", "help": "id of the applied action to undo"}},
 )

@@ -42,10 +42,20 @@ from .actions import ActionQueue, Ticket
 from .history import LAYER_METRICS, History, StepRecord, Update
 from .layers import LayerInfo, Selector, classify, select_layers
 
-__all__ = ["Probe", "ProbeError"]
+__all__ = ["Batch", "Probe", "ProbeError"]
 
 _ATTACHED: weakref.WeakKeyDictionary[nn.Module, Probe] = weakref.WeakKeyDictionary()
 _MAX_UNITS = 1 << 16  # per-unit masks are kept for layers with at most this many units
+
+
+@dataclass
+class Batch:
+    """References (no copies) to one training batch as the model and the loss saw it."""
+
+    step: int
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    target: Any = None
 
 
 @dataclass
@@ -152,6 +162,12 @@ class Probe:
         memory, plus one more for the update ratio).
     history
         A :class:`~trainscope.history.History` to record into (a new one by default).
+    data
+        Optional training data (an iterable of batches, e.g. a ``DataLoader``) that one-click
+        checks and the LR finder may draw from while training runs.
+    keep_batches
+        How many recent training batches to keep *references* to (no copy) in
+        :attr:`recent_batches`, for the checks to run on real data when ``data`` is not given.
     attach
         Attach immediately (default).  Otherwise call :meth:`attach` or use ``with Probe(...)``.
     """
@@ -172,6 +188,8 @@ class Probe:
         track_init: bool = True,
         auto_val_loss: bool = True,
         history: History | None = None,
+        data: Any = None,
+        keep_batches: int = 1,
         attach: bool = True,
     ) -> None:
         if not isinstance(model, nn.Module):
@@ -214,6 +232,8 @@ class Probe:
         self.auto_val_loss = auto_val_loss
         self._include = include
         self._exclude = exclude
+        self.data = data
+        self.recent_batches: deque[Batch] = deque(maxlen=max(int(keep_batches), 0))
 
         chosen = select_layers(model, include, exclude)  # raises on patterns that match nothing
         self._modules: list[nn.Module] = [m for _, m in chosen]
@@ -316,7 +336,7 @@ class Probe:
             )
         handles: list[Any] = []
         try:
-            handles.append(self.model.register_forward_pre_hook(self._root_pre_hook))
+            handles.append(self.model.register_forward_pre_hook(self._root_pre_hook, with_kwargs=True))
             if self.optimizer is not None:
                 handles.append(self.optimizer.register_step_pre_hook(self._opt_pre_hook))
                 handles.append(self.optimizer.register_step_post_hook(self._opt_post_hook))
@@ -434,6 +454,12 @@ class Probe:
         at once (``ticket.status == "refused"``, ``ticket.message`` says why) and changes nothing.
         """
         return self.actions.submit(action, params, source="python")
+
+    def findings(self, *, min_severity: str | None = None) -> list[Any]:
+        """Current diagnosis (see :mod:`trainscope.diagnostics`): what looks wrong, with evidence."""
+        from .diagnostics import diagnose_probe
+
+        return diagnose_probe(self, min_severity=min_severity)
 
     def sample_next(self) -> None:
         """Record full statistics at the next step, whatever the schedule."""
@@ -576,7 +602,7 @@ class Probe:
         self._step_modes = {"train": 0, "eval_in_train_mode": 0, "train_in_eval_mode": 0, "eval": 0}
 
     # ------------------------------------------------------------------ hooks
-    def _root_pre_hook(self, module: nn.Module, args: tuple[Any, ...]) -> None:
+    def _root_pre_hook(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         if self._paused:
             return
         try:
@@ -591,6 +617,8 @@ class Probe:
                 if self._eval_losses:
                     self._log_val_loss()  # belongs to the step that finished before this forward
                 self._forward_since_boundary = True
+                if self.recent_batches.maxlen != 0:
+                    self.recent_batches.append(Batch(self.step_count, args, dict(kwargs)))
                 if self._sampling and self._enabled["inputs"]:
                     self._first_forward_checks(args)
             elif self._sampling and self._inputs is None and self._enabled["inputs"]:
@@ -708,7 +736,11 @@ class Probe:
             self._grad_masks[i] = m if prev is None or prev.shape != m.shape else torch.maximum(prev, m)
 
     def _loss_pre_hook(self, module: nn.Module, args: tuple[Any, ...]) -> None:
-        if self._paused or not self._sampling or self._loss_in is not None or not torch.is_grad_enabled():
+        if self._paused or not torch.is_grad_enabled():
+            return
+        if self.recent_batches and self.recent_batches[-1].step == self.step_count and len(args) > 1:
+            self.recent_batches[-1].target = args[1]
+        if not self._sampling or self._loss_in is not None:
             return
         try:
             self._summarize_loss_inputs(module, args)
