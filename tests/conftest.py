@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import numpy as np
@@ -31,9 +32,11 @@ def device() -> torch.device:
     return torch.device("cpu")
 
 
-def make_mlp(sizes: tuple[int, ...] = (20, 32, 32, 5), act: type[nn.Module] = nn.ReLU) -> nn.Sequential:
+def make_mlp(
+    sizes: tuple[int, ...] = (20, 32, 32, 5), act: type[nn.Module] = nn.ReLU
+) -> nn.Sequential:
     layers: list[nn.Module] = []
-    for a, b in zip(sizes[:-1], sizes[1:], strict=False):
+    for a, b in itertools.pairwise(sizes):
         layers += [nn.Linear(a, b), act()]
     return nn.Sequential(*layers[:-1])
 

@@ -122,7 +122,9 @@ class Ticket:
             "submitted_step": self.submitted_step,
             "applied_step": self.applied_step,
             "event_id": self.event_id,
-            "latency_ms": None if self.t_done is None else round((self.t_done - self.t_submit) * 1000, 1),
+            "latency_ms": None
+            if self.t_done is None
+            else round((self.t_done - self.t_submit) * 1000, 1),
             "undoable": hasattr(self.result, "undo") and self.status == "applied",
         }
 
@@ -178,7 +180,14 @@ class ActionQueue:
                     self.listener_errors.append(f"{type(e).__name__}: {e}")
 
     # -------------------------------------------------------------- requests
-    def submit(self, action: str, params: Mapping[str, Any] | None = None, *, source: str = "python", id: str | None = None) -> Ticket:
+    def submit(
+        self,
+        action: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        source: str = "python",
+        id: str | None = None,
+    ) -> Ticket:
         """Validate and enqueue a request; never raises for bad requests (see ``Ticket.status``)."""
         raw = dict(params or {})
         t = Ticket(

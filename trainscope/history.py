@@ -119,7 +119,14 @@ class Downsampled:
 
     @property
     def nbytes(self) -> int:
-        arrays = [self._r_steps, self._r_vals, self._b_first, self._b_last, self._b_count, self._b_sum]
+        arrays = [
+            self._r_steps,
+            self._r_vals,
+            self._b_first,
+            self._b_last,
+            self._b_count,
+            self._b_sum,
+        ]
         arrays += [a for a in (self._b_min, self._b_max) if a is not None]
         return sum(a.nbytes for a in arrays)
 
@@ -283,14 +290,14 @@ class History:
         max_events: int = 10_000,
     ) -> None:
         self._lock = threading.RLock()
-        self._cfg = dict(
-            scalar_recent=scalar_recent,
-            scalar_buckets=scalar_buckets,
-            layer_recent=layer_recent,
-            layer_buckets=layer_buckets,
-            hist_recent=hist_recent,
-            hist_buckets=hist_buckets,
-        )
+        self._cfg = {
+            "scalar_recent": scalar_recent,
+            "scalar_buckets": scalar_buckets,
+            "layer_recent": layer_recent,
+            "layer_buckets": layer_buckets,
+            "hist_recent": hist_recent,
+            "hist_buckets": hist_buckets,
+        }
         self.dead_window = dead_window
         self.scalars: dict[str, Downsampled] = {}
         self.events: deque[Event] = deque(maxlen=max_events)
@@ -314,9 +321,15 @@ class History:
             self.layers = list(layers)
             L = len(layers)
             c = self._cfg
-            self._layer = Downsampled((L, len(LAYER_METRICS)), recent=c["layer_recent"], buckets=c["layer_buckets"])
-            self._act_hist = Downsampled((L, NBINS), recent=c["hist_recent"], buckets=c["hist_buckets"], extrema=False)
-            self._ograd_hist = Downsampled((L, NBINS), recent=c["hist_recent"], buckets=c["hist_buckets"], extrema=False)
+            self._layer = Downsampled(
+                (L, len(LAYER_METRICS)), recent=c["layer_recent"], buckets=c["layer_buckets"]
+            )
+            self._act_hist = Downsampled(
+                (L, NBINS), recent=c["hist_recent"], buckets=c["hist_buckets"], extrema=False
+            )
+            self._ograd_hist = Downsampled(
+                (L, NBINS), recent=c["hist_recent"], buckets=c["hist_buckets"], extrema=False
+            )
             self._dead_windows: dict[int, deque[np.ndarray]] = {}
             self.forward_order: list[int] = list(range(L))
             self.latest = None
@@ -345,7 +358,9 @@ class History:
                 s = self.scalars.get(name)
                 if s is None:
                     s = self.scalars[name] = Downsampled(
-                        recent=self._cfg["scalar_recent"], buckets=self._cfg["scalar_buckets"], dtype=np.float64
+                        recent=self._cfg["scalar_recent"],
+                        buckets=self._cfg["scalar_buckets"],
+                        dtype=np.float64,
                     )
                 s.append(step, v)
             self.step = max(self.step, step)
@@ -369,7 +384,8 @@ class History:
                 win = self._dead_windows[layer] = deque(maxlen=self.dead_window)
             win.append(active.astype(bool))
             ever = np.logical_or.reduce(np.stack(win), axis=0)
-            return ~ever
+            dead: np.ndarray = ~ever
+            return dead
 
     def dead_window_fill(self, layer: int) -> int:
         """How many samples the dead-unit window of a layer holds so far."""
@@ -378,7 +394,13 @@ class History:
 
     def add_event(self, kind: str, label: str, step: int | None = None, **data: Any) -> Event:
         with self._lock:
-            ev = Event(id=next(self._event_ids), step=self.step if step is None else step, kind=kind, label=label, data=data)
+            ev = Event(
+                id=next(self._event_ids),
+                step=self.step if step is None else step,
+                kind=kind,
+                label=label,
+                data=data,
+            )
             self.events.append(ev)
         self.notify(Update(step=ev.step, events=True))
         return ev
@@ -410,7 +432,12 @@ class History:
         with self._lock:
             a = self._layer.arrays()
             j = METRIC_INDEX[metric]
-            return {"step": a["step"], "mean": a["mean"][:, :, j], "min": a["min"][:, :, j], "max": a["max"][:, :, j]}
+            return {
+                "step": a["step"],
+                "mean": a["mean"][:, :, j],
+                "min": a["min"][:, :, j],
+                "max": a["max"][:, :, j],
+            }
 
     def histograms(self, kind: str = "act") -> tuple[np.ndarray, np.ndarray]:
         """``(steps (T,), counts (T, L, NBINS))`` for ``kind`` ``"act"`` or ``"ograd"``."""

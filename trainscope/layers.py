@@ -12,7 +12,14 @@ from torch import nn
 __all__ = ["LayerInfo", "Selector", "classify", "select_layers"]
 
 _RELU_FAMILY: tuple[type[nn.Module], ...] = (nn.ReLU, nn.ReLU6, nn.Threshold)
-_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+_CONV = (
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.ConvTranspose1d,
+    nn.ConvTranspose2d,
+    nn.ConvTranspose3d,
+)
 _NORM = (
     nn.BatchNorm1d,
     nn.BatchNorm2d,
@@ -114,7 +121,9 @@ def _kind(module: nn.Module) -> str:
         return "norm"
     if isinstance(module, _ACTIVATIONS):
         return "activation"
-    if isinstance(module, nn.Dropout | nn.Dropout1d | nn.Dropout2d | nn.Dropout3d | nn.AlphaDropout):
+    if isinstance(
+        module, nn.Dropout | nn.Dropout1d | nn.Dropout2d | nn.Dropout3d | nn.AlphaDropout
+    ):
         return "dropout"
     if isinstance(module, nn.Embedding | nn.EmbeddingBag):
         return "embedding"
@@ -187,7 +196,10 @@ def select_layers(
     inc = [_matcher(s) for s in _as_list(include)]
     exc = [_matcher(s) for s in _as_list(exclude)]
     names = [n or "model" for n, _ in named]
-    for label, sels, raw in (("include", inc, _as_list(include)), ("exclude", exc, _as_list(exclude))):
+    for label, sels, raw in (
+        ("include", inc, _as_list(include)),
+        ("exclude", exc, _as_list(exclude)),
+    ):
         for sel, fn in zip(raw, sels, strict=True):
             if not any(fn(n or "model", m) for n, m in named):
                 shown = ", ".join(names[:12]) + (" ..." if len(names) > 12 else "")

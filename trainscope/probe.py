@@ -102,6 +102,38 @@ def _primary_tensor(out: Any) -> Tensor | None:
     return None
 
 
+def _inert(*args: Any, **kwargs: Any) -> None:
+    """What a probe hook becomes in a copy of the model (``copy.deepcopy``, pickling)."""
+    return None
+
+
+class _HookFn:
+    """A hook callable that does not drag the probe into copies of the model.
+
+    ``copy.deepcopy(model)`` and ``torch.save(model)`` copy a module's hook dictionaries; a bound
+    method of the probe would try to copy the probe itself (and fail on its lock).  The copy of a
+    probe hook is a no-op instead: copies of a model are not probed.
+    """
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.fn = fn
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn(*args, **kwargs)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Callable[..., None]:
+        return _inert
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_inert_factory, ())
+
+
+def _inert_factory() -> Callable[..., None]:
+    return _inert
+
+
 class _Pending:
     """One device->host transfer: blocking on CPU, pinned + non-blocking + event on CUDA."""
 
@@ -111,7 +143,7 @@ class _Pending:
         if flat.is_cuda:
             host = torch.empty(flat.shape, dtype=flat.dtype, pin_memory=True)
             host.copy_(flat, non_blocking=True)
-            self._event = torch.cuda.Event()
+            self._event = torch.cuda.Event()  # type: ignore[no-untyped-call]
             self._event.record()
             self._host = host
         else:
@@ -209,13 +241,19 @@ class Probe:
                 "loss_fn must be a loss module such as nn.CrossEntropyLoss() so the probe can hook it; "
                 f"got {type(loss_fn).__name__}. For a functional loss call probe.log(loss=loss) instead."
             )
-        if isinstance(every, bool) or not (callable(every) or (isinstance(every, int) and every >= 1)):
-            raise ValueError(f"every must be a positive int or a callable step -> bool, got {every!r}")
+        if isinstance(every, bool) or not (
+            callable(every) or (isinstance(every, int) and every >= 1)
+        ):
+            raise ValueError(
+                f"every must be a positive int or a callable step -> bool, got {every!r}"
+            )
         if cheap_every is not None and (not isinstance(cheap_every, int) or cheap_every < 1):
             raise ValueError(f"cheap_every must be None or a positive int, got {cheap_every!r}")
         if budget is not None:
             if not (isinstance(budget, (int, float)) and 0 < budget < 1):
-                raise ValueError(f"budget is a fraction of step time in (0, 1), e.g. 0.03; got {budget!r}")
+                raise ValueError(
+                    f"budget is a fraction of step time in (0, 1), e.g. 0.03; got {budget!r}"
+                )
             if callable(every):
                 raise ValueError("budget adapts an integer sampling interval; pass every=<int>")
         if not isinstance(dead_window, int) or dead_window < 1:
@@ -264,9 +302,13 @@ class Probe:
                     "model's parameters (torch.optim.SGD(model.parameters(), ...)) or pass the "
                     "optimizer that trains this model."
                 )
-            self.param_in_optimizer = {n: id(p) in owned for n, p in zip(self._param_names, self._params, strict=True)}
+            self.param_in_optimizer = {
+                n: id(p) in owned for n, p in zip(self._param_names, self._params, strict=True)
+            }
 
-        self.history = history if history is not None else History(self.layers, dead_window=dead_window)
+        self.history = (
+            history if history is not None else History(self.layers, dead_window=dead_window)
+        )
         if history is not None:
             self.history.set_layers(self.layers)
         self.history.meta.update(
@@ -307,14 +349,19 @@ class Probe:
         self._dur_sampled: deque[float] = deque(maxlen=32)
         self._dur_plain: deque[float] = deque(maxlen=64)
         self._boundary_cost: deque[float] = deque(maxlen=64)
-        self.forward_modes = {"train": 0, "eval_in_train_mode": 0, "train_in_eval_mode": 0, "eval": 0}
+        self.forward_modes = {
+            "train": 0,
+            "eval_in_train_mode": 0,
+            "train_in_eval_mode": 0,
+            "eval": 0,
+        }
         self._init: list[Tensor] | None = None
         self._snap: list[Tensor] | None = None
         self._snap_valid = False
         self._last_channel_first = False
         self._unit_dim_cache: dict[int, int] = {}
         self.actions = ActionQueue(self)
-        self._fwd_hooks = [self._make_fwd_hook(i) for i in range(len(self._modules))]
+        self._fwd_hooks = [_HookFn(self._make_fwd_hook(i)) for i in range(len(self._modules))]
         self._grad_hooks = [self._make_grad_hook(i) for i in range(len(self._modules))]
         if attach:
             self.attach()
@@ -327,7 +374,9 @@ class Probe:
     def attach(self) -> Probe:
         """Register the hooks.  Raises if this model already has an attached probe."""
         if self._attached:
-            raise RuntimeError("this probe is already attached; call probe.detach() before attaching again")
+            raise RuntimeError(
+                "this probe is already attached; call probe.detach() before attaching again"
+            )
         other = _ATTACHED.get(self.model)
         if other is not None and other is not self and other.is_attached:
             raise RuntimeError(
@@ -336,13 +385,15 @@ class Probe:
             )
         handles: list[Any] = []
         try:
-            handles.append(self.model.register_forward_pre_hook(self._root_pre_hook, with_kwargs=True))
+            handles.append(
+                self.model.register_forward_pre_hook(_HookFn(self._root_pre_hook), with_kwargs=True)
+            )
             if self.optimizer is not None:
-                handles.append(self.optimizer.register_step_pre_hook(self._opt_pre_hook))
-                handles.append(self.optimizer.register_step_post_hook(self._opt_post_hook))
+                handles.append(self.optimizer.register_step_pre_hook(_HookFn(self._opt_pre_hook)))
+                handles.append(self.optimizer.register_step_post_hook(_HookFn(self._opt_post_hook)))
             if self.loss_fn is not None:
-                handles.append(self.loss_fn.register_forward_pre_hook(self._loss_pre_hook))
-                handles.append(self.loss_fn.register_forward_hook(self._loss_hook))
+                handles.append(self.loss_fn.register_forward_pre_hook(_HookFn(self._loss_pre_hook)))
+                handles.append(self.loss_fn.register_forward_hook(_HookFn(self._loss_hook)))
             if self.track_init and self._init is None:
                 with torch.no_grad():
                     self._init = [p.detach().clone() for p in self._params]
@@ -424,12 +475,16 @@ class Probe:
                 raise ValueError("scalar names must be non-empty strings")
             if isinstance(v, Tensor):
                 if v.numel() != 1:
-                    raise ValueError(f"log({name}=...) needs a scalar; got a tensor of shape {tuple(v.shape)}")
+                    raise ValueError(
+                        f"log({name}=...) needs a scalar; got a tensor of shape {tuple(v.shape)}"
+                    )
                 self._scalar_buf.append((step, name, v.detach().reshape(())))
             elif isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool):
                 self._scalar_buf.append((step, name, float(v)))
             else:
-                raise TypeError(f"log({name}=...) takes a number or a one-element tensor, got {type(v).__name__}")
+                raise TypeError(
+                    f"log({name}=...) takes a number or a one-element tensor, got {type(v).__name__}"
+                )
 
     @property
     def current_step(self) -> int:
@@ -457,9 +512,10 @@ class Probe:
 
     def findings(self, *, min_severity: str | None = None) -> list[Any]:
         """Current diagnosis (see :mod:`trainscope.diagnostics`): what looks wrong, with evidence."""
-        from .diagnostics import diagnose_probe
+        from .diagnostics import diagnose_probe  # type: ignore[import-not-found,unused-ignore]
 
-        return diagnose_probe(self, min_severity=min_severity)
+        found: list[Any] = diagnose_probe(self, min_severity=min_severity)
+        return found
 
     def sample_next(self) -> None:
         """Record full statistics at the next step, whatever the schedule."""
@@ -497,7 +553,17 @@ class Probe:
         """Median wall time of a recent step without sampling (seconds)."""
         return statistics.median(self._dur_plain) if self._dur_plain else None
 
-    def summary(self, metrics: Sequence[str] = ("act_mean", "act_std", "act_frac_zero", "act_dead_frac", "grad_norm", "update_ratio")) -> str:
+    def summary(
+        self,
+        metrics: Sequence[str] = (
+            "act_mean",
+            "act_std",
+            "act_frac_zero",
+            "act_dead_frac",
+            "grad_norm",
+            "update_ratio",
+        ),
+    ) -> str:
         """A plain-text table of the latest sampled step (for scripts and logs)."""
         rec = self.history.latest
         if rec is None:
@@ -521,12 +587,14 @@ class Probe:
     def _fail(self, where: str, exc: BaseException) -> None:
         if len(self.errors) < 1000:
             self.errors.append(
-                ProbeError(where, self.step_count, f"{type(exc).__name__}: {exc}", traceback.format_exc())
+                ProbeError(
+                    where, self.step_count, f"{type(exc).__name__}: {exc}", traceback.format_exc()
+                )
             )
         if where in self._enabled:
             self._enabled[where] = False
-        self._warn_once(
-            f"fail-{where}",
+        self._warn_once(  # once per probe: later failures are listed in probe.errors
+            "internal-error",
             f"an internal error in the probe's {where} code was caught and that part is switched "
             f"off; training continues. ({type(exc).__name__}: {exc}) Details: probe.errors",
         )
@@ -540,6 +608,8 @@ class Probe:
     def _is_sample_step(self, step: int) -> bool:
         if self._force_sample or step == 0:
             return True
+        if self.budget is not None and len(self._dur_plain) < 8 and step % 2 == 1:
+            return False  # the budget needs plain steps to measure the baseline against
         if callable(self.every):
             try:
                 return bool(self.every(step))
@@ -602,13 +672,19 @@ class Probe:
         self._step_modes = {"train": 0, "eval_in_train_mode": 0, "train_in_eval_mode": 0, "eval": 0}
 
     # ------------------------------------------------------------------ hooks
-    def _root_pre_hook(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    def _root_pre_hook(
+        self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None:
         if self._paused:
             return
         try:
             grad = torch.is_grad_enabled()
             training = module.training
-            mode = ("train" if training else "train_in_eval_mode") if grad else ("eval_in_train_mode" if training else "eval")
+            mode = (
+                ("train" if training else "train_in_eval_mode")
+                if grad
+                else ("eval_in_train_mode" if training else "eval")
+            )
             self.forward_modes[mode] += 1
             self._step_modes[mode] += 1
             if not grad:
@@ -639,7 +715,11 @@ class Probe:
         if x is None:
             return
         vec, _ = S.summarize(x)
-        meta: dict[str, Any] = {"shape": tuple(x.shape), "dtype": str(x.dtype).replace("torch.", ""), "numel": x.numel()}
+        meta: dict[str, Any] = {
+            "shape": tuple(x.shape),
+            "dtype": str(x.dtype).replace("torch.", ""),
+            "numel": x.numel(),
+        }
         parts = [vec]
         if x.dim() >= 2:
             cdim = 1 if x.dim() >= 3 else x.dim() - 1
@@ -700,7 +780,9 @@ class Probe:
         if i not in self._fwd_seen:
             self._fwd_seen.add(i)
             self._fwd_order.append(i)
-        row, hist = S.summarize(t, bounds=info.saturation, exact_nonfinite=self._exact_nonfinite, hist=self.histograms)
+        row, hist = S.summarize(
+            t, bounds=info.saturation, exact_nonfinite=self._exact_nonfinite, hist=self.histograms
+        )
         self._act_rows.append(row)
         self._act_meta.append((i, t.numel()))
         if hist is not None:
@@ -712,9 +794,11 @@ class Probe:
                 self._unit_dim_cache[i] = ud
                 m = S.unit_mask(t, ud, positive=True)
                 prev = self._act_masks.get(i)
-                self._act_masks[i] = m if prev is None or prev.shape != m.shape else torch.maximum(prev, m)
+                self._act_masks[i] = (
+                    m if prev is None or prev.shape != m.shape else torch.maximum(prev, m)
+                )
         if t.requires_grad and self._enabled["backward"]:
-            t.register_hook(self._grad_hooks[i])
+            t.register_hook(self._grad_hooks[i])  # type: ignore[no-untyped-call]
 
     @torch.no_grad()
     def _on_grad(self, i: int, g: Tensor) -> None:
@@ -733,12 +817,18 @@ class Probe:
         if self.layers[i].kind in ("linear", "conv") and ud is not None and ud < g.dim():
             m = S.unit_mask(g, ud, positive=False)
             prev = self._grad_masks.get(i)
-            self._grad_masks[i] = m if prev is None or prev.shape != m.shape else torch.maximum(prev, m)
+            self._grad_masks[i] = (
+                m if prev is None or prev.shape != m.shape else torch.maximum(prev, m)
+            )
 
     def _loss_pre_hook(self, module: nn.Module, args: tuple[Any, ...]) -> None:
         if self._paused or not torch.is_grad_enabled():
             return
-        if self.recent_batches and self.recent_batches[-1].step == self.step_count and len(args) > 1:
+        if (
+            self.recent_batches
+            and self.recent_batches[-1].step == self.step_count
+            and len(args) > 1
+        ):
             self.recent_batches[-1].target = args[1]
         if not self._sampling or self._loss_in is not None:
             return
@@ -865,7 +955,10 @@ class Probe:
                     ev = self._every_int()
                     self._next_sample = k + (ev if ev else 1)
                 self._process_ready()
-                due = payload is not None or (time.perf_counter() - self._last_flush) > self.flush_interval
+                due = (
+                    payload is not None
+                    or (time.perf_counter() - self._last_flush) > self.flush_interval
+                )
                 if due:
                     self._start_transfer(payload, block=False)
                 self._reset_step_buffers()
@@ -917,7 +1010,11 @@ class Probe:
             if t is None:
                 return
             flat = t.detach().reshape(-1).float()
-            meta.setdefault("slices", {})[key] = (sum(x.numel() for x in tensors), flat.numel(), tuple(t.shape))
+            meta.setdefault("slices", {})[key] = (
+                sum(x.numel() for x in tensors),
+                flat.numel(),
+                tuple(t.shape),
+            )
             tensors.append(flat)
 
         if self._enabled["params"]:
@@ -964,7 +1061,11 @@ class Probe:
 
     def _start_transfer(self, payload: dict[str, Any] | None, *, block: bool) -> None:
         """Concatenate the payload's tensors and the buffered scalars into one copy to the host."""
-        meta = payload if payload is not None else {"step": self.step_count, "full": False, "params": None}
+        meta: dict[str, Any] = (
+            payload
+            if payload is not None
+            else {"step": self.step_count, "full": False, "params": None}
+        )
         tensors: list[Tensor] = meta.pop("tensors", [])
         offset = sum(t.numel() for t in tensors)
         scal_float: list[tuple[int, str, float]] = []
@@ -1029,7 +1130,8 @@ class Probe:
         if s is None:
             return None
         start, n, shape = s
-        return buf[start : start + n].reshape(shape)
+        out: np.ndarray = buf[start : start + n].reshape(shape)
+        return out
 
     def _process_record(self, buf: np.ndarray, meta: dict[str, Any]) -> None:
         L = len(self.layers)
@@ -1042,7 +1144,9 @@ class Probe:
             # cheap step: parameter metrics only, kept as whole-model scalars
             gn = self._slice(buf, meta, "p1")
             if gn is not None:
-                self.history.add_scalars(k, {"grad_norm_total": float(np.sqrt(np.sum(gn.astype(np.float64) ** 2)))})
+                self.history.add_scalars(
+                    k, {"grad_norm_total": float(np.sqrt(np.sum(gn.astype(np.float64) ** 2)))}
+                )
             self.history.notify(Update(step=k, scalars=True))
             return
         act = self._slice(buf, meta, "act")
@@ -1084,14 +1188,32 @@ class Probe:
             metrics["act_dead_frac"][i] = float(mask.mean()) if mask.size else np.nan
         fwd = meta.get("fwd_order", [])
         bwd = meta.get("bwd_order", [])
-        first_f = next((i for i in fwd if metrics["act_nonfinite"][i] != 0 and np.isfinite(metrics["act_nonfinite"][i])), None)
-        first_b = next((i for i in bwd if metrics["ograd_nonfinite"][i] != 0 and np.isfinite(metrics["ograd_nonfinite"][i])), None)
+        first_f = next(
+            (
+                i
+                for i in fwd
+                if metrics["act_nonfinite"][i] != 0 and np.isfinite(metrics["act_nonfinite"][i])
+            ),
+            None,
+        )
+        first_b = next(
+            (
+                i
+                for i in bwd
+                if metrics["ograd_nonfinite"][i] != 0 and np.isfinite(metrics["ograd_nonfinite"][i])
+            ),
+            None,
+        )
         gnf = metrics["grad_nonfinite"]
         nonfinite_seen |= bool(np.nan_to_num(gnf, nan=0.0).any())
         if nonfinite_seen and not self._exact_nonfinite:
             self._exact_nonfinite = True  # count exactly from now on (see stats.py)
             self.sample_next()
-        if fwd and len(fwd) >= len(self.history.forward_order[: len(fwd)]) and self.history.samples() == 0:
+        if (
+            fwd
+            and len(fwd) >= len(self.history.forward_order[: len(fwd)])
+            and self.history.samples() == 0
+        ):
             self.history.set_forward_order(fwd)
         elif fwd and set(fwd) - set(self.history.forward_order[: len(fwd)]):
             self.history.set_forward_order(fwd)
@@ -1126,7 +1248,13 @@ class Probe:
         self.history.add_record(rec)
         self.history.notify(Update(step=k, scalars=True, record=True))
 
-    def _fill_param_metrics(self, buf: np.ndarray, meta: dict[str, Any], pm: dict[str, Any], metrics: dict[str, np.ndarray]) -> None:
+    def _fill_param_metrics(
+        self,
+        buf: np.ndarray,
+        meta: dict[str, Any],
+        pm: dict[str, Any],
+        metrics: dict[str, np.ndarray],
+    ) -> None:
         L = len(self.layers)
         layer = np.asarray(self._param_layer, dtype=np.int64)
         has = np.bincount(layer, minlength=L) > 0
@@ -1175,7 +1303,9 @@ class Probe:
         with torch.no_grad():
             return float((~torch.isfinite(g)).sum())
 
-    def _hist(self, buf: np.ndarray, meta: dict[str, Any], key: str, layer_key: str, summ: S.ActSummary) -> np.ndarray | None:
+    def _hist(
+        self, buf: np.ndarray, meta: dict[str, Any], key: str, layer_key: str, summ: S.ActSummary
+    ) -> np.ndarray | None:
         h = self._slice(buf, meta, key)
         if h is None:
             return None
@@ -1212,7 +1342,14 @@ class Probe:
         if v is None:
             return {}
         lm = dict(meta["loss_in_meta"])
-        names = ["pred_min", "pred_max", "pred_rowsum_dev", "target_min", "target_max", "target_frac_dev"]
+        names = [
+            "pred_min",
+            "pred_max",
+            "pred_rowsum_dev",
+            "target_min",
+            "target_max",
+            "target_frac_dev",
+        ]
         lm.update({n: float(x) for n, x in zip(names, v, strict=False)})
         return lm
 

@@ -31,12 +31,12 @@ __all__ = [
     "HIST_EDGES",
     "HIST_LABELS",
     "HIST_SAMPLE",
-    "subsample",
     "NBINS",
     "ActSummary",
     "finalize_summaries",
     "hist_codes",
     "host_copy",
+    "subsample",
     "summarize",
 ]
 
@@ -186,8 +186,10 @@ def histogram(x: Tensor) -> Tensor:
 def _sumsq(x: Tensor) -> Tensor:
     if x.dtype == torch.float32 and x.is_contiguous():
         v = x.view(-1)
-        return torch.dot(v, v)  # ~2.7x faster than vector_norm on CPU, one pass
-    return torch.linalg.vector_norm(x, dtype=torch.float32).square()
+        out: Tensor = torch.dot(v, v)  # ~2.7x faster than vector_norm on CPU, one pass
+        return out
+    norm: Tensor = torch.linalg.vector_norm(x, dtype=torch.float32)
+    return norm.square()
 
 
 @torch.no_grad()
@@ -267,7 +269,9 @@ class ActSummary:
     neginf: np.ndarray
 
 
-def finalize_summaries(rows: np.ndarray, layer_idx: np.ndarray, numel: np.ndarray, nlayers: int) -> ActSummary:
+def finalize_summaries(
+    rows: np.ndarray, layer_idx: np.ndarray, numel: np.ndarray, nlayers: int
+) -> ActSummary:
     """Combine summary rows (one per call) into per-layer statistics.
 
     ``rows`` is ``(R, NFIELDS)`` from :func:`summarize`, ``layer_idx`` the layer of each row and
@@ -289,8 +293,9 @@ def finalize_summaries(rows: np.ndarray, layer_idx: np.ndarray, numel: np.ndarra
     sub_zero = total(r[:, _F["sub_zero"]])
     mn = np.full(L, np.inf)
     mx = np.full(L, -np.inf)
-    np.minimum.at(mn, idx, r[:, _F["min"]])  # NaN propagates: a NaN anywhere makes the layer NaN
-    np.maximum.at(mx, idx, r[:, _F["max"]])
+    with np.errstate(invalid="ignore"):  # NaN propagates: a NaN anywhere makes the layer NaN
+        np.minimum.at(mn, idx, r[:, _F["min"]])
+        np.maximum.at(mx, idx, r[:, _F["max"]])
     sat_rows = r[:, _F["sub_sat"]] >= 0
     sat = total(np.where(sat_rows, r[:, _F["sub_sat"]], 0.0))
     sat_n = total(np.where(sat_rows, sub_counts, 0.0))
@@ -365,7 +370,8 @@ def scale_histograms(counts: np.ndarray, summary: ActSummary) -> np.ndarray:
         out[i, value_bins] *= (target / sub_values) if sub_values > 0 else 0.0
         out[i, ZERO] = zeros if np.isfinite(zeros) else 0.0
         out[i, special] = nf
-    return out.astype(np.float32)
+    scaled: np.ndarray = out.astype(np.float32)
+    return scaled
 
 
 # --------------------------------------------------------------------------------------------
@@ -375,6 +381,7 @@ def norms(tensors: list[Tensor]) -> Tensor:
     """L2 norms of a list of tensors as one fp32 device tensor (one fused kernel where possible)."""
     if not tensors:
         return torch.zeros(0)
+    res: list[Tensor] | tuple[Tensor, ...]
     try:
         res = torch._foreach_norm(tensors)
     except Exception:  # pragma: no cover - very old torch or exotic tensor types
