@@ -214,6 +214,53 @@ class Downsampled:
         order = self._recent_order()[-k:] if k > 0 else self._recent_order()[:0]
         return self._r_steps[order], self._r_vals[order]
 
+    # ------------------------------------------------------------ persistence (run directory)
+    def state_dict(self) -> dict[str, Any]:
+        """The exact state as numpy arrays and ints (used points only, oldest first)."""
+        nb = self._b_len + (1 if self._open_n else 0)
+        order = self._recent_order()
+        state: dict[str, Any] = {
+            "shape": list(self.shape),
+            "extrema": self.extrema,
+            "dtype": str(self._r_vals.dtype),
+            "recent": len(self._r_steps),
+            "buckets": len(self._b_first),
+            "b_len": self._b_len,
+            "width": self._width,
+            "open_n": self._open_n,
+            "total": self.total,
+            "r_steps": self._r_steps[order],
+            "r_vals": self._r_vals[order],
+        }
+        for key in ("b_first", "b_last", "b_count", "b_sum", "b_min", "b_max"):
+            arr = getattr(self, f"_{key}")
+            if arr is not None:
+                state[key] = arr[:nb].copy()
+        return state
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> Downsampled:
+        """Rebuild a series saved by :meth:`state_dict` (appending continues exactly as before)."""
+        d = cls(
+            tuple(int(x) for x in state["shape"]),
+            recent=int(state["recent"]),
+            buckets=int(state["buckets"]),
+            extrema=bool(state["extrema"]),
+            dtype=np.dtype(str(state["dtype"])),
+        )
+        n = len(state["r_steps"])
+        d._r_steps[:n] = state["r_steps"]
+        d._r_vals[:n] = state["r_vals"]
+        d._r_len, d._r_head = n, 0
+        nb = len(state["b_first"])
+        for key in ("b_first", "b_last", "b_count", "b_sum", "b_min", "b_max"):
+            arr = getattr(d, f"_{key}")
+            if arr is not None:
+                arr[:nb] = state[key]
+        d._b_len, d._width = int(state["b_len"]), int(state["width"])
+        d._open_n, d.total = int(state["open_n"]), int(state["total"])
+        return d
+
 
 @dataclass
 class Event:
@@ -477,6 +524,50 @@ class History:
             except Exception as e:  # a broken reader must never break training
                 if len(self.subscriber_errors) < 100:
                     self.subscriber_errors.append(f"{type(e).__name__}: {e}")
+
+    # ---------------------------------------------------------------- persistence (run directory)
+    @property
+    def lock(self) -> threading.RLock:
+        """The lock every write holds (readers that need a consistent view across series take it)."""
+        return self._lock
+
+    def scalar_tail(self, name: str, since: int) -> tuple[np.ndarray, np.ndarray, int]:
+        """Raw points of a scalar appended after the first ``since`` ones: ``(steps, values, total)``.
+
+        At most the recent (raw) capacity is returned; older points are already bucketed.
+        """
+        with self._lock:
+            s = self.scalars.get(name)
+            if s is None:
+                return np.zeros(0, np.int64), np.zeros(0), 0
+            steps, values = s.last(min(max(s.total - since, 0), len(s._r_steps)))
+            return steps, values, s.total
+
+    def state_dict(self) -> dict[str, Any]:
+        """Exact copy of the bounded series (scalars, per-layer metrics, histograms) and counters.
+
+        Layers, ``meta``, ``events`` and ``latest`` are public attributes and saved by the caller.
+        """
+        with self._lock:
+            return {
+                "config": dict(self._cfg, dead_window=self.dead_window, max_events=self.events.maxlen),
+                "step": self.step,
+                "forward_order": list(self.forward_order),
+                "scalars": {n: s.state_dict() for n, s in self.scalars.items()},
+                "layer": self._layer.state_dict(),
+                "act_hist": self._act_hist.state_dict(),
+                "ograd_hist": self._ograd_hist.state_dict(),
+            }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` saved (call :meth:`set_layers` with the same layers first)."""
+        with self._lock:
+            self.scalars = {n: Downsampled.from_state(st) for n, st in state["scalars"].items()}
+            self._layer = Downsampled.from_state(state["layer"])
+            self._act_hist = Downsampled.from_state(state["act_hist"])
+            self._ograd_hist = Downsampled.from_state(state["ograd_hist"])
+            self.step = int(state["step"])
+            self.forward_order = [int(i) for i in state["forward_order"]]
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.scalars)
