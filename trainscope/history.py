@@ -70,6 +70,10 @@ LAYER_METRICS: tuple[str, ...] = (
     "grad_nonfinite",  # non-finite gradient elements (exact)
 )
 METRIC_INDEX = {m: i for i, m in enumerate(LAYER_METRICS)}
+PARAM_METRICS: tuple[str, ...] = ("weight_norm", "grad_norm", "update_ratio", "dist_init", "grad_nonfinite")
+"""Parameter metrics are also recorded at every *cheap* step (``cheap_every``) in a denser series;
+:meth:`History.layer_series` serves them from there."""
+PARAM_INDEX = {m: i for i, m in enumerate(PARAM_METRICS)}
 
 
 class Downsampled:
@@ -331,6 +335,8 @@ class History:
         scalar_buckets: int = 1024,
         layer_recent: int = 256,
         layer_buckets: int = 256,
+        param_recent: int = 512,
+        param_buckets: int = 512,
         hist_recent: int = 64,
         hist_buckets: int = 192,
         dead_window: int = 20,
@@ -342,6 +348,8 @@ class History:
             "scalar_buckets": scalar_buckets,
             "layer_recent": layer_recent,
             "layer_buckets": layer_buckets,
+            "param_recent": param_recent,
+            "param_buckets": param_buckets,
             "hist_recent": hist_recent,
             "hist_buckets": hist_buckets,
         }
@@ -370,6 +378,9 @@ class History:
             c = self._cfg
             self._layer = Downsampled(
                 (L, len(LAYER_METRICS)), recent=c["layer_recent"], buckets=c["layer_buckets"]
+            )
+            self._param = Downsampled(
+                (L, len(PARAM_METRICS)), recent=c["param_recent"], buckets=c["param_buckets"]
             )
             self._act_hist = Downsampled(
                 (L, NBINS), recent=c["hist_recent"], buckets=c["hist_buckets"], extrema=False
@@ -416,12 +427,27 @@ class History:
         with self._lock:
             row = np.stack([rec.metrics[m] for m in LAYER_METRICS], axis=1).astype(np.float32)
             self._layer.append(rec.step, row)
+            prow = np.stack([rec.metrics[m] for m in PARAM_METRICS], axis=1).astype(np.float32)
+            self._append_param(rec.step, prow)
             if rec.act_hist is not None:
                 self._act_hist.append(rec.step, rec.act_hist)
             if rec.ograd_hist is not None:
                 self._ograd_hist.append(rec.step, rec.ograd_hist)
             self.latest = rec
             self.step = max(self.step, rec.step)
+
+    def add_param_rows(self, steps: np.ndarray, rows: np.ndarray) -> None:
+        """Per-layer parameter metrics of several steps: ``rows`` is ``(K, L, len(PARAM_METRICS))``."""
+        with self._lock:
+            for k, row in zip(steps, rows, strict=True):
+                self._append_param(int(k), row)
+            if len(steps):
+                self.step = max(self.step, int(steps[-1]))
+
+    def _append_param(self, step: int, row: np.ndarray) -> None:
+        if self._param.total and step <= int(self._param.last(1)[0][-1]):
+            return  # each step once (a sampled step may also arrive through add_record)
+        self._param.append(step, row)
 
     def update_units(self, layer: int, active: np.ndarray) -> np.ndarray:
         """Add one sample's per-unit activity flags; returns the dead mask over the window."""
@@ -471,14 +497,21 @@ class History:
         if metric not in METRIC_INDEX:
             raise KeyError(f"unknown metric {metric!r}; metrics are {', '.join(LAYER_METRICS)}")
         with self._lock:
+            if metric in PARAM_INDEX:
+                a = self._param.arrays()
+                return a["step"], a["mean"][:, :, PARAM_INDEX[metric]]
             a = self._layer.arrays()
             return a["step"], a["mean"][:, :, METRIC_INDEX[metric]]
 
     def layer_series_range(self, metric: str) -> dict[str, np.ndarray]:
         """Like :meth:`layer_series` with the bucket ``min`` / ``max`` as well."""
+        if metric not in METRIC_INDEX:
+            raise KeyError(f"unknown metric {metric!r}; metrics are {', '.join(LAYER_METRICS)}")
         with self._lock:
-            a = self._layer.arrays()
-            j = METRIC_INDEX[metric]
+            if metric in PARAM_INDEX:
+                a, j = self._param.arrays(), PARAM_INDEX[metric]
+            else:
+                a, j = self._layer.arrays(), METRIC_INDEX[metric]
             return {
                 "step": a["step"],
                 "mean": a["mean"][:, :, j],
@@ -501,7 +534,7 @@ class History:
 
     def memory_bytes(self) -> int:
         with self._lock:
-            total = self._layer.nbytes + self._act_hist.nbytes + self._ograd_hist.nbytes
+            total = self._layer.nbytes + self._param.nbytes + self._act_hist.nbytes + self._ograd_hist.nbytes
             total += sum(s.nbytes for s in self.scalars.values())
             total += sum(sum(m.nbytes for m in w) for w in self._dead_windows.values())
             return total
@@ -555,6 +588,7 @@ class History:
                 "forward_order": list(self.forward_order),
                 "scalars": {n: s.state_dict() for n, s in self.scalars.items()},
                 "layer": self._layer.state_dict(),
+                "param": self._param.state_dict(),
                 "act_hist": self._act_hist.state_dict(),
                 "ograd_hist": self._ograd_hist.state_dict(),
             }
@@ -564,6 +598,8 @@ class History:
         with self._lock:
             self.scalars = {n: Downsampled.from_state(st) for n, st in state["scalars"].items()}
             self._layer = Downsampled.from_state(state["layer"])
+            if "param" in state:
+                self._param = Downsampled.from_state(state["param"])
             self._act_hist = Downsampled.from_state(state["act_hist"])
             self._ograd_hist = Downsampled.from_state(state["ograd_hist"])
             self.step = int(state["step"])

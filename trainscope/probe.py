@@ -39,13 +39,17 @@ from torch import Tensor, nn
 
 from . import stats as S
 from .actions import ActionQueue, Ticket
-from .history import LAYER_METRICS, History, StepRecord, Update
+from .history import LAYER_METRICS, PARAM_METRICS, History, StepRecord, Update
 from .layers import LayerInfo, Selector, classify, select_layers
 
 __all__ = ["Batch", "Probe", "ProbeError"]
 
 _ATTACHED: weakref.WeakKeyDictionary[nn.Module, Probe] = weakref.WeakKeyDictionary()
 _MAX_UNITS = 1 << 16  # per-unit masks are kept for layers with at most this many units
+DEFAULT_EVERY = 10
+"""Default sampling interval (optimizer steps) of the full statistics."""
+DEFAULT_BUDGET = 0.03
+"""Default overhead budget (fraction of step time) when ``every`` is not given."""
 
 
 @dataclass
@@ -175,7 +179,9 @@ class Probe:
         summarized (for the "probabilities into the loss" and "wrong loss" checks).
     every
         Sample the full statistics every ``every`` optimizer steps (step 0 is always sampled), or
-        a callable ``step -> bool``.
+        a callable ``step -> bool``.  ``None`` (default): every :data:`DEFAULT_EVERY` steps,
+        lengthened automatically so that the measured overhead stays within
+        :data:`DEFAULT_BUDGET` of the step time.
     cheap_every
         Additionally record the cheap, parameter-level set (weight / gradient norms, update ratio,
         distance from init) every ``cheap_every`` steps; ``None``: only at sampled steps.
@@ -186,7 +192,9 @@ class Probe:
         selecting which modules to track.
     budget
         Keep the probe's own measured overhead at or below this fraction of step time
-        (e.g. ``0.03``) by adapting the sampling interval.  Requires an integer ``every``.
+        (e.g. ``0.03``) by lengthening the sampling interval (never below ``every``).  Requires
+        an integer ``every``.  Default: :data:`DEFAULT_BUDGET` when ``every`` is not given,
+        otherwise none.
     dead_window
         Number of sampled steps over which a unit must never fire to count as dead.
     track_init
@@ -210,7 +218,7 @@ class Probe:
         optimizer: torch.optim.Optimizer | None = None,
         *,
         loss_fn: nn.Module | None = None,
-        every: int | Callable[[int], bool] = 10,
+        every: int | Callable[[int], bool] | None = None,
         cheap_every: int | None = None,
         histograms: bool = True,
         include: Selector | Sequence[Selector] | None = None,
@@ -241,6 +249,10 @@ class Probe:
                 "loss_fn must be a loss module such as nn.CrossEntropyLoss() so the probe can hook it; "
                 f"got {type(loss_fn).__name__}. For a functional loss call probe.log(loss=loss) instead."
             )
+        if every is None:
+            every = DEFAULT_EVERY
+            if budget is None:
+                budget = DEFAULT_BUDGET
         if isinstance(every, bool) or not (
             callable(every) or (isinstance(every, int) and every >= 1)
         ):
@@ -263,6 +275,7 @@ class Probe:
         self.optimizer = optimizer
         self.loss_fn = loss_fn
         self.every: int | Callable[[int], bool] = every
+        self._base_every = every if isinstance(every, int) else 1
         self.cheap_every = cheap_every
         self.histograms = histograms
         self.budget = budget
@@ -341,6 +354,8 @@ class Probe:
         self._forward_since_boundary = False
         self._reset_step_buffers()
         self._scalar_buf: list[tuple[int, str, Any]] = []
+        self._param_rows: list[tuple[int, Tensor]] = []
+        self._param_layer_arr = np.asarray(self._param_layer, dtype=np.int64)
         self._eval_losses: list[Tensor] = []
         self._pending: deque[_Pending] = deque()
         self._last_flush = time.perf_counter()
@@ -907,28 +922,87 @@ class Probe:
         self._snap_valid = True
 
     @torch.no_grad()
-    def _param_stats(self) -> tuple[list[Tensor], dict[str, Any]]:
+    def _param_row(self, *, init: bool) -> Tensor | None:
+        """Norms of every tracked parameter as one ``(4, P)`` device tensor (no sync).
+
+        Rows: weight norm, gradient norm, update norm (since the snapshot taken before the
+        optimizer step), distance from the initial parameters.  ``-1`` marks what was not
+        measured (no gradient, no snapshot, ``init`` not requested).
+        """
+        if not self._params:
+            return None
         params = [p.detach() for p in self._params]
-        if not params:
-            return [], {}
+        dev = params[0].device
+        row = torch.full((4, len(params)), -1.0, device=dev)
+        row[0] = S.norms(params).to(dev)
         with_grad = [j for j, p in enumerate(self._params) if p.grad is not None]
-        parts = [S.norms(params)]
-        meta: dict[str, Any] = {"with_grad": with_grad, "update": False, "init": False}
         if with_grad:
-            parts.append(S.norms([self._params[j].grad.detach() for j in with_grad]))  # type: ignore[union-attr]
+            gn = S.norms([self._params[j].grad.detach() for j in with_grad]).to(dev)  # type: ignore[union-attr]
+            if len(with_grad) == len(params):
+                row[1] = gn
+            else:
+                row[1, torch.tensor(with_grad, device=dev)] = gn
         if self._snap is not None and self._snap_valid:
             torch._foreach_sub_(self._snap, params)
-            parts.append(S.norms(self._snap))
-            meta["update"] = True
+            row[2] = S.norms(self._snap).to(dev)
             self._snap_valid = False
-        if self._init is not None:
+        if init and self._init is not None:
             if self._snap is None:
                 self._snap = [p.clone() for p in params]
             torch._foreach_copy_(self._snap, params)
             torch._foreach_sub_(self._snap, self._init)
-            parts.append(S.norms(self._snap))
-            meta["init"] = True
-        return parts, meta
+            row[3] = S.norms(self._snap).to(dev)
+        return row
+
+    def _param_metrics(self, rows: np.ndarray) -> np.ndarray:
+        """``(K, 4, P)`` parameter rows -> ``(K, L, len(PARAM_METRICS))`` per-layer metrics."""
+        K = rows.shape[0]
+        L = len(self.layers)
+        layer = self._param_layer_arr
+        out = np.full((K, L, len(PARAM_METRICS)), np.nan)
+        has = np.bincount(layer, minlength=L) > 0
+        norms = []
+        for r in range(4):
+            v = rows[:, r, :].astype(np.float64)
+            present = ~(v < 0)  # NaN (non-finite) counts as measured
+            sq = np.zeros((K, L))
+            cnt = np.zeros((K, L))
+            np.add.at(sq.T, layer, np.where(present, v * v, 0.0).T)  # NaN-safe group sums
+            np.add.at(cnt.T, layer, present.T.astype(np.float64))
+            with np.errstate(invalid="ignore"):
+                norms.append(np.where(cnt > 0, np.sqrt(sq), np.nan))
+        weight, grad, upd, dist = norms
+        out[:, :, 0] = np.where(has, weight, np.nan)
+        out[:, :, 1] = grad
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[:, :, 2] = upd / weight
+        out[:, :, 3] = dist
+        g = rows[:, 1, :].astype(np.float64)
+        bad = (~np.isfinite(g)) & ~(g < 0)
+        nf = np.zeros((K, L))
+        np.add.at(nf.T, layer, bad.T.astype(np.float64))
+        out[:, :, 4] = np.where(np.isnan(grad), np.nan, np.where(nf > 0, -1.0, 0.0))
+        return out
+
+    @staticmethod
+    def _param_totals(rows: np.ndarray) -> dict[str, np.ndarray]:
+        """Whole-model norms per step from ``(K, 4, P)`` rows."""
+        out = {}
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            w = rows[:, 0, :].astype(np.float64)
+            g = rows[:, 1, :].astype(np.float64)
+            u = rows[:, 2, :].astype(np.float64)
+            wt = np.sqrt(np.sum(np.where(w < 0, 0, w * w), axis=1))
+            out["grad_norm_total"] = np.where(
+                (g >= 0).any(axis=1) | np.isnan(g).any(axis=1),
+                np.sqrt(np.sum(np.where(g < 0, 0, g * g), axis=1)),
+                np.nan,
+            )
+            has_u = (u >= 0).any(axis=1) | np.isnan(u).any(axis=1)
+            out["update_ratio_total"] = np.where(
+                has_u, np.sqrt(np.sum(np.where(u < 0, 0, u * u), axis=1)) / wt, np.nan
+            )
+        return out
 
     def _boundary(self) -> None:
         t0 = time.perf_counter()
@@ -940,8 +1014,15 @@ class Probe:
             with self._lock:
                 self._record_optimizer_scalars(k)
                 payload: dict[str, Any] | None = None
-                if sampled or self._cheap_now:
-                    payload = self._collect(k, full=sampled)
+                if sampled:
+                    payload = self._collect(k)
+                elif self._cheap_now and self._enabled["params"]:
+                    try:
+                        row = self._param_row(init=False)
+                        if row is not None:
+                            self._param_rows.append((k, row))
+                    except Exception as e:
+                        self._fail("params", e)
                 if self._t_boundary is not None:
                     dur = t0 - self._t_boundary
                     (self._dur_sampled if sampled else self._dur_plain).append(dur)
@@ -1001,10 +1082,10 @@ class Probe:
         if isinstance(mom, (int, float)):
             self._scalar_buf.append((k, "momentum", float(mom)))
 
-    def _collect(self, k: int, *, full: bool) -> dict[str, Any]:
-        """Gather this step's device tensors (no sync) into one payload for a single transfer."""
+    def _collect(self, k: int) -> dict[str, Any]:
+        """Gather a sampled step's device tensors (no sync) into one payload for a single transfer."""
         tensors: list[Tensor] = []
-        meta: dict[str, Any] = {"step": k, "full": full, "time": time.time()}
+        meta: dict[str, Any] = {"step": k, "full": True, "time": time.time()}
 
         def add(key: str, t: Tensor | None) -> None:
             if t is None:
@@ -1019,54 +1100,55 @@ class Probe:
 
         if self._enabled["params"]:
             try:
-                parts, pmeta = self._param_stats()
-                meta["params"] = pmeta
-                for j, part in enumerate(parts):
-                    add(f"p{j}", part)
+                add("prow", self._param_row(init=True))
             except Exception as e:
                 self._fail("params", e)
-        if full:
-            if self._act_rows:
-                add("act", torch.stack(self._act_rows))
-                meta["act_meta"] = list(self._act_meta)
-            if self._grad_rows:
-                add("grad", torch.stack(self._grad_rows))
-                meta["grad_meta"] = list(self._grad_meta)
-            if self._act_hists:
-                add("act_hist", torch.stack(self._act_hists))
-                meta["act_hist_layer"] = list(self._act_hist_layer)
-            if self._grad_hists:
-                add("grad_hist", torch.stack(self._grad_hists))
-                meta["grad_hist_layer"] = list(self._grad_hist_layer)
-            for i, m in self._act_masks.items():
-                add(f"amask{i}", m)
-            for i, m in self._grad_masks.items():
-                add(f"gmask{i}", m)
-            meta["amask"] = list(self._act_masks)
-            meta["gmask"] = list(self._grad_masks)
-            if self._inputs is not None:
-                add("inputs", self._inputs[0])
-                meta["inputs_meta"] = self._inputs[1]
-            if self._loss_in is not None:
-                add("loss_in", self._loss_in[0])
-                meta["loss_in_meta"] = self._loss_in[1]
-            if self._carried is not None:
-                add("carried", self._carried)
-            meta["fwd_order"] = list(self._fwd_order)
-            meta["bwd_order"] = list(self._bwd_order)
-            meta["modes"] = dict(self._step_modes)
-            meta["exact_nonfinite"] = self._exact_nonfinite
+        if self._act_rows:
+            add("act", torch.stack(self._act_rows))
+            meta["act_meta"] = list(self._act_meta)
+        if self._grad_rows:
+            add("grad", torch.stack(self._grad_rows))
+            meta["grad_meta"] = list(self._grad_meta)
+        if self._act_hists:
+            add("act_hist", torch.stack(self._act_hists))
+            meta["act_hist_layer"] = list(self._act_hist_layer)
+        if self._grad_hists:
+            add("grad_hist", torch.stack(self._grad_hists))
+            meta["grad_hist_layer"] = list(self._grad_hist_layer)
+        for i, m in self._act_masks.items():
+            add(f"amask{i}", m)
+        for i, m in self._grad_masks.items():
+            add(f"gmask{i}", m)
+        meta["amask"] = list(self._act_masks)
+        meta["gmask"] = list(self._grad_masks)
+        if self._inputs is not None:
+            add("inputs", self._inputs[0])
+            meta["inputs_meta"] = self._inputs[1]
+        if self._loss_in is not None:
+            add("loss_in", self._loss_in[0])
+            meta["loss_in_meta"] = self._loss_in[1]
+        if self._carried is not None:
+            add("carried", self._carried)
+        meta["fwd_order"] = list(self._fwd_order)
+        meta["bwd_order"] = list(self._bwd_order)
+        meta["modes"] = dict(self._step_modes)
+        meta["exact_nonfinite"] = self._exact_nonfinite
         meta["tensors"] = tensors
         return meta
 
     def _start_transfer(self, payload: dict[str, Any] | None, *, block: bool) -> None:
         """Concatenate the payload's tensors and the buffered scalars into one copy to the host."""
         meta: dict[str, Any] = (
-            payload
-            if payload is not None
-            else {"step": self.step_count, "full": False, "params": None}
+            payload if payload is not None else {"step": self.step_count, "full": False}
         )
         tensors: list[Tensor] = meta.pop("tensors", [])
+        if self._param_rows:  # cheap steps since the last transfer, stacked: still one copy
+            meta["param_steps"] = [k for k, _ in self._param_rows]
+            meta["param_offset"] = sum(t.numel() for t in tensors)
+            stacked = torch.stack([r for _, r in self._param_rows])
+            meta["param_shape"] = tuple(stacked.shape)
+            tensors.append(stacked.reshape(-1))
+            self._param_rows = []
         offset = sum(t.numel() for t in tensors)
         scal_float: list[tuple[int, str, float]] = []
         scal_tensor: list[tuple[int, str]] = []
@@ -1101,7 +1183,9 @@ class Probe:
             buf = pending.result()
             meta = pending.meta
             self._process_scalars(buf, meta)
-            if meta.get("params") is not None or meta.get("full"):
+            if meta.get("param_steps"):
+                self._process_param_rows(buf, meta)
+            if meta.get("full"):
                 self._process_record(buf, meta)
         except Exception as e:
             self._fail("flush", e)
@@ -1122,8 +1206,23 @@ class Probe:
                 self.sample_next()
             self.history.add_scalars(step, vals)
             updated = True
-        if updated and not meta.get("full") and meta.get("params") is None:
+        if updated and not meta.get("full") and not meta.get("param_steps"):
             self.history.notify(Update(step=self.history.step, scalars=True))
+
+    def _process_param_rows(self, buf: np.ndarray, meta: dict[str, Any]) -> None:
+        off = meta["param_offset"]
+        shape = meta["param_shape"]
+        rows = buf[off : off + int(np.prod(shape))].reshape(shape)
+        steps = np.asarray(meta["param_steps"], dtype=np.int64)
+        self.history.add_param_rows(steps, self._param_metrics(rows).astype(np.float32))
+        totals = self._param_totals(rows)
+        for j, k in enumerate(steps):
+            self.history.add_scalars(
+                int(k),
+                {n: float(v[j]) for n, v in totals.items() if np.isfinite(v[j]) or np.isinf(v[j])},
+            )
+        if not meta.get("full"):
+            self.history.notify(Update(step=int(steps[-1]), scalars=True))
 
     def _slice(self, buf: np.ndarray, meta: dict[str, Any], key: str) -> np.ndarray | None:
         s = meta.get("slices", {}).get(key)
@@ -1137,18 +1236,14 @@ class Probe:
         L = len(self.layers)
         k = meta["step"]
         metrics = {m: np.full(L, np.nan) for m in LAYER_METRICS}
-        pm = meta.get("params")
-        if pm:
-            self._fill_param_metrics(buf, meta, pm, metrics)
-        if not meta.get("full"):
-            # cheap step: parameter metrics only, kept as whole-model scalars
-            gn = self._slice(buf, meta, "p1")
-            if gn is not None:
-                self.history.add_scalars(
-                    k, {"grad_norm_total": float(np.sqrt(np.sum(gn.astype(np.float64) ** 2)))}
-                )
-            self.history.notify(Update(step=k, scalars=True))
-            return
+        prow = self._slice(buf, meta, "prow")
+        totals: dict[str, float] = {}
+        if prow is not None:
+            pm = self._param_metrics(prow[None])[0]
+            for j, m in enumerate(PARAM_METRICS):
+                metrics[m] = pm[:, j]
+            self._count_nonfinite_grads(prow, metrics)
+            totals = {n: float(v[0]) for n, v in self._param_totals(prow[None]).items()}
         act = self._slice(buf, meta, "act")
         nonfinite_seen = False
         if act is not None:
@@ -1239,69 +1334,26 @@ class Probe:
         carried = self._slice(buf, meta, "carried")
         if carried is not None:
             rec.extra["grad_norm_before_backward"] = float(carried.reshape(-1)[0])
-        scal = {}
-        gn = self._slice(buf, meta, "p1")
-        if gn is not None:
-            scal["grad_norm_total"] = float(np.sqrt(np.sum(gn.astype(np.float64) ** 2)))
-        if scal:
-            self.history.add_scalars(k, scal)
+        totals = {n: v for n, v in totals.items() if not np.isnan(v)}
+        if totals:
+            self.history.add_scalars(k, totals)
         self.history.add_record(rec)
         self.history.notify(Update(step=k, scalars=True, record=True))
 
-    def _fill_param_metrics(
-        self,
-        buf: np.ndarray,
-        meta: dict[str, Any],
-        pm: dict[str, Any],
-        metrics: dict[str, np.ndarray],
-    ) -> None:
-        L = len(self.layers)
-        layer = np.asarray(self._param_layer, dtype=np.int64)
-        has = np.bincount(layer, minlength=L) > 0
-
-        def per_layer(v: np.ndarray, which: np.ndarray) -> np.ndarray:
-            sq = np.bincount(which, weights=v.astype(np.float64) ** 2, minlength=L)
-            return np.where(has, np.sqrt(sq), np.nan)
-
-        j = 0
-        w = self._slice(buf, meta, f"p{j}")
-        j += 1
-        if w is None:
+    def _count_nonfinite_grads(self, prow: np.ndarray, metrics: dict[str, np.ndarray]) -> None:
+        """Exact non-finite gradient counts where the gradients are still there (CPU, in-step)."""
+        g = prow[1]
+        bad = np.flatnonzero(~np.isfinite(g))
+        if not len(bad):
             return
-        metrics["weight_norm"] = per_layer(w, layer)
-        with_grad = np.asarray(pm["with_grad"], dtype=np.int64)
-        if len(with_grad):
-            g = self._slice(buf, meta, f"p{j}")
-            j += 1
-            assert g is not None
-            gl = layer[with_grad]
-            has_g = np.bincount(gl, minlength=L) > 0
-            metrics["grad_norm"] = np.where(has_g, per_layer(g, gl), np.nan)
-            bad = ~np.isfinite(g)
-            counts = np.zeros(L)
-            if bad.any():
-                for jj in np.flatnonzero(bad):
-                    counts[gl[jj]] += self._count_nonfinite_grad(int(with_grad[jj]))
-            metrics["grad_nonfinite"] = np.where(has_g, counts, np.nan)
-        if pm.get("update"):
-            u = self._slice(buf, meta, f"p{j}")
-            j += 1
-            assert u is not None
-            with np.errstate(invalid="ignore", divide="ignore"):
-                metrics["update_ratio"] = per_layer(u, layer) / metrics["weight_norm"]
-        if pm.get("init"):
-            d = self._slice(buf, meta, f"p{j}")
-            j += 1
-            assert d is not None
-            metrics["dist_init"] = per_layer(d, layer)
-
-    def _count_nonfinite_grad(self, j: int) -> float:
-        """Exact count, where the gradient is still there (CPU path); -1 = at least one."""
-        g = self._params[j].grad
-        if g is None or g.is_cuda:
-            return -1.0
-        with torch.no_grad():
-            return float((~torch.isfinite(g)).sum())
+        counts = np.zeros(len(self.layers))
+        for j in bad:
+            grad = self._params[int(j)].grad
+            if grad is None or grad.is_cuda:
+                return  # processed after the step (async copy): keep "-1 = at least one"
+            with torch.no_grad():
+                counts[self._param_layer[int(j)]] += float((~torch.isfinite(grad)).sum())
+        metrics["grad_nonfinite"] = np.where(counts > 0, counts, metrics["grad_nonfinite"])
 
     def _hist(
         self, buf: np.ndarray, meta: dict[str, Any], key: str, layer_key: str, summ: S.ActSummary
@@ -1365,7 +1417,7 @@ class Probe:
         if room <= 0:
             self.every = 10_000
             return
-        self.every = int(min(max(math.ceil(extra / room), 1), 10_000))
+        self.every = int(min(max(math.ceil(extra / room), self._base_every), 10_000))
 
 
 def _fmt(v: float) -> str:
