@@ -576,6 +576,14 @@ class History:
             steps, values = s.last(min(max(s.total - since, 0), len(s._r_steps)))
             return steps, values, s.total
 
+    def param_tail(self, since: int) -> tuple[np.ndarray, np.ndarray, int]:
+        """Per-layer parameter rows appended after the first ``since``: ``(steps, rows, total)``
+        (rows ``(K, L, len(PARAM_METRICS))``; at most the recent capacity)."""
+        with self._lock:
+            p = self._param
+            steps, rows = p.last(min(max(p.total - since, 0), len(p._r_steps)))
+            return steps, rows, p.total
+
     def state_dict(self) -> dict[str, Any]:
         """Exact copy of the bounded series (scalars, per-layer metrics, histograms) and counters.
 
