@@ -62,6 +62,8 @@ ZERO = NMAG + 1  # 49
 POS_INF = 2 * NMAG + 2  # 98
 NAN = 2 * NMAG + 3  # 99
 NBINS = 2 * NMAG + 4  # 100
+HIST_BIN_SAMPLE = 1 << 12
+"""Of the subsample, at most this many (an unbiased, evenly strided part) are binned."""
 HIST_SAMPLE = 1 << 14
 """At most this many elements of a tensor enter its histogram, zero and saturation counts
 (a fixed random subsample; all elements of smaller tensors)."""
@@ -228,7 +230,10 @@ def summarize(
         parts.append((x == -math.inf).sum().to(f32))
     else:
         parts += [neg, neg, neg]
-    h = _count_bins(hist_codes(sub)) if hist else None
+    h = None
+    if hist:
+        step = -(-sub.numel() // HIST_BIN_SAMPLE)  # the subsample is random: a stride keeps it so
+        h = _count_bins(hist_codes(sub[::step] if step > 1 else sub))
     return torch.stack(parts), h
 
 
@@ -336,41 +341,36 @@ def finalize_summaries(
 def scale_histograms(counts: np.ndarray, summary: ActSummary) -> np.ndarray:
     """Turn per-layer subsample counts ``(L, NBINS)`` into estimates of the full-tensor counts.
 
-    The zero bin is set to the exact number of zeros.  The non-finite bins are exact in exact mode;
-    otherwise a layer known to hold non-finite values shows at least one in the matching bin
-    (from min/max: NaN min/max -> NaN bin, -Inf min -> -Inf bin, +Inf max -> +Inf bin), so a
-    non-finite value is never dropped from a histogram.  Value bins are rescaled so the row sums to
-    the number of elements seen.
+    The zero bin is set to the exact (or subsample-estimated) number of zeros.  The non-finite
+    bins are exact in exact mode; otherwise a layer known to hold non-finite values shows at least
+    one in the matching bin (from min/max: NaN min/max -> NaN bin, -Inf min -> -Inf bin, +Inf max
+    -> +Inf bin), so a non-finite value is never dropped from a histogram.  Value bins are
+    rescaled so that each row sums to the number of elements seen.
     """
-    out = counts.astype(np.float64).copy()
-    for i in range(out.shape[0]):
-        n = summary.n[i]
-        if not n:
-            out[i] = 0.0
-            continue
-        zeros = n * summary.frac_zero[i] if np.isfinite(summary.frac_zero[i]) else out[i, ZERO]
-        special = np.array([NEG_INF, POS_INF, NAN])
-        if summary.nonfinite[i] >= 0:
-            nf = np.array([summary.neginf[i], summary.posinf[i], summary.nan[i]])
-            nf = np.where(nf < 0, 0, nf)
-        else:  # present but uncounted: keep the subsample's evidence, at least one where known
-            nf = out[i, special].copy()
-            mn, mx = summary.min[i], summary.max[i]
-            if np.isnan(mn) or np.isnan(mx):
-                nf[2] = max(nf[2], 1)
-            if mn == -np.inf:
-                nf[0] = max(nf[0], 1)
-            if mx == np.inf:
-                nf[1] = max(nf[1], 1)
-        value_bins = np.ones(NBINS, bool)
-        value_bins[special] = False
-        value_bins[ZERO] = False
-        sub_values = out[i, value_bins].sum()
-        target = max(n - zeros - nf.sum(), 0.0)
-        out[i, value_bins] *= (target / sub_values) if sub_values > 0 else 0.0
-        out[i, ZERO] = zeros if np.isfinite(zeros) else 0.0
-        out[i, special] = nf
-    scaled: np.ndarray = out.astype(np.float32)
+    out = counts.astype(np.float64)
+    n = summary.n
+    special = np.array([NEG_INF, POS_INF, NAN])
+    value_bins = np.ones(NBINS, bool)
+    value_bins[special] = False
+    value_bins[ZERO] = False
+    with np.errstate(invalid="ignore", divide="ignore"):
+        zeros = np.where(np.isfinite(summary.frac_zero), n * summary.frac_zero, 0.0)
+        exact = summary.nonfinite >= 0
+        nf_exact = np.stack([summary.neginf, summary.posinf, summary.nan], axis=1).clip(min=0)
+        nf_est = out[:, special].copy()
+        nan_mm = np.isnan(summary.min) | np.isnan(summary.max)
+        nf_est[:, 2] = np.where(nan_mm, np.maximum(nf_est[:, 2], 1), nf_est[:, 2])
+        nf_est[:, 0] = np.where(summary.min == -np.inf, np.maximum(nf_est[:, 0], 1), nf_est[:, 0])
+        nf_est[:, 1] = np.where(summary.max == np.inf, np.maximum(nf_est[:, 1], 1), nf_est[:, 1])
+        nf = np.where(exact[:, None], nf_exact, nf_est)
+        sub_values = out[:, value_bins].sum(axis=1)
+        target = np.maximum(n - zeros - nf.sum(axis=1), 0.0)
+        scale = np.where(sub_values > 0, target / sub_values, 0.0)
+    out[:, value_bins] *= scale[:, None]
+    out[:, ZERO] = zeros
+    out[:, special] = nf
+    out[n == 0] = 0.0
+    scaled: np.ndarray = np.nan_to_num(out, nan=0.0).astype(np.float32)
     return scaled
 
 
