@@ -1,0 +1,487 @@
+"""Read a run directory into a :class:`~trainscope.history.History`, once or following it live."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from ..history import History, Update
+from . import _format as F
+
+__all__ = ["Run", "RunSet", "follow", "open_run"]
+
+_MAX_RELOADS = 3  # per refresh: a writer compacting faster than we read makes us start over
+
+
+class Run:
+    """A saved (or still running) run, read into :attr:`history`.
+
+    Parameters
+    ----------
+    path
+        A run directory written by ``Probe(..., logdir=path)`` or :class:`RunWriter`.
+
+    Notes
+    -----
+    :meth:`refresh` reads whatever was appended since the last call (complete, checksum-valid
+    records only: a record the writer is still writing is left for the next call) and notifies the
+    history's subscribers, so a dashboard showing :attr:`history` redraws.  :meth:`follow` calls it
+    from a background thread.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = os.fspath(path)
+        meta_file = os.path.join(self.path, F.META_FILE)
+        if not os.path.isdir(self.path):
+            raise FileNotFoundError(f"no run directory at {self.path!r}")
+        if not os.path.exists(meta_file):
+            raise FileNotFoundError(
+                f"{self.path!r} is not a trainscope run directory (it has no {F.META_FILE}); "
+                "runs are written by Probe(..., logdir=...)"
+            )
+        with open(meta_file, "rb") as f:
+            self.info: dict[str, Any] = json.loads(f.read())
+        if self.info.get("format") != F.FORMAT:
+            raise ValueError(f"{meta_file} is not a trainscope run description")
+        if int(self.info.get("version", 0)) > F.VERSION:
+            raise ValueError(
+                f"{self.path!r} was written by a newer trainscope (format version "
+                f"{self.info.get('version')}, this one reads {F.VERSION}); upgrade trainscope to read it"
+            )
+        self.name = os.path.basename(os.path.normpath(self.path))
+        self._config = dict(self.info.get("history_config", {}))
+        self.history = History(**self._config)
+        self.finished = False
+        self.errors: list[str] = []
+        self.stats = {"records": 0, "skipped_bytes": 0, "torn_tails": 0, "reloads": 0}
+        self._lock = threading.RLock()
+        self._fh: Any = None
+        self._seq = 0
+        self._buf = b""
+        self._stop: threading.Event | None = None
+        self._thread: threading.Thread | None = None
+        self._reload()
+        self.refresh()
+
+    # ------------------------------------------------------------------ reading
+    @property
+    def torn_tail_bytes(self) -> int:
+        """Bytes at the end of the current segment that do not form a complete record (yet)."""
+        return len(self._buf)
+
+    def refresh(self) -> bool:
+        """Read what was appended since the last call; returns whether anything changed."""
+        with self._lock:
+            flags: set[str] = set()
+            try:
+                self._refresh_locked(flags)
+            except Exception as e:  # a damaged file must not break the notebook
+                if len(self.errors) < 100:
+                    self.errors.append(f"{type(e).__name__}: {e}")
+        if flags:
+            h = self.history
+            h.notify(
+                Update(
+                    step=h.step,
+                    scalars="scalars" in flags,
+                    record="record" in flags,
+                    events="events" in flags,
+                )
+            )
+        return bool(flags)
+
+    def _seg_path(self, seq: int) -> str:
+        return os.path.join(self.path, F.seg_name(seq))
+
+    def _refresh_locked(self, flags: set[str]) -> None:
+        reloads = 0
+        while True:
+            if self._fh is None:
+                try:
+                    fh = open(self._seg_path(self._seq), "rb")  # kept open across calls
+                except FileNotFoundError:
+                    if self._gap() and reloads < _MAX_RELOADS:
+                        reloads += 1
+                        self._reload()
+                        flags.update(("scalars", "record", "events"))
+                        continue
+                    return
+                head = fh.read(len(F.SEGMENT_MAGIC))
+                if len(head) < len(F.SEGMENT_MAGIC):  # being created: try again later
+                    fh.close()
+                    return
+                if head != F.SEGMENT_MAGIC:
+                    fh.close()
+                    raise ValueError(f"{self._seg_path(self._seq)} is not a trainscope segment")
+                self._fh, self._buf = fh, b""
+            next_exists = os.path.exists(self._seg_path(self._seq + 1))  # before reading to the end
+            chunk = self._fh.read()
+            if chunk:
+                self._buf += chunk
+            res = F.scan(self._buf)
+            for header, arrays in res.records:
+                self._apply(header, arrays, flags)
+            self.stats["skipped_bytes"] += res.skipped
+            self._buf = self._buf[res.end :]
+            if next_exists:  # this segment is final: move on
+                if self._buf:
+                    self.stats["torn_tails"] += 1
+                self._fh.close()
+                self._fh, self._buf, self._seq = None, b"", self._seq + 1
+                continue
+            if not chunk and self._gap() and reloads < _MAX_RELOADS:
+                reloads += 1
+                self._reload()
+                flags.update(("scalars", "record", "events"))
+                continue
+            return
+
+    def _gap(self) -> bool:
+        """Files newer than the next segment exist although it does not: we fell behind a
+        compaction and must start over from the newest snapshot."""
+        segs, snaps = F.list_seqs(self.path)
+        return any(s > self._seq + 1 for s in segs + snaps) or any(s > self._seq for s in segs)
+
+    def _reload(self) -> None:
+        """(Re)build the history from the newest complete snapshot; continue from its segment."""
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+        self._buf = b""
+        segs, snaps = F.list_seqs(self.path)
+        h = self.history
+        snap = None
+        seq = segs[0] if segs else 0
+        for s in reversed(snaps):
+            try:
+                snap = F.load_snapshot(os.path.join(self.path, F.snap_name(s)))
+                seq = s
+                break
+            except FileNotFoundError:
+                continue
+            except Exception as e:
+                self.errors.append(
+                    f"snapshot {F.snap_name(s)} unreadable ({type(e).__name__}: {e}); using an older one"
+                )
+        with h.lock:
+            if snap is not None:
+                h.set_layers(snap["layers"])
+                h.load_state_dict(snap["state"])
+                h.meta.clear()
+                h.meta.update(snap["meta"])
+                h.events.clear()
+                h.events.extend(snap["events"])
+                h.latest = snap["latest"]
+            else:
+                h.set_layers([])
+                h.load_state_dict(History(**self._config).state_dict())
+                h.meta.clear()
+                h.events.clear()
+                h.latest = None
+        self._seq = seq
+        self.stats["reloads"] += 1
+
+    def _apply(
+        self, header: dict[str, Any], arrays: dict[str, np.ndarray], flags: set[str]
+    ) -> None:
+        t = header.get("t")
+        h = self.history
+        self.stats["records"] += 1
+        if t == "scalars":
+            steps, values = arrays["steps"], arrays["values"]
+            off = 0
+            with h.lock:
+                for name, cnt in zip(header["names"], header["counts"], strict=True):
+                    st, va = steps[off : off + cnt], values[off : off + cnt]
+                    off += cnt
+                    if not cnt:
+                        continue
+                    start = 0
+                    if name not in h.scalars:
+                        h.add_scalars(int(st[0]), {name: float(va[0])})
+                        start = 1
+                    ds = h.scalars[name]
+                    for s, v in zip(st[start:].tolist(), va[start:].tolist(), strict=True):
+                        ds.append(s, v)
+                    h.step = max(h.step, int(st.max()))
+            flags.add("scalars")
+        elif t == "record":
+            rec = F.record_from_parts(header, arrays)
+            with h.lock:
+                if len(rec.metrics["act_mean"]) != len(h.layers):
+                    self.errors.append(
+                        f"record at step {rec.step} does not match the layers; skipped"
+                    )
+                    return
+                h.add_record(rec)
+                hfo = header.get("history_forward_order")
+                if hfo:
+                    h.forward_order = [int(i) for i in hfo]
+            flags.add("record")
+        elif t == "params":
+            h.add_param_rows(arrays["steps"], arrays["rows"])
+            flags.add("record")
+        elif t == "event":
+            ev = F.event_from_json(header)
+            with h.lock:
+                h.events.append(ev)
+            flags.add("events")
+        elif t == "layers":
+            h.set_layers(F.layers_from_json(header["layers"]))
+            flags.add("record")
+        elif t == "meta":
+            with h.lock:
+                h.meta.update(F.from_json(header.get("meta", {}), {}))
+        elif t == "end":
+            self.finished = True
+
+    # ------------------------------------------------------------------ following
+    @property
+    def following(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def follow(self, interval: float = 0.5) -> Run:
+        """Keep :attr:`history` up to date from a background thread (every ``interval`` s) until
+        the run finishes or :meth:`stop` is called.  Returns ``self``."""
+        if not (isinstance(interval, (int, float)) and interval > 0):
+            raise ValueError(f"interval is a positive number of seconds, got {interval!r}")
+        if self.following:
+            return self
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=_follow_loop,
+            args=(weakref.ref(self), self._stop, float(interval)),
+            name=f"trainscope-follow-{self.name}",
+            daemon=True,
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop following (the history keeps what it has)."""
+        if self._stop is not None:
+            self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+        self._thread = None
+
+    def close(self) -> None:
+        """Stop following and close the open segment file."""
+        self.stop()
+        with self._lock:
+            if self._fh is not None:
+                self._fh.close()
+                self._fh = None
+
+    def __del__(self) -> None:  # pragma: no cover - best effort
+        try:
+            if self._stop is not None:
+                self._stop.set()
+            if self._fh is not None:
+                self._fh.close()
+        except Exception:
+            pass
+
+    # ------------------------------------------------------------------ display and export
+    def show(self) -> Any:
+        """The dashboard on this run's history (read-only; it redraws while the run is followed)."""
+        import trainscope
+
+        show = getattr(trainscope, "show", None)
+        if show is None:
+            raise ImportError(
+                "the trainscope dashboard is not available in this installation (trainscope.show)"
+            )
+        return show(self.history)
+
+    def _ipython_display_(self) -> None:  # pragma: no cover - exercised in notebooks
+        from IPython.display import HTML, display
+
+        try:
+            display(self.show())  # type: ignore[no-untyped-call]
+        except Exception as e:
+            note = f"<p><i>dashboard unavailable: {_esc(str(e))}</i></p>"
+            display(HTML(self._repr_html_() + note))  # type: ignore[no-untyped-call]
+
+    def _repr_html_(self) -> str:
+        from ..report import runs_overview_html
+
+        return runs_overview_html([self])
+
+    def report(self, path: str | os.PathLike[str], **kwargs: Any) -> str:
+        """Write a self-contained offline HTML report of this run (see :func:`trainscope.report.write_report`)."""
+        from ..report import write_report
+
+        return write_report(self, path, **kwargs)
+
+    def __repr__(self) -> str:
+        state = "finished" if self.finished else ("following" if self.following else "open")
+        return f"<trainscope Run {self.name!r}: step {self.history.step}, {self.history.samples()} samples, {state}>"
+
+
+class RunSet(Sequence[Run]):
+    """Several runs, overlaid for comparison (curves share axes; one colour per run)."""
+
+    def __init__(self, runs: Iterable[Run]) -> None:
+        self.runs = list(runs)
+        if not self.runs:
+            raise ValueError("a RunSet needs at least one run")
+
+    def __len__(self) -> int:
+        return len(self.runs)
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, str):
+            for r in self.runs:
+                if r.name == i:
+                    return r
+            raise KeyError(f"no run named {i!r}; runs are: {', '.join(r.name for r in self.runs)}")
+        return self.runs[i]
+
+    def __iter__(self) -> Iterator[Run]:
+        return iter(self.runs)
+
+    @property
+    def histories(self) -> dict[str, History]:
+        return {r.name: r.history for r in self.runs}
+
+    def refresh(self) -> bool:
+        changed = [r.refresh() for r in self.runs]  # every run, no short-circuit
+        return any(changed)
+
+    def follow(self, interval: float = 0.5) -> RunSet:
+        for r in self.runs:
+            if not r.finished:
+                r.follow(interval)
+        return self
+
+    def stop(self) -> None:
+        for r in self.runs:
+            r.stop()
+
+    def _repr_html_(self) -> str:
+        from ..report import runs_overview_html
+
+        return runs_overview_html(self.runs)
+
+    def show(self, *, every: float = 1.0) -> Any:
+        """A live overlay of the runs' curves (redrawn at most every ``every`` s while they change)."""
+        import ipywidgets  # the Jupyter layer, imported only here
+
+        from ..report import runs_overview_html
+
+        out = ipywidgets.HTML(runs_overview_html(self.runs))
+        dirty = threading.Event()
+        subs = [r.history.subscribe(lambda _u: dirty.set()) for r in self.runs]
+        runs = self.runs
+
+        def redraw(ref: Callable[[], Any]) -> None:
+            try:
+                while True:
+                    if not dirty.wait(timeout=5 * every):
+                        if all(r.finished and not r.following for r in runs):
+                            return
+                        continue
+                    time.sleep(every)  # coalesce bursts of updates into one redraw
+                    w = ref()
+                    if w is None:
+                        return
+                    dirty.clear()
+                    w.value = runs_overview_html(runs)
+                    del w
+            finally:
+                for s in subs:
+                    s.remove()
+
+        threading.Thread(
+            target=redraw, args=(weakref.ref(out),), daemon=True, name="trainscope-overlay"
+        ).start()
+        return out
+
+    def report(self, path: str | os.PathLike[str], **kwargs: Any) -> str:
+        from ..report import write_report
+
+        return write_report(self.runs, path, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<trainscope RunSet: {', '.join(r.name for r in self.runs)}>"
+
+
+def _esc(s: str) -> str:
+    import html
+
+    return html.escape(s, quote=True)
+
+
+def _follow_loop(ref: Callable[[], Run | None], stop: threading.Event, interval: float) -> None:
+    while not stop.wait(interval):
+        run = ref()
+        if run is None:
+            return
+        try:
+            changed = run.refresh()
+        except Exception as e:  # pragma: no cover - refresh guards itself
+            run.errors.append(f"{type(e).__name__}: {e}")
+            changed = False
+        if run.finished and not changed:
+            return
+        del run
+
+
+def follow(path: str | os.PathLike[str], interval: float = 0.5) -> Run:
+    """Open a run and keep its history updated from a background thread while it is written.
+
+    The returned :class:`Run`'s ``history`` is an ordinary :class:`History`: pass it to
+    ``trainscope.show`` (or display the run) and the dashboard redraws as new records arrive.
+    """
+    return Run(path).follow(interval)
+
+
+def _is_run(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, F.META_FILE))
+
+
+def open_run(
+    path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    *,
+    follow: bool | str = "auto",
+    interval: float = 0.5,
+) -> Run | RunSet:
+    """Open one run directory (a :class:`Run`), several (a :class:`RunSet`), or a directory whose
+    sub-directories are runs (a :class:`RunSet` of them, sorted by name).
+
+    ``follow="auto"`` keeps following every run that has not finished (written by a live process);
+    ``True`` / ``False`` force it on or off.
+    """
+    if follow not in (True, False, "auto"):
+        raise ValueError(f"follow must be True, False or 'auto', got {follow!r}")
+    if isinstance(path, (str, os.PathLike)):
+        p = os.fspath(path)
+        if _is_run(p):
+            run = Run(p)
+            if follow is True or (follow == "auto" and not run.finished):
+                run.follow(interval)
+            return run
+        if os.path.isdir(p):
+            subs = sorted(os.path.join(p, n) for n in os.listdir(p) if _is_run(os.path.join(p, n)))
+            if subs:
+                return open_run(subs, follow=follow, interval=interval)
+            raise FileNotFoundError(
+                f"{p!r} is neither a trainscope run directory nor a directory of runs (no {F.META_FILE} found)"
+            )
+        raise FileNotFoundError(f"no run directory at {p!r}")
+    paths = list(path)
+    if not paths:
+        raise ValueError("open_run needs at least one path")
+    runs = []
+    for q in paths:
+        r = open_run(q, follow=follow, interval=interval)
+        runs.extend(r.runs if isinstance(r, RunSet) else [r])
+    return RunSet(runs)
