@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import statistics
 import threading
 import time
@@ -208,6 +209,10 @@ class Probe:
     keep_batches
         How many recent training batches to keep *references* to (no copy) in
         :attr:`recent_batches`, for the checks to run on real data when ``data`` is not given.
+    logdir
+        Also append everything recorded to this run directory (crash-safe, bounded; see
+        :mod:`trainscope.runlog`), readable with ``trainscope.open(logdir)``, live from another
+        process too.  The writer is :attr:`run_writer`.
     attach
         Attach immediately (default).  Otherwise call :meth:`attach` or use ``with Probe(...)``.
     """
@@ -230,6 +235,7 @@ class Probe:
         history: History | None = None,
         data: Any = None,
         keep_batches: int = 1,
+        logdir: str | os.PathLike[str] | None = None,
         attach: bool = True,
     ) -> None:
         if not isinstance(model, nn.Module):
@@ -332,6 +338,11 @@ class Probe:
             loss_fn=type(loss_fn).__name__ if loss_fn is not None else None,
             param_in_optimizer=self.param_in_optimizer,
         )
+        self.run_writer: Any = None
+        if logdir is not None:
+            from .runlog import RunWriter
+
+            self.run_writer = RunWriter(logdir, self.history)
 
         self.errors: list[ProbeError] = []
         self._warned: set[str] = set()
@@ -355,6 +366,7 @@ class Probe:
         self._reset_step_buffers()
         self._scalar_buf: list[tuple[int, str, Any]] = []
         self._param_rows: list[tuple[int, Tensor]] = []
+        self._grad_index: dict[tuple[int, ...], Tensor] = {}
         self._param_layer_arr = np.asarray(self._param_layer, dtype=np.int64)
         self._eval_losses: list[Tensor] = []
         self._pending: deque[_Pending] = deque()
@@ -429,6 +441,8 @@ class Probe:
             return
         with contextlib.suppress(Exception):
             self.flush()
+        if self.run_writer is not None:
+            self.run_writer.flush()
         for h in self._handles + self._sample_handles:
             h.remove()
         self._handles = []
@@ -940,8 +954,12 @@ class Probe:
             gn = S.norms([self._params[j].grad.detach() for j in with_grad]).to(dev)  # type: ignore[union-attr]
             if len(with_grad) == len(params):
                 row[1] = gn
-            else:
-                row[1, torch.tensor(with_grad, device=dev)] = gn
+            else:  # cached: building an index tensor on the device each step would copy (sync)
+                key = tuple(with_grad)
+                idx = self._grad_index.get(key)
+                if idx is None:
+                    idx = self._grad_index[key] = torch.tensor(with_grad, device=dev)
+                row[1, idx] = gn
         if self._snap is not None and self._snap_valid:
             torch._foreach_sub_(self._snap, params)
             row[2] = S.norms(self._snap).to(dev)
