@@ -10,12 +10,13 @@ series                 default capacity            bytes
 =====================  ==========================  ===========================================
 each scalar            4096 recent + 1024 buckets  8·4096 + 32·1024 ≈ 64 KiB (+ steps)
 per-layer metrics      256 recent + 256 buckets    4·L·M·(256 + 3·256)   (L layers, M=19 metrics)
+parameter metrics      512 recent + 512 buckets    4·L·5·(512 + 3·512)   (every cheap/sampled step)
 act / grad histograms  64 recent + 192 buckets     2 · 4·L·100·(64 + 192)
 dead-unit window       ``dead_window`` samples     units of the ReLU/linear/conv layers, bool
 timeline events        10 000 events               small records
 =====================  ==========================  ===========================================
 
-e.g. 30 layers ≈ 2.2 MB + 6.1 MB; 200 layers ≈ 15 MB + 41 MB.  The probe pushes data in; readers
+e.g. 30 layers ≈ 2.2 MB + 1.2 MB + 6.1 MB; 200 layers ≈ 15 MB + 8 MB + 41 MB.  The probe pushes data in; readers
 (the dashboard, diagnostics, the run directory) pull arrays out and may :meth:`subscribe` to be
 told about new data.
 """
