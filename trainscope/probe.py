@@ -698,6 +698,7 @@ class Probe:
         self._inputs: tuple[Tensor, dict[str, Any]] | None = None
         self._loss_in: tuple[Tensor, dict[str, Any]] | None = None
         self._carried: Tensor | None = None
+        self._carried_bwd: Tensor | None = None
         self._step_modes = {"train": 0, "eval_in_train_mode": 0, "train_in_eval_mode": 0, "eval": 0}
 
     # ------------------------------------------------------------------ hooks
@@ -833,6 +834,8 @@ class Probe:
     def _on_grad(self, i: int, g: Tensor) -> None:
         if g is None or g.numel() == 0:
             return
+        if not self._bwd_seen:  # first output gradient of the step: no parameter gradient added yet
+            self._carried_bwd = self._grad_norm_now(g.device)
         if i not in self._bwd_seen:
             self._bwd_seen.add(i)
             self._bwd_order.append(i)
@@ -849,6 +852,11 @@ class Probe:
             self._grad_masks[i] = (
                 m if prev is None or prev.shape != m.shape else torch.maximum(prev, m)
             )
+
+    def _grad_norm_now(self, device: torch.device) -> Tensor:
+        """Norm of the gradients the parameters hold right now (0 when none), on the device."""
+        grads = [p.grad for p in self._params if p.grad is not None]
+        return S.norms(grads).norm() if grads else torch.zeros((), device=device)
 
     def _loss_pre_hook(self, module: nn.Module, args: tuple[Any, ...]) -> None:
         if self._paused or not torch.is_grad_enabled():
@@ -1147,6 +1155,8 @@ class Probe:
             meta["loss_in_meta"] = self._loss_in[1]
         if self._carried is not None:
             add("carried", self._carried)
+        if self._carried_bwd is not None:
+            add("carried_bwd", self._carried_bwd)
         meta["fwd_order"] = list(self._fwd_order)
         meta["bwd_order"] = list(self._bwd_order)
         meta["modes"] = dict(self._step_modes)
@@ -1349,9 +1359,12 @@ class Probe:
                 "dead_window_fill": {i: self.history.dead_window_fill(i) for i in dead},
             },
         )
-        carried = self._slice(buf, meta, "carried")
-        if carried is not None:
-            rec.extra["grad_norm_before_backward"] = float(carried.reshape(-1)[0])
+        # gradient left over from earlier steps (missing zero_grad): at the step's first forward
+        # and at its first output gradient, before backward added anything
+        for key, name in (("carried", "grad_norm_before_forward"), ("carried_bwd", "grad_norm_before_backward")):
+            c = self._slice(buf, meta, key)
+            if c is not None:
+                rec.extra[name] = totals[name] = float(c.reshape(-1)[0])
         totals = {n: v for n, v in totals.items() if not np.isnan(v)}
         if totals:
             self.history.add_scalars(k, totals)
