@@ -1,0 +1,266 @@
+// Controls: interventions (forms from the action registry), findings, checklist, activity list.
+// Every click sends {kind: "action", action, params, id}; Python validates, queues it for the
+// next step boundary and acknowledges it through the `tickets` trait.
+import { h } from "./lib/dom.js";
+import { collectParams, defaultParams, requestId } from "./lib/forms.js";
+import { describeTicket, formatInt } from "./lib/format.js";
+
+/** @typedef {import("./lib/model_types.js").ActionSpec} ActionSpec */
+/** @typedef {import("./lib/model_types.js").TicketView} TicketView */
+/** @typedef {import("./lib/model_types.js").Finding} Finding */
+/** @typedef {import("./lib/model_types.js").ChecklistItem} ChecklistItem */
+
+/** @type {Record<string, number>} */
+const SEVERITY_ORDER = { error: 0, warning: 1, info: 2 };
+/** @type {Record<string, string>} */
+const CHECK_ICON = { pass: "✔", warn: "!", fail: "✖", not_run: "·", manual: "?" };
+
+/** @type {import("@anywidget/types").Render<import("./lib/model_types.js").ControlsModel>} */
+function render({ model, el }) {
+  let tab = "interventions";
+  /** @type {Map<string, Record<string, any>>} form values per action (survive redraws) */
+  const forms = new Map();
+  /** @type {Map<string, {id: string, label: string, status: string, message: string}>} */
+  const local = new Map();
+
+  const tabBar = h("div", { cls: "trainscope-tabs" });
+  const panel = h("div", { cls: "trainscope-panel" });
+  const activity = h("div", { cls: "trainscope-activity" });
+  const root = h("div", { cls: "trainscope trainscope-controls" }, [
+    h("div", { cls: "trainscope-controls-main" }, [tabBar, panel]),
+    h("div", { cls: "trainscope-controls-side" }, [h("div", { cls: "trainscope-section-title", text: "Activity" }), activity]),
+  ]);
+  el.appendChild(root);
+
+  /**
+   * @param {string} action
+   * @param {Record<string, any>} params
+   * @param {string} label
+   */
+  const send = (action, params, label) => {
+    const id = requestId();
+    const d = model.get("delivery") || {};
+    local.set(id, {
+      id,
+      label,
+      status: "sending",
+      message: d && "live" in d && !d.live ? "sent; Jupyter delivers it when the running cell finishes" : "sent",
+    });
+    model.send({ kind: "action", action, params, id });
+    drawActivity();
+  };
+
+  // ------------------------------------------------------------ interventions
+  /** @param {ActionSpec} spec */
+  const actionCard = (spec) => {
+    const layers = model.get("layers") || [];
+    const values = forms.get(spec.name) || defaultParams(spec.schema, layers);
+    forms.set(spec.name, values);
+    const error = h("div", { cls: "trainscope-form-error" });
+    const fields = Object.entries(spec.schema || {}).map(([name, p]) => {
+      /** @type {HTMLInputElement | HTMLSelectElement} */
+      let input;
+      if (p.type === "bool") {
+        const cb = /** @type {HTMLInputElement} */ (h("input", { attrs: { type: "checkbox" } }));
+        cb.checked = Boolean(values[name]);
+        cb.addEventListener("change", () => { values[name] = cb.checked; });
+        input = cb;
+      } else if (p.type === "choice" || p.type === "layer" || p.type === "layers") {
+        const options = p.type === "choice" ? (p.choices || []).map(String) : layers;
+        const sel = /** @type {HTMLSelectElement} */ (h("select", p.type === "layers" ? { attrs: { multiple: "", size: "3" } } : {}, options.map((o) => h("option", { text: o, attrs: { value: o } }))));
+        const current = values[name];
+        for (const opt of Array.from(sel.options)) opt.selected = Array.isArray(current) ? current.includes(opt.value) : String(current) === opt.value;
+        sel.addEventListener("change", () => {
+          values[name] = p.type === "layers" ? Array.from(sel.selectedOptions).map((o) => o.value) : sel.value;
+        });
+        input = sel;
+      } else {
+        const numeric = p.type === "int" || p.type === "float";
+        const inp = /** @type {HTMLInputElement} */ (h("input", { attrs: { type: numeric ? "text" : "text", inputmode: numeric ? "decimal" : "text", size: "8" } }));
+        inp.value = values[name] === undefined || values[name] === null ? "" : String(values[name]);
+        inp.addEventListener("input", () => { values[name] = inp.value; });
+        input = inp;
+      }
+      input.classList.add(`trainscope-param-${name}`);
+      return h("label", { cls: "trainscope-field", title: p.help || "" }, [h("span", { text: name }), input]);
+    });
+    const button = /** @type {HTMLButtonElement} */ (h("button", { cls: `trainscope-btn trainscope-action-${spec.name}`, text: spec.label, title: spec.description }));
+    button.disabled = Boolean(model.get("read_only"));
+    button.addEventListener("click", () => {
+      const r = collectParams(spec.schema, values);
+      if (!r.ok) {
+        error.textContent = r.error;
+        return;
+      }
+      error.textContent = "";
+      send(spec.name, r.params, spec.label);
+    });
+    return h("div", { cls: "trainscope-card", attrs: { "data-action": spec.name } }, [
+      h("div", { cls: "trainscope-card-head" }, [button]),
+      spec.description ? h("div", { cls: "trainscope-card-desc", text: spec.description }) : null,
+      fields.length ? h("div", { cls: "trainscope-fields" }, fields) : null,
+      error,
+    ]);
+  };
+
+  const drawInterventions = () => {
+    /** @type {ActionSpec[]} */
+    const actions = model.get("actions") || [];
+    const ro = model.get("read_only");
+    const byCat = new Map();
+    for (const a of actions) {
+      if (a.name === "run_check") continue; // offered in the checklist
+      if (!byCat.has(a.category)) byCat.set(a.category, []);
+      byCat.get(a.category).push(a);
+    }
+    const parts = [];
+    if (ro) parts.push(h("div", { cls: "trainscope-readonly", text: ro }));
+    if (!actions.length) parts.push(h("div", { cls: "trainscope-empty", text: "No interventions are registered." }));
+    for (const [cat, list] of byCat) {
+      parts.push(h("div", { cls: "trainscope-category" }, [h("div", { cls: "trainscope-section-title", text: cat }), h("div", { cls: "trainscope-cards" }, list.map(actionCard))]));
+    }
+    return parts;
+  };
+
+  // ------------------------------------------------------------ findings
+  const drawFindings = () => {
+    const f = model.get("findings") || {};
+    if (!f.available) return [h("div", { cls: "trainscope-empty", text: f.message || "diagnosis unavailable" })];
+    /** @type {Finding[]} */
+    const items = (f.items || []).slice().sort((a, b) => (SEVERITY_ORDER[a.severity] ?? 3) - (SEVERITY_ORDER[b.severity] ?? 3));
+    if (!items.length) return [h("div", { cls: "trainscope-empty", text: "Nothing looks wrong so far." })];
+    const ro = Boolean(model.get("read_only"));
+    return items.map((it) =>
+      h("div", { cls: `trainscope-finding severity-${it.severity} ${it.active ? "" : "is-past"}` }, [
+        h("div", { cls: "trainscope-finding-head" }, [
+          h("span", { cls: `trainscope-badge severity-${it.severity}`, text: it.severity }),
+          h("b", { text: ` ${it.title}` }),
+          h("span", { cls: "trainscope-muted", text: ` steps ${formatInt(it.first_step)}–${formatInt(it.last_step)}${it.active ? "" : " (resolved)"}` }),
+        ]),
+        h("div", { cls: "trainscope-evidence", text: it.evidence }),
+        it.layers && it.layers.length
+          ? h("div", { cls: "trainscope-chips" }, it.layers.slice(0, 12).map((name) => {
+              const chip = h("button", { cls: "trainscope-chip", text: name, title: "show this layer" });
+              chip.addEventListener("click", () => model.send({ kind: "select", layer: name }));
+              return chip;
+            }))
+          : null,
+        it.interventions && it.interventions.length
+          ? h("div", { cls: "trainscope-suggested" }, it.interventions.map((iv) => {
+              const b = /** @type {HTMLButtonElement} */ (h("button", { cls: `trainscope-btn trainscope-suggest-${iv.action}`, text: iv.label || iv.action }));
+              b.disabled = ro;
+              b.addEventListener("click", () => send(iv.action, iv.params || {}, iv.label || iv.action));
+              return b;
+            }))
+          : null,
+        it.checklist && it.checklist.length ? h("div", { cls: "trainscope-muted", text: `checklist: ${it.checklist.join(", ")}` }) : null,
+      ]),
+    );
+  };
+
+  // ------------------------------------------------------------ checklist
+  const drawChecklist = () => {
+    const c = model.get("checklist") || {};
+    if (!c.available) return [h("div", { cls: "trainscope-empty", text: c.message || "checklists unavailable" })];
+    /** @type {ChecklistItem[]} */
+    const items = c.items || [];
+    const ro = Boolean(model.get("read_only"));
+    return items.map((it) => {
+      const run = it.automated ? /** @type {HTMLButtonElement} */ (h("button", { cls: `trainscope-btn trainscope-run-${it.id}`, text: "Run" })) : null;
+      if (run) {
+        run.disabled = ro;
+        run.addEventListener("click", () => send("run_check", { check: it.id }, `Run: ${it.title}`));
+      }
+      return h("div", { cls: `trainscope-check status-${it.status}` }, [
+        h("span", { cls: "trainscope-check-icon", text: CHECK_ICON[it.status] || "·", title: it.status }),
+        h("div", { cls: "trainscope-check-body" }, [
+          h("div", {}, [h("b", { text: it.title }), h("span", { cls: "trainscope-muted", text: ` (${it.source})` })]),
+          h("div", { cls: "trainscope-muted", text: it.meaning }),
+          it.evidence ? h("div", { cls: "trainscope-evidence", text: it.evidence }) : null,
+        ]),
+        run,
+      ]);
+    });
+  };
+
+  // ------------------------------------------------------------ activity (acknowledgements)
+  const drawActivity = () => {
+    /** @type {TicketView[]} */
+    const tickets = model.get("tickets") || [];
+    for (const t of tickets) local.delete(t.id);
+    const ro = Boolean(model.get("read_only"));
+    const rows = [...Array.from(local.values()).reverse(), ...tickets].slice(0, 50).map((t) => {
+      const full = /** @type {TicketView} */ (t);
+      let undo = null;
+      if (full.undoable && full.status === "applied") {
+        const b = /** @type {HTMLButtonElement} */ (h("button", { cls: "trainscope-btn trainscope-undo", text: "Undo" }));
+        b.disabled = ro;
+        b.addEventListener("click", () => send("undo", { ticket: full.id }, `Undo ${full.label}`));
+        undo = b;
+      }
+      const text = t.status === "sending" ? t.message : describeTicket(full);
+      return h("div", { cls: `trainscope-ticket status-${t.status}`, attrs: { "data-ticket": t.id } }, [
+        h("span", { cls: `trainscope-badge status-${t.status}`, text: t.status }),
+        h("span", { cls: "trainscope-ticket-label", text: ` ${t.label} ` }),
+        h("span", { cls: "trainscope-ticket-text", text }),
+        full.latency_ms !== null && full.latency_ms !== undefined && full.status === "applied" ? h("span", { cls: "trainscope-muted", text: ` (${Math.round(full.latency_ms)} ms)` }) : null,
+        undo,
+      ]);
+    });
+    /** @type {{name?: string, live?: boolean, note?: string}} */
+    const d = model.get("delivery") || {};
+    const note = d.name ? h("div", { cls: "trainscope-muted trainscope-delivery-note", text: d.live ? `Clicks reach the running loop (${d.name}): ${d.note}.` : d.name === "read-only" ? "" : `Clicks apply after the running cell (${d.note}).` }) : null;
+    activity.replaceChildren(...(rows.length ? rows : [h("div", { cls: "trainscope-empty", text: "Requests and their results appear here." })]), ...(note ? [note] : []));
+  };
+
+  // ------------------------------------------------------------ tabs
+  const drawPanel = () => {
+    const f = model.get("findings") || {};
+    const c = model.get("checklist") || {};
+    const nf = (f.items || []).filter((/** @type {Finding} */ x) => x.active).length;
+    const nc = (c.items || []).filter((/** @type {ChecklistItem} */ x) => x.status === "fail" || x.status === "warn").length;
+    const tabs = [
+      ["interventions", "Interventions"],
+      ["findings", `Findings${nf ? ` (${nf})` : ""}`],
+      ["checklist", `Checklist${nc ? ` (${nc})` : ""}`],
+    ];
+    tabBar.replaceChildren(...tabs.map(([key, label]) => {
+      const b = h("button", { cls: `trainscope-tab ${tab === key ? "is-active" : ""} trainscope-tab-${key}`, text: label });
+      b.addEventListener("click", () => { tab = key; drawPanel(); });
+      return b;
+    }));
+    const content = tab === "interventions" ? drawInterventions() : tab === "findings" ? drawFindings() : drawChecklist();
+    panel.replaceChildren(...content);
+  };
+
+  const onFindings = () => { if (tab !== "interventions") drawPanel(); else drawTabsOnly(); };
+  const drawTabsOnly = () => {
+    // keep the intervention forms (and what is typed in them) while updating the tab counts
+    const keep = Array.from(panel.childNodes);
+    drawPanel();
+    if (tab === "interventions") panel.replaceChildren(...keep);
+  };
+  const onActivity = () => drawActivity();
+  model.on("change:actions", drawPanel);
+  model.on("change:layers", drawPanel);
+  model.on("change:read_only", drawPanel);
+  model.on("change:read_only", onActivity);
+  model.on("change:findings", onFindings);
+  model.on("change:checklist", onFindings);
+  model.on("change:tickets", onActivity);
+  model.on("change:delivery", onActivity);
+  drawPanel();
+  drawActivity();
+  return () => {
+    model.off("change:actions", drawPanel);
+    model.off("change:layers", drawPanel);
+    model.off("change:read_only", drawPanel);
+    model.off("change:read_only", onActivity);
+    model.off("change:findings", onFindings);
+    model.off("change:checklist", onFindings);
+    model.off("change:tickets", onActivity);
+    model.off("change:delivery", onActivity);
+  };
+}
+
+export default { render };

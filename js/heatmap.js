@@ -1,0 +1,155 @@
+// Canvas heatmap of histograms: rows = value bins (bottom = lowest), columns = steps or layers.
+import { lookupTable } from "./lib/colormap.js";
+import { h } from "./lib/dom.js";
+
+/** @typedef {import("./lib/model_types.js").HeatmapSpec} HeatmapSpec */
+
+const LUT = lookupTable(false);
+const LUT_SPECIAL = lookupTable(true);
+const MARGIN = { left: 74, right: 8, top: 4, bottom: 22 };
+const HEIGHT = 190;
+
+/**
+ * @param {DataView | ArrayBuffer | Uint8Array | null | undefined} v
+ * @returns {Uint8Array}
+ */
+function bytes(v) {
+  if (!v) return new Uint8Array(0);
+  if (v instanceof Uint8Array) return v;
+  if (v instanceof ArrayBuffer) return new Uint8Array(v);
+  return new Uint8Array(v.buffer, v.byteOffset, v.byteLength);
+}
+
+/** @type {import("@anywidget/types").Render<import("./lib/model_types.js").HeatmapModel>} */
+function render({ model, el }) {
+  const title = h("div", { cls: "trainscope-map-title" });
+  const canvas = /** @type {HTMLCanvasElement} */ (h("canvas", { cls: "trainscope-map-canvas" }));
+  const tip = h("div", { cls: "trainscope-map-tip" });
+  const root = h("div", { cls: "trainscope trainscope-map" }, [title, h("div", { cls: "trainscope-map-box" }, [canvas, tip])]);
+  el.appendChild(root);
+
+  const draw = () => {
+    /** @type {HeatmapSpec} */
+    const spec = model.get("spec") || {};
+    const rows = spec.rows || 0;
+    const cols = spec.cols || 0;
+    const data = bytes(model.get("values"));
+    title.textContent = spec.title || "";
+    const width = Math.max(root.clientWidth || 400, 200);
+    const dpr = window.devicePixelRatio || 1;
+    canvas.width = Math.round(width * dpr);
+    canvas.height = Math.round(HEIGHT * dpr);
+    canvas.style.width = `${width}px`;
+    canvas.style.height = `${HEIGHT}px`;
+    const ctx = canvas.getContext("2d");
+    if (!ctx) return;
+    ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+    ctx.clearRect(0, 0, width, HEIGHT);
+    const style = getComputedStyle(root);
+    const fg = style.getPropertyValue("--jp-ui-font-color1").trim() || "#333";
+    const muted = style.getPropertyValue("--jp-ui-font-color2").trim() || "#777";
+    ctx.font = "10px sans-serif";
+    if (!rows || !cols || data.length < rows * cols) {
+      ctx.fillStyle = muted;
+      ctx.fillText(spec.empty || "no data yet", MARGIN.left, HEIGHT / 2);
+      return;
+    }
+    const pw = width - MARGIN.left - MARGIN.right;
+    const ph = HEIGHT - MARGIN.top - MARGIN.bottom;
+    // draw the image at its own resolution, then scale it into the plot area (crisp cells)
+    const img = new ImageData(cols, rows);
+    const special = spec.special || [];
+    for (let r = 0; r < rows; r++) {
+      const lut = special[r] ? LUT_SPECIAL : LUT;
+      const y = rows - 1 - r; // row 0 = lowest bin at the bottom
+      for (let c = 0; c < cols; c++) {
+        const v = data[r * cols + c];
+        img.data.set(lut.subarray(v * 4, v * 4 + 4), (y * cols + c) * 4);
+      }
+    }
+    const off = document.createElement("canvas");
+    off.width = cols;
+    off.height = rows;
+    const octx = off.getContext("2d");
+    if (!octx) return;
+    octx.putImageData(img, 0, 0);
+    ctx.imageSmoothingEnabled = false;
+    ctx.fillStyle = style.getPropertyValue("--jp-layout-color2").trim() || "#f3f3f3";
+    ctx.fillRect(MARGIN.left, MARGIN.top, pw, ph);
+    ctx.drawImage(off, MARGIN.left, MARGIN.top, pw, ph);
+    // highlighted column (the selected layer)
+    const hl = spec.highlight ?? -1;
+    if (hl >= 0 && hl < cols) {
+      ctx.strokeStyle = "#d62728";
+      ctx.lineWidth = 2;
+      ctx.strokeRect(MARGIN.left + (hl * pw) / cols, MARGIN.top, pw / cols, ph);
+    }
+    // y labels: a few bins, always zero and the special ones
+    const labels = spec.row_labels || [];
+    ctx.fillStyle = fg;
+    ctx.textAlign = "right";
+    ctx.textBaseline = "middle";
+    const every = Math.max(1, Math.ceil(rows / Math.max(2, Math.floor(ph / 14))));
+    for (let r = 0; r < rows; r++) {
+      const isZero = labels[r] === "0";
+      if (!(r % every === 0 || isZero || special[r])) continue;
+      const y = MARGIN.top + ph - ((r + 0.5) * ph) / rows;
+      ctx.fillStyle = special[r] ? "#d62728" : fg;
+      ctx.fillText(labels[r] || "", MARGIN.left - 4, y);
+    }
+    // x labels: first, middle, last
+    const xl = spec.col_labels || [];
+    ctx.fillStyle = fg;
+    ctx.textBaseline = "top";
+    const picks = cols > 2 ? [0, Math.floor(cols / 2), cols - 1] : [...Array(cols).keys()];
+    picks.forEach((c, k) => {
+      ctx.textAlign = k === 0 ? "left" : k === picks.length - 1 ? "right" : "center";
+      const x = k === 0 ? MARGIN.left : k === picks.length - 1 ? MARGIN.left + pw : MARGIN.left + ((c + 0.5) * pw) / cols;
+      ctx.fillText(String(xl[c] ?? c), x, MARGIN.top + ph + 5);
+    });
+    ctx.save();
+    ctx.translate(10, MARGIN.top + ph / 2);
+    ctx.rotate(-Math.PI / 2);
+    ctx.textAlign = "center";
+    ctx.fillStyle = muted;
+    ctx.fillText(spec.y_label || "", 0, 0);
+    ctx.restore();
+  };
+
+  /** @param {MouseEvent} ev */
+  const onMove = (ev) => {
+    /** @type {HeatmapSpec} */
+    const spec = model.get("spec") || {};
+    const rows = spec.rows || 0;
+    const cols = spec.cols || 0;
+    const rect = canvas.getBoundingClientRect();
+    const pw = rect.width - MARGIN.left - MARGIN.right;
+    const ph = rect.height - MARGIN.top - MARGIN.bottom;
+    const c = Math.floor(((ev.clientX - rect.left - MARGIN.left) / pw) * cols);
+    const r = rows - 1 - Math.floor(((ev.clientY - rect.top - MARGIN.top) / ph) * rows);
+    if (!rows || c < 0 || c >= cols || r < 0 || r >= rows) {
+      tip.textContent = "";
+      return;
+    }
+    const v = bytes(model.get("values"))[r * cols + c] || 0;
+    const col = (spec.col_labels || [])[c] ?? String(c);
+    tip.textContent = `${col} · bin ${(spec.row_labels || [])[r] ?? r} · ${v ? `density ${Math.round(((v - 1) / 254) * 100)}%` : "empty"}`;
+  };
+  const onLeave = () => { tip.textContent = ""; };
+  canvas.addEventListener("mousemove", onMove);
+  canvas.addEventListener("mouseleave", onLeave);
+  const ro = typeof ResizeObserver !== "undefined" ? new ResizeObserver(() => draw()) : null;
+  if (ro) ro.observe(root);
+  model.on("change:spec", draw);
+  model.on("change:values", draw);
+  requestAnimationFrame(draw);
+  return () => {
+    if (ro) ro.disconnect();
+    canvas.removeEventListener("mousemove", onMove);
+    canvas.removeEventListener("mouseleave", onLeave);
+    model.off("change:spec", draw);
+    model.off("change:values", draw);
+  };
+}
+
+export default { render };

@@ -1,0 +1,89 @@
+// Pure helpers for the intervention forms built from an action's schema (no DOM).
+// Python validates again (it is the authority); this only gives immediate feedback.
+
+/**
+ * @typedef {{type: string, default?: any, min?: number, max?: number, log?: boolean,
+ *            choices?: any[], help?: string}} ParamSpec
+ */
+
+/**
+ * Initial form values for a schema.
+ * @param {Record<string, ParamSpec>} schema
+ * @param {string[]} layers  layer names in forward order
+ * @returns {Record<string, any>}
+ */
+export function defaultParams(schema, layers) {
+  /** @type {Record<string, any>} */
+  const out = {};
+  for (const [name, spec] of Object.entries(schema || {})) {
+    if (spec.default !== undefined && spec.default !== null) out[name] = spec.default;
+    else if (spec.type === "bool") out[name] = false;
+    else if (spec.type === "choice" && spec.choices && spec.choices.length) out[name] = spec.choices[0];
+    else if (spec.type === "layer" && layers.length) out[name] = layers[0];
+    else if (spec.type === "layers") out[name] = [];
+  }
+  return out;
+}
+
+/**
+ * Turn a raw form value into the parameter value, or explain what is wrong.
+ * Empty optional fields are left out (the action's default applies).
+ * @param {string} name
+ * @param {ParamSpec} spec
+ * @param {any} raw
+ * @returns {{ok: true, value: any, omit?: boolean} | {ok: false, error: string}}
+ */
+export function coerceParam(name, spec, raw) {
+  const empty = raw === undefined || raw === null || raw === "" || (Array.isArray(raw) && raw.length === 0 && spec.type !== "layers");
+  if (empty) return { ok: true, value: undefined, omit: true };
+  switch (spec.type) {
+    case "int":
+    case "float": {
+      const v = typeof raw === "number" ? raw : Number(String(raw).trim());
+      if (!Number.isFinite(v)) return { ok: false, error: `${name} must be a number` };
+      if (spec.type === "int" && !Number.isInteger(v)) return { ok: false, error: `${name} must be a whole number` };
+      if (spec.min !== undefined && spec.min !== null && v < spec.min) return { ok: false, error: `${name} must be ≥ ${spec.min}` };
+      if (spec.max !== undefined && spec.max !== null && v > spec.max) return { ok: false, error: `${name} must be ≤ ${spec.max}` };
+      if (spec.log && v <= 0) return { ok: false, error: `${name} must be > 0` };
+      return { ok: true, value: v };
+    }
+    case "bool":
+      return { ok: true, value: raw === true || raw === "true" || raw === "on" };
+    case "choice": {
+      const choices = spec.choices || [];
+      const hit = choices.find((c) => String(c) === String(raw));
+      return hit === undefined ? { ok: false, error: `${name} must be one of ${choices.join(", ")}` } : { ok: true, value: hit };
+    }
+    case "layers":
+      return { ok: true, value: Array.isArray(raw) ? raw.map(String) : [String(raw)] };
+    default:
+      return { ok: true, value: String(raw) };
+  }
+}
+
+/**
+ * All parameters of a form, or the first error.
+ * @param {Record<string, ParamSpec>} schema
+ * @param {Record<string, any>} raw
+ * @returns {{ok: true, params: Record<string, any>} | {ok: false, error: string}}
+ */
+export function collectParams(schema, raw) {
+  /** @type {Record<string, any>} */
+  const params = {};
+  for (const [name, spec] of Object.entries(schema || {})) {
+    const r = coerceParam(name, spec, raw[name]);
+    if (!r.ok) return r;
+    if (!r.omit) params[name] = r.value;
+  }
+  return { ok: true, params };
+}
+
+let counter = 0;
+/**
+ * A request id the kernel accepts ([A-Za-z0-9_.:-]{1,64}) and that is unique in this page.
+ * @returns {string}
+ */
+export function requestId() {
+  counter += 1;
+  return `b${Date.now().toString(36)}-${counter}-${Math.floor(Math.random() * 1e6).toString(36)}`;
+}

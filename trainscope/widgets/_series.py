@@ -1,0 +1,184 @@
+"""Pure numpy helpers that turn history arrays into small payloads for the browser.
+
+Everything here is bounded by the *output* size: a line never has more than ``max_points``
+float32 points (min/max decimation keeps spikes visible), a heatmap is a ``uint8`` image.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from ..stats import HIST_LABELS, NAN, NBINS, NEG_INF, POS_INF, ZERO
+
+__all__ = [
+    "MAX_POINTS",
+    "ema",
+    "envelope",
+    "hist_image",
+    "jsonable_number",
+    "mean_decimate",
+    "minmax_decimate",
+]
+
+MAX_POINTS = 1000
+"""Most points sent for one line (float32 x and y: 8 kB)."""
+
+_NEG_INF, _ZERO, _POS_INF, _NAN = NEG_INF, ZERO, POS_INF, NAN
+
+
+def minmax_decimate(
+    x: np.ndarray, y: np.ndarray, max_points: int = MAX_POINTS
+) -> tuple[np.ndarray, np.ndarray]:
+    """At most ``max_points`` float32 points of ``(x, y)`` keeping each bucket's min and max.
+
+    Points are split into ``max_points // 2`` consecutive buckets (none is dropped); each bucket
+    contributes its lowest and highest point, in time order, so spikes survive decimation.
+    NaN values are kept where a bucket holds nothing else (a gap in the drawn line).
+    """
+    x = np.asarray(x, dtype=np.float64).reshape(-1)
+    y = np.asarray(y, dtype=np.float64).reshape(-1)
+    if x.shape != y.shape:
+        raise ValueError(f"x and y must have the same length, got {x.shape} and {y.shape}")
+    if max_points < 2:
+        raise ValueError("max_points must be >= 2")
+    n = len(x)
+    if n <= max_points:
+        return x.astype(np.float32), y.astype(np.float32)
+    k = math.ceil(n / (max_points // 2))  # points per bucket
+    b = math.ceil(n / k)
+    pad = b * k - n
+    yy = np.concatenate([y, np.full(pad, np.nan)]).reshape(b, k)
+    nan = np.isnan(yy)
+    lo = np.where(nan, np.inf, yy).argmin(axis=1)
+    hi = np.where(nan, -np.inf, yy).argmax(axis=1)
+    first = np.minimum(lo, hi)
+    second = np.maximum(lo, hi)
+    base = np.arange(b) * k
+    idx = np.stack([base + first, base + second], axis=1).reshape(-1)
+    idx = np.minimum(idx, n - 1)
+    return x[idx].astype(np.float32), y[idx].astype(np.float32)
+
+
+def envelope(series: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """A scalar series from :meth:`History.scalar` as one raw line: raw points as they are,
+    bucketed (older) points as their min then max, so the drawn line keeps the full range."""
+    step = np.asarray(series["step"], dtype=np.float64)
+    if len(step) == 0:
+        return np.zeros(0), np.zeros(0)
+    count = np.asarray(series["count"])
+    lo = np.asarray(series["min"], dtype=np.float64)
+    hi = np.asarray(series["max"], dtype=np.float64)
+    first = np.asarray(series["first"], dtype=np.float64)
+    last = np.asarray(series["last"], dtype=np.float64)
+    bucket = count > 1
+    if not bucket.any():
+        return step, np.asarray(series["mean"], dtype=np.float64)
+    # every point becomes two (x, y) pairs; raw points repeat themselves, buckets span first..last
+    xs = np.stack([np.where(bucket, first, step), np.where(bucket, last, step)], axis=1).reshape(-1)
+    ys = np.stack([lo, hi], axis=1).reshape(-1)
+    keep = np.ones(len(xs), bool)
+    keep[1::2] = bucket  # drop the duplicate of raw points
+    return xs[keep], ys[keep]
+
+
+def mean_decimate(
+    x: np.ndarray, y: np.ndarray, weight: np.ndarray | None = None, max_points: int = MAX_POINTS
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Average consecutive points (NaN-aware, optionally weighted) down to ``max_points``.
+
+    ``y`` may be ``(T,)`` or ``(T, L)`` (several lines sharing ``x``).  Returns ``x``, ``y`` and
+    the summed weight of each output point.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    w = np.ones(len(x)) if weight is None else np.asarray(weight, dtype=np.float64)
+    n = len(x)
+    if n <= max_points:
+        return x, y, w
+    edges = np.linspace(0, n, max_points + 1).astype(np.int64)[:-1]
+    ww = w if y.ndim == 1 else w[:, None]
+    valid = ~np.isnan(y)
+    num = np.add.reduceat(np.where(valid, y * ww, 0.0), edges, axis=0)
+    den = np.add.reduceat(np.where(valid, ww, 0.0), edges, axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ym = num / den
+    xm = np.add.reduceat(x * w, edges) / np.add.reduceat(w, edges)
+    return xm, ym, np.add.reduceat(w, edges)
+
+
+def ema(y: np.ndarray, count: np.ndarray | None = None, window: float = 50.0) -> np.ndarray:
+    """Debiased exponential moving average over ``window`` steps (fastai's smoothed loss).
+
+    A point that stands for ``count`` steps (a history bucket) weighs as ``count`` steps.
+    NaN points are skipped (the average carries over them).
+    """
+    y = np.asarray(y, dtype=np.float64)
+    c = np.ones(len(y)) if count is None else np.asarray(count, dtype=np.float64)
+    beta = 1.0 - 1.0 / max(float(window), 1.0)
+    decay = beta ** np.maximum(c, 1.0)
+    out = np.empty(len(y))
+    s = d = 0.0
+    for i in range(len(y)):  # at most MAX_POINTS iterations: callers decimate first
+        v = y[i]
+        if v == v and abs(v) != math.inf:
+            w = decay[i]
+            s = w * s + (1.0 - w) * v
+            d = w * d + (1.0 - w)
+        out[i] = s / d if d > 0 else np.nan
+    return out
+
+
+def hist_image(counts: np.ndarray) -> dict[str, Any]:
+    """A ``(C, NBINS)`` stack of histograms (C columns: steps or layers) as a heatmap image.
+
+    Rows are the value bins in increasing order, cropped to the range that holds any count; the
+    zero bin is always kept, the -Inf / +Inf / NaN bins only when they hold something (they are
+    flagged ``special`` so the browser paints them in an alarm colour).  Each column is
+    normalised to its total and log-scaled (``log1p(1000 * fraction)``, fastai's "colorful
+    dimension"), then quantised: 0 means "no values here", 1..255 the intensity.
+
+    Returns ``{"rows", "cols", "values" (bytes, row-major, row 0 = lowest bin), "labels",
+    "special", "bins"}``.
+    """
+    counts = np.nan_to_num(np.asarray(counts, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    if counts.ndim != 2 or counts.shape[1] != NBINS:
+        raise ValueError(f"expected histograms of shape (C, {NBINS}), got {counts.shape}")
+    counts = np.maximum(counts, 0.0)
+    used = counts.sum(axis=0) > 0
+    finite = np.flatnonzero(used[_NEG_INF + 1 : _POS_INF]) + _NEG_INF + 1
+    lo = min(int(finite.min()) if len(finite) else _ZERO, _ZERO)
+    hi = max(int(finite.max()) if len(finite) else _ZERO, _ZERO)
+    bins = ([_NEG_INF] if used[_NEG_INF] else []) + list(range(lo, hi + 1))
+    bins += [b for b in (_POS_INF, _NAN) if used[b]]
+    sub = counts[:, bins]  # (C, R)
+    total = counts.sum(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        frac = np.where(total > 0, sub / total, 0.0)
+    level = np.log1p(1000.0 * frac) / math.log1p(1000.0)
+    img = np.where(sub > 0, 1 + np.round(level * 254), 0).astype(np.uint8)
+    return {
+        "rows": len(bins),
+        "cols": int(counts.shape[0]),
+        "values": np.ascontiguousarray(img.T).tobytes(),
+        "labels": [HIST_LABELS[b] for b in bins],
+        "special": [b in (_NEG_INF, _POS_INF, _NAN) for b in bins],
+        "bins": bins,
+    }
+
+
+def jsonable_number(v: Any, digits: int = 4) -> float | str | None:
+    """A float rounded to ``digits`` significant digits for JSON; NaN -> None, ±Inf -> "inf"."""
+    if v is None:
+        return None
+    f = float(v)
+    if math.isnan(f):
+        return None
+    if math.isinf(f):
+        return "inf" if f > 0 else "-inf"
+    if f == 0.0:
+        return 0.0
+    return float(f"{f:.{digits}g}")
