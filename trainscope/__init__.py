@@ -21,9 +21,62 @@ __all__ = [
     "ProbeError",
     "StepRecord",
     "__version__",
+    "fit_in_background",
     "load_ipython_extension",
+    "show",
     "unload_ipython_extension",
+    "watch",
 ]
+
+
+def watch(model: Any, optimizer: Any = None, **kwargs: Any) -> Any:
+    """Attach a :class:`Probe` to ``model`` and show the live dashboard in Jupyter.
+
+    The next cell can be the user's own plain training loop: the dashboard updates while it
+    runs, and a click in it takes effect at the next ``optimizer.step()``.
+
+    Parameters
+    ----------
+    model
+        The ``nn.Module`` to watch (or an existing :class:`Probe`).
+    optimizer
+        Its optimizer: every ``optimizer.step()`` is a step boundary.
+    **kwargs
+        Dashboard options (``display=True``, ``delivery="auto"``, ``update_interval=0.2``,
+        ``detail_interval=1.0``, ``total_steps``, ``steps_per_epoch``, ``title``); anything else
+        goes to :class:`Probe` (``loss_fn``, ``every``, ``data``...).
+
+    Returns
+    -------
+    trainscope.widgets.Dashboard
+        ``.probe``, ``.history``, ``.submit(action, params)``, ``.detach()``, ``.refresh()``.
+
+    Examples
+    --------
+    >>> scope = trainscope.watch(model, optimizer, loss_fn=loss_fn)   # doctest: +SKIP
+    """
+    from .widgets import watch as _watch
+
+    return _watch(model, optimizer, **kwargs)
+
+
+def show(source: Any, **kwargs: Any) -> Any:
+    """Display a dashboard: live for a :class:`Probe`, read-only for a :class:`History` (or a
+    list of histories, overlaid), or an existing dashboard again."""
+    from .widgets import show as _show
+
+    return _show(source, **kwargs)
+
+
+def fit_in_background(fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+    """Run ``fn(*args, **kwargs)`` in a thread so the kernel stays free for clicks.
+
+    The fallback where clicks cannot reach a blocking cell; see
+    :func:`trainscope._background.fit_in_background` for the trade-offs.
+    """
+    from ._background import fit_in_background as _fit
+
+    return _fit(fn, *args, **kwargs)
 
 
 def load_ipython_extension(ipython: Any) -> None:
