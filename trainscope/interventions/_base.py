@@ -1,0 +1,293 @@
+"""Shared machinery of the interventions: the ``Applied`` record, parameter checking, timeline
+events, hook ownership.
+
+Every intervention follows the same discipline:
+
+1. **validate** every argument (types, ranges, layer names) before touching anything; a bad
+   request raises ``ValueError`` / ``TypeError`` saying what was wrong and how to fix it;
+2. **plan** the change completely (new tensors are computed on the side);
+3. **capture** what will change, then **mutate in place** (``Parameter`` identity is kept, so the
+   optimizer and the user's references stay valid); if anything raises half-way, the capture is
+   restored and the exception re-raised -- all or nothing;
+4. return an :class:`Applied` record whose :meth:`Applied.undo` restores the capture.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import traceback
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from ..probe import Probe
+
+__all__ = ["Applied", "validate_params"]
+
+_LOCAL = threading.local()
+
+
+# ---------------------------------------------------------------------------- the record
+class Applied:
+    """What an intervention changed; :meth:`undo` puts it back.
+
+    Attributes
+    ----------
+    name
+        The action name (``"reinit"``, ``"set_lr"``...).
+    params
+        The validated parameters it was applied with.
+    details
+        JSON-friendly facts about what was done (layers touched, values before / after...).
+    message
+        One line for the user.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        params: Mapping[str, Any],
+        undo: Callable[[], None] | None,
+        *,
+        message: str = "",
+        details: Mapping[str, Any] | None = None,
+        probe: Probe | None = None,
+        label: str | None = None,
+    ) -> None:
+        self.name = name
+        self.params = dict(params)
+        self.details: dict[str, Any] = dict(details or {})
+        self.message = message
+        self.undone = False
+        self.result: Any = None
+        """The live object, where there is one (a schedule, a snapshot, an early stopper...)."""
+        self._undo = undo
+        self._probe = probe
+        self._recorded = False
+        self.event_id: int | None = None
+        if probe is not None and not in_action():
+            ev = probe.history.add_event(
+                "intervention",
+                label or name.replace("_", " "),
+                step=probe.step_count,
+                action=name,
+                params=jsonable(self.params),
+                source="python",
+                undoable=undo is not None,
+                **jsonable(self.details),
+            )
+            self._recorded = True
+            self.event_id = ev.id
+
+    @property
+    def undoable(self) -> bool:
+        return self._undo is not None and not self.undone
+
+    def undo(self) -> None:
+        """Restore what this intervention changed (raises if it was already undone)."""
+        if self._undo is None:
+            raise RuntimeError(f"{self.name} cannot be undone")
+        if self.undone:
+            raise RuntimeError(f"{self.name} was already undone")
+        self._undo()
+        self.undone = True
+        if self._recorded and self._probe is not None and not in_action():
+            self._probe.history.add_event(
+                "undo", f"undo {self.name.replace('_', ' ')}", step=self._probe.step_count,
+                action=self.name, undid_event=self.event_id,
+            )
+
+    def __repr__(self) -> str:
+        state = "undone" if self.undone else "applied"
+        return f"<Applied {self.name} ({state}): {self.message or self.params}>"
+
+
+def in_action() -> bool:
+    """True while an action queued on a probe is being applied (the queue records the event)."""
+    return bool(getattr(_LOCAL, "action", 0))
+
+
+@contextlib.contextmanager
+def action_context() -> Iterator[None]:
+    _LOCAL.action = getattr(_LOCAL, "action", 0) + 1
+    try:
+        yield
+    finally:
+        _LOCAL.action -= 1
+
+
+def owner_alive(owner: Probe | None) -> bool:
+    """Hooks added through a probe live as long as the probe stays attached."""
+    return owner is None or bool(owner.is_attached)
+
+
+def report_error(owner: Probe | None, where: str, exc: BaseException, seen: set[str]) -> None:
+    """Record an error raised inside a hook of ours; the training loop never sees it."""
+    key = f"{where}:{type(exc).__name__}"
+    if owner is not None and len(owner.errors) < 1000:
+        from ..probe import ProbeError
+
+        owner.errors.append(ProbeError(f"intervention {where}", owner.step_count, f"{type(exc).__name__}: {exc}", traceback.format_exc()))
+    if key not in seen:
+        seen.add(key)
+        warnings.warn(
+            f"trainscope: the {where} intervention raised {type(exc).__name__}: {exc}; it was skipped "
+            "for this step and training continues",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+
+def jsonable(v: Any) -> Any:
+    if isinstance(v, Mapping):
+        return {str(k): jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [jsonable(x) for x in v]
+    if isinstance(v, float) or isinstance(v, (str, int, bool)) or v is None:
+        return v
+    if isinstance(v, (np.floating, np.integer)):
+        return v.item()
+    if isinstance(v, Tensor) and v.numel() == 1:
+        return float(v.detach().cpu())
+    return repr(v)
+
+
+# ---------------------------------------------------------------------------- parameter checks
+def as_float(name: str, v: Any, *, lo: float | None = None, hi: float | None = None,
+             lo_open: bool = False, hi_open: bool = False) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a number, got {type(v).__name__} {v!r}")
+    x = float(v)
+    if x != x or x in (float("inf"), float("-inf")):
+        raise ValueError(f"{name} must be a finite number, got {x}")
+    if lo is not None and (x < lo or (lo_open and x == lo)):
+        raise ValueError(f"{name} must be {'>' if lo_open else '>='} {lo:g}, got {x:g}")
+    if hi is not None and (x > hi or (hi_open and x == hi)):
+        raise ValueError(f"{name} must be {'<' if hi_open else '<='} {hi:g}, got {x:g}")
+    return x
+
+
+def as_int(name: str, v: Any, *, lo: int | None = None, hi: int | None = None) -> int:
+    if isinstance(v, float) and v.is_integer():
+        v = int(v)
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer, got {type(v).__name__} {v!r}")
+    x = int(v)
+    if lo is not None and x < lo:
+        raise ValueError(f"{name} must be >= {lo}, got {x}")
+    if hi is not None and x > hi:
+        raise ValueError(f"{name} must be <= {hi}, got {x}")
+    return x
+
+
+def as_choice(name: str, v: Any, choices: Sequence[str]) -> str:
+    if not isinstance(v, str) or v not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(str, choices))}; got {v!r}")
+    return v
+
+
+def as_names(name: str, v: Any, *, allow_all: bool = True) -> list[str] | None:
+    """``None`` / ``"all"`` -> ``None`` (everything); a name or a list of names -> list."""
+    if v is None or (allow_all and v == "all"):
+        return None
+    if isinstance(v, str):
+        v = [v]
+    if not isinstance(v, (list, tuple)) or not all(isinstance(s, str) for s in v):
+        alt = " or 'all'" if allow_all else ""
+        raise TypeError(f"{name} must be a module name or a list of module names{alt}; got {v!r}")
+    if not v:
+        raise ValueError(f"{name} is empty: name at least one module (see model.named_modules())")
+    return list(dict.fromkeys(v))
+
+
+def validate_params(action: str, schema: Mapping[str, Mapping[str, Any]], params: Mapping[str, Any]) -> dict[str, Any]:
+    """Check ``params`` against a UI schema: unknown names, types, ranges and choices.
+
+    Returns the cleaned parameters with defaults filled in.  ``"required": True`` entries must be
+    given; ``"nullable": True`` ones accept ``None``.  Ranges are inclusive unless
+    ``"min_open"`` / ``"max_open"`` is set.
+    """
+    if not isinstance(params, Mapping):
+        raise TypeError(f"{action} takes keyword parameters, got {type(params).__name__}")
+    unknown = sorted(set(params) - set(schema))
+    if unknown:
+        raise ValueError(
+            f"{action}: unknown parameter(s) {', '.join(unknown)}; it takes {', '.join(schema) or 'no parameters'}"
+        )
+    out: dict[str, Any] = {}
+    for key, spec in schema.items():
+        v = params.get(key)
+        if v is None:
+            if spec.get("required"):
+                raise ValueError(f"{action} needs {key}= ({spec.get('help', spec.get('type'))})")
+            v = None if (key in params and spec.get("nullable")) else spec.get("default")
+            if v is None:
+                out[key] = None
+                continue
+        t = spec.get("type", "str")
+        label = f"{action}: {key}"
+        if t == "float":
+            out[key] = as_float(label, v, lo=spec.get("min"), hi=spec.get("max"),
+                                lo_open=bool(spec.get("min_open")), hi_open=bool(spec.get("max_open")))
+        elif t == "int":
+            out[key] = as_int(label, v, lo=spec.get("min"), hi=spec.get("max"))
+        elif t == "bool":
+            if not isinstance(v, (bool, np.bool_)):
+                raise TypeError(f"{label} must be true or false, got {v!r}")
+            out[key] = bool(v)
+        elif t == "choice":
+            out[key] = as_choice(label, v, spec["choices"])
+        elif t == "layers":
+            out[key] = as_names(label, v, allow_all=True)
+        elif t == "layer":
+            if not isinstance(v, str) or not v:
+                raise TypeError(f"{label} must be a module name (see model.named_modules()), got {v!r}")
+            out[key] = v
+        else:
+            if not isinstance(v, str):
+                raise TypeError(f"{label} must be a string, got {type(v).__name__}")
+            out[key] = v
+    return out
+
+
+def resolve_modules(model: nn.Module, names: Iterable[str], what: str = "layers") -> list[tuple[str, nn.Module]]:
+    """Look module names up in ``model.named_modules()``; unknown names raise with suggestions."""
+    table = dict(model.named_modules())
+    out: list[tuple[str, nn.Module]] = []
+    for n in names:
+        if n not in table:
+            import difflib
+
+            close = difflib.get_close_matches(n, [k for k in table if k], n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            avail = ", ".join(k for k in list(table)[1:13] if k)
+            raise ValueError(f"{what}: no module named {n!r} in the model{hint} (modules: {avail}...)")
+        out.append((n, table[n]))
+    return out
+
+
+def set_group_value(group: dict[str, Any], key: str, value: float) -> None:
+    """Set a hyper-parameter in a param group, in place when it is a tensor (capturable / fused)."""
+    cur = group.get(key)
+    if isinstance(cur, Tensor):
+        cur.fill_(value)
+    else:
+        group[key] = value
+
+
+def group_value(group: Mapping[str, Any], key: str) -> float:
+    v = group[key]
+    return float(v) if not isinstance(v, Tensor) else float(v.detach().cpu())
+
+
+def momentum_key(group: Mapping[str, Any]) -> str | None:
+    if "betas" in group:
+        return "betas"
+    if "momentum" in group:
+        return "momentum"
+    return None

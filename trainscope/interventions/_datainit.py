@@ -1,0 +1,168 @@
+"""Data-driven re-initialization: LSUV (Mishkin & Matas 2016) and the within-layer data-dependent
+init of Krähenbühl et al. (2015).  Both run forward passes on one real batch in eval mode under
+``no_grad`` (the probe, if any, is paused), layer by layer in forward order; each forward stops
+right after the layer being calibrated."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, nn
+
+from ._base import Applied
+from ._state import probe_batch, split_batch
+from .init import commit
+
+if TYPE_CHECKING:
+    from ..probe import Probe
+
+_CALIBRATED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+class _Stop(Exception):
+    pass
+
+
+def _wb(m: nn.Module) -> tuple[Tensor, Tensor | None]:
+    w, b = m.weight, getattr(m, "bias", None)
+    assert isinstance(w, Tensor)
+    return w, b if isinstance(b, Tensor) else None
+
+
+def _output_of(model: nn.Module, layer: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Tensor:
+    """Run the model until ``layer`` has produced its (first) output, and return that output."""
+    got: list[Tensor] = []
+
+    def hook(m: nn.Module, a: Any, out: Any) -> None:
+        if isinstance(out, Tensor):
+            got.append(out.detach())
+        raise _Stop
+
+    h = layer.register_forward_hook(hook)
+    try:
+        model(*args, **kwargs)
+    except _Stop:
+        pass
+    finally:
+        h.remove()
+    if not got:
+        raise ValueError(f"{type(layer).__name__} layer was not called by model(batch) (or did not return a tensor)")
+    return got[0].float()
+
+
+def _forward_order(model: nn.Module, layers: list[nn.Module], args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[nn.Module]:
+    seen: list[nn.Module] = []
+    ids = {id(m) for m in layers}
+
+    def hook(m: nn.Module, a: Any, out: Any) -> None:
+        if id(m) in ids and m not in seen:
+            seen.append(m)
+
+    hs = [m.register_forward_hook(hook) for m in layers]
+    try:
+        model(*args, **kwargs)
+    finally:
+        for h in hs:
+            h.remove()
+    return seen
+
+
+def _orthonormal_(w: Tensor) -> None:
+    """Anchors §2.2 step 1: SVD of A ~ N(0, 1) of shape (out, prod(in)); keep the factor that fits."""
+    rows = w.shape[0]
+    a = torch.randn(rows, w[0].numel(), device=w.device, dtype=torch.float32)
+    u, _, vh = torch.linalg.svd(a, full_matrices=False)
+    q = u if u.shape == a.shape else vh
+    w.copy_(q.reshape(w.shape).to(w.dtype))
+
+
+def data_init(model: nn.Module, targets: list[tuple[str, nn.Module]], p: dict[str, Any], *,
+              optimizer: torch.optim.Optimizer | None, probe: Probe | None, batch: Any) -> Applied:
+    scheme = p["scheme"]
+    if batch is None and probe is not None:
+        batch = probe_batch(probe)
+    if batch is None:
+        raise ValueError(
+            f"{scheme} needs a real batch: call reinit_(..., batch=inputs), give the Probe data=loader, "
+            "or let the training run one step first so the probe has a recent batch"
+        )
+    args, kwargs, _ = split_batch(batch)
+    layers = [(n, m) for n, m in targets if isinstance(m, _CALIBRATED)]
+    skipped = [n for n, m in targets if not isinstance(m, _CALIBRATED)]
+    if not layers:
+        raise ValueError(f"{scheme} calibrates Linear / Conv layers; none among the chosen layers")
+    params = [t for _, m in layers for t in _wb(m) if t is not None]
+    saved = [(t, t.detach().clone()) for t in params]
+    modes = [(m, m.training) for m in model.modules()]
+    names = {id(m): n for n, m in layers}
+    report: list[dict[str, Any]] = []
+    pause = probe.paused() if probe is not None else contextlib.nullcontext()
+    try:
+        with pause, torch.no_grad():
+            model.eval()
+            order = _forward_order(model, [m for _, m in layers], args, kwargs)
+            missing = [names[id(m)] for _, m in layers if m not in order]
+            if missing:
+                raise ValueError(f"{scheme}: layer(s) {', '.join(missing)} are not used by model(batch)")
+            if scheme == "lsuv":
+                for m in order:
+                    w, b = _wb(m)
+                    _orthonormal_(w)
+                    if b is not None:
+                        b.zero_()
+            for m in order:
+                entry: dict[str, Any] = {"layer": names[id(m)], "type": type(m).__name__}
+                if scheme == "lsuv":
+                    entry.update(_lsuv_layer(model, m, args, kwargs, p["tol"], p["max_iter"]))
+                else:
+                    entry.update(_krahenbuhl_layer(model, m, args, kwargs))
+                report.append(entry)
+            for entry, m in zip(report, order, strict=True):  # final check, with every layer in place
+                entry["std_after"] = round(float(_output_of(model, m, args, kwargs).std()), 4)
+    except BaseException:
+        with torch.no_grad():
+            for t, old in saved:
+                t.copy_(old)
+        raise
+    finally:
+        for m, flag in modes:
+            m.training = flag
+    plan = [(t, t.detach().clone()) for t in params]
+    extra = {"skipped": skipped} if skipped else None
+    return commit(model, plan, optimizer, "reinit", p, report, probe, saved=saved, extra=extra)
+
+
+def _lsuv_layer(model: nn.Module, m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
+                tol: float, max_iter: int) -> dict[str, Any]:
+    """Anchors §2.2 step 2: rescale W by 1/std of the layer's output until |std - 1| < tol."""
+    w, _ = _wb(m)
+    it = 0
+    std = float(_output_of(model, m, args, kwargs).std())
+    first = std
+    while abs(std - 1.0) >= tol and it < max_iter:
+        if not std > 1e-8:
+            break  # a constant output cannot be rescaled to unit variance
+        w.mul_(1.0 / (std + 1e-8))
+        it += 1
+        std = float(_output_of(model, m, args, kwargs).std())
+    return {"std_before": round(first, 4), "iterations": it}
+
+
+def _krahenbuhl_layer(model: nn.Module, m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Random Gaussian weights, then per output unit: W_k /= sigma_k, b_k = -mu_k / sigma_k, so
+    that on this batch every unit's pre-activation has zero mean and unit variance."""
+    w, b = _wb(m)
+    w.normal_(0.0, 1.0 / max(w[0].numel(), 1) ** 0.5)
+    if b is not None:
+        b.zero_()
+    out = _output_of(model, m, args, kwargs)
+    cdim = 1 if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) else out.dim() - 1
+    dims = [d for d in range(out.dim()) if d != cdim]
+    mu = out.mean(dim=dims)
+    sigma = out.std(dim=dims, unbiased=False).clamp_min(1e-8)
+    w.div_(sigma.to(w.dtype).reshape(-1, *([1] * (w.dim() - 1))))
+    if b is not None:
+        b.copy_((-mu / sigma).to(b.dtype))
+    return {"std_before": round(float(sigma.mean()), 4)}

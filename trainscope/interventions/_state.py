@@ -1,0 +1,202 @@
+"""Exact captures of model / optimizer / RNG state (undo, snapshots, the LR finder) and batches."""
+
+from __future__ import annotations
+
+import copy
+import random
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from ..probe import Probe
+
+__all__ = ["ModelCapture", "OptimizerCapture", "RNGCapture", "first_batch", "probe_batch", "split_batch"]
+
+
+# ---------------------------------------------------------------------------- exact captures
+def _clone(v: Any, device: torch.device | str | None) -> Any:
+    if isinstance(v, Tensor):
+        with torch.no_grad():
+            return v.detach().to(device, copy=True) if device is not None else v.detach().clone()
+    return copy.deepcopy(v)
+
+
+class ModelCapture:
+    """Exact copy of a model's parameters, buffers (BatchNorm statistics included), gradients and
+    train / eval flags.  :meth:`restore` writes the values back *into the same tensor objects*.
+    """
+
+    def __init__(self, model: nn.Module, *, grads: bool = True, device: torch.device | str | None = None) -> None:
+        self.model = model
+        self.tensors: list[tuple[nn.Module, str, Tensor, Tensor]] = []
+        for mod in model.modules():
+            for name, t in list(mod._parameters.items()) + list(mod._buffers.items()):
+                if t is not None:
+                    self.tensors.append((mod, name, t, _clone(t, device)))
+        self.grads: list[tuple[nn.Parameter, Tensor | None, Tensor | None]] = []
+        if grads:
+            for p in model.parameters():
+                g = p.grad
+                self.grads.append((p, g, None if g is None else _clone(g, device)))
+        self.training = [(m, m.training) for m in model.modules()]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(c.numel() * c.element_size() for *_, c in self.tensors)
+
+    @torch.no_grad()
+    def restore(self, *, grads: bool = True, modes: bool = True) -> None:
+        for mod, name, orig, saved in self.tensors:
+            store: dict[str, Any] = mod._parameters if name in mod._parameters else mod._buffers
+            if store.get(name) is not orig:
+                store[name] = orig  # a rebinding (rare) is undone too
+            orig.copy_(saved)
+        if grads:
+            for p, g, gsaved in self.grads:
+                if g is None:
+                    p.grad = None
+                else:
+                    assert gsaved is not None
+                    g.copy_(gsaved)
+                    p.grad = g
+        if modes:
+            for m, flag in self.training:
+                m.training = flag
+
+    def values(self) -> dict[str, Tensor]:
+        """``{qualified name: saved tensor}`` of parameters and buffers (for ensembles)."""
+        names = {id(m): n for n, m in self.model.named_modules()}
+        return {f"{names[id(m)]}.{k}".lstrip("."): c for m, k, _, c in self.tensors if id(m) in names}
+
+
+class OptimizerCapture:
+    """Exact copy of an optimizer: class, hyper-parameters of every param group and the state of
+    every parameter.  :meth:`restore` puts the saved values back into the *same* group dicts and
+    state tensors (no ``load_state_dict``: references held by schedulers or wrappers stay valid).
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, *, device: torch.device | str | None = None) -> None:
+        self.optimizer = optimizer
+        self.cls = type(optimizer)
+        self.group_list = optimizer.param_groups
+        self.groups: list[tuple[dict[str, Any], dict[str, tuple[Any, Any]], list[Any]]] = [
+            (g, {k: (v, _clone(v, None)) for k, v in g.items() if k != "params"}, list(g["params"]))
+            for g in optimizer.param_groups
+        ]
+        self.state_obj = optimizer.state
+        self.state: list[tuple[Tensor, dict[str, Any], list[tuple[str, Any, Any]]]] = []
+        for p, st in optimizer.state.items():
+            entries = [(k, v, _clone(v, device)) for k, v in st.items()]
+            self.state.append((p, st, entries))
+
+    def compatible(self) -> str | None:
+        """Why :meth:`restore` would not be exact any more (``None`` if it would be)."""
+        opt = self.optimizer
+        if type(opt) is not self.cls:
+            return f"the optimizer is now {type(opt).__name__} (was {self.cls.__name__})"
+        if len(opt.param_groups) != len(self.groups):
+            return "the optimizer's parameter groups changed"
+        return None
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        opt = self.optimizer
+        if opt.param_groups is not self.group_list:
+            opt.param_groups = self.group_list
+        opt.param_groups[:] = [g for g, _, _ in self.groups]
+        for g, vals, params in self.groups:
+            for k in [k for k in g if k != "params" and k not in vals]:
+                del g[k]
+            for k, (orig, v) in vals.items():
+                if isinstance(orig, Tensor):
+                    orig.copy_(v)  # a tensor hyper-parameter (capturable / fused): same object back
+                    g[k] = orig
+                else:
+                    g[k] = copy.deepcopy(v)
+            g["params"] = params
+        if opt.state is not self.state_obj:
+            opt.state = self.state_obj
+        saved = {id(p) for p, _, _ in self.state}
+        for p in [p for p in opt.state if id(p) not in saved]:
+            del opt.state[p]
+        for p, st, entries in self.state:
+            keys = {k for k, _, _ in entries}
+            for k in [k for k in st if k not in keys]:
+                del st[k]
+            for k, orig, val in entries:
+                if isinstance(orig, Tensor) and isinstance(val, Tensor):
+                    orig.copy_(val)
+                    st[k] = orig
+                else:
+                    st[k] = copy.deepcopy(val)
+            opt.state[p] = st
+        base = getattr(opt, "base", None)  # a Lookahead shares groups / state with its base
+        if isinstance(base, torch.optim.Optimizer):
+            base.param_groups = opt.param_groups
+            base.state = opt.state
+
+
+class RNGCapture:
+    """Python, numpy, torch CPU and (initialized) CUDA random states."""
+
+    def __init__(self) -> None:
+        self.py = random.getstate()
+        self.np = np.random.get_state()
+        self.torch = torch.get_rng_state()
+        cuda = torch.cuda.is_available() and torch.cuda.is_initialized()  # type: ignore[no-untyped-call]
+        self.cuda = torch.cuda.get_rng_state_all() if cuda else None
+
+    def restore(self) -> None:
+        random.setstate(self.py)
+        np.random.set_state(self.np)
+        torch.set_rng_state(self.torch)
+        if self.cuda is not None:
+            torch.cuda.set_rng_state_all(self.cuda)
+
+
+def first_batch(data: Any) -> Any:
+    """The first item of an iterable of batches (a ``DataLoader``, a list...)."""
+    try:
+        it = iter(data)
+    except TypeError:
+        raise TypeError(f"data must be an iterable of batches (e.g. a DataLoader), got {type(data).__name__}") from None
+    try:
+        return next(it)
+    except StopIteration:
+        raise ValueError("data yielded no batch") from None
+
+
+def split_batch(batch: Any) -> tuple[tuple[Any, ...], dict[str, Any], Any]:
+    """``(args, kwargs, target)`` of a batch: ``(x, y)`` -> ``((x,), {}, y)``; a tensor -> no target."""
+    from ..probe import Batch
+
+    if isinstance(batch, Batch):
+        return tuple(batch.args), dict(batch.kwargs), batch.target
+    if isinstance(batch, Tensor):
+        return (batch,), {}, None
+    if isinstance(batch, (tuple, list)):
+        if len(batch) == 2:
+            return (batch[0],), {}, batch[1]
+        if len(batch) == 1:
+            return (batch[0],), {}, None
+        return (batch[0],), {}, batch[1]
+    if isinstance(batch, Mapping):
+        raise TypeError(
+            "dict batches are not understood; pass data that yields (inputs, target) pairs, "
+            "or a step_fn(model, batch) -> loss"
+        )
+    raise TypeError(f"cannot tell inputs from targets in a batch of type {type(batch).__name__}")
+
+
+def probe_batch(probe: Probe) -> Any:
+    """A real batch for data-driven interventions: from ``probe.data`` when the user gave it, else
+    the most recent training batch the probe kept a reference to (``None`` if neither exists)."""
+    if probe.data is not None:
+        return first_batch(probe.data)
+    if probe.recent_batches:
+        return probe.recent_batches[-1]
+    return None

@@ -1,0 +1,351 @@
+"""Learning rate now (``set_lr_``, ``scale_lr_``) and live schedules (``set_schedule_``,
+``one_cycle_``).
+
+A live schedule sets each param group's learning rate inside ``optimizer.step()`` (a step
+*pre*-hook, see :mod:`._control`): it runs after the user's own ``scheduler.step()`` of the previous
+iteration, so **a trainscope schedule takes precedence** over a torch scheduler while it is active.
+Time ``t`` counts the optimizer steps taken since the schedule was applied.  Each group keeps its
+ratio to the others (discriminative learning rates survive).
+
+Kinds (``lr0`` = the group's learning rate when the schedule is applied, or ``lr=``):
+
+* ``constant``: ``lr0``
+* ``step``: ``lr0 * gamma ** (t // step_size)``
+* ``exponential``: ``lr0 * gamma ** t``
+* ``inverse_time`` (1/t): ``lr0 / (1 + decay * t)``
+* ``plateau``: ``lr0`` times ``factor`` each time the monitored metric (running median of
+  ``smoothing`` values) has not improved for ``patience`` observations, never below ``min_lr``
+* ``cosine_restarts`` (SGDR, Loshchilov & Hutter): cycles of ``T_0, T_0*T_mult, ...`` steps,
+  ``eta_min + (lr0 - eta_min) * (1 + cos(pi * t_cur / T_i)) / 2``
+* ``one_cycle`` (fastai ``fit_one_cycle``): cosine from ``max_lr/div_factor`` up to ``max_lr`` over
+  ``pct_start`` of ``total_steps``, then down to ``max_lr/final_div_factor``; momentum (SGD
+  ``momentum`` or Adam ``beta1``) cycles the opposite way between ``max_momentum`` and
+  ``base_momentum``.  After ``total_steps`` the final values are held.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ._base import Applied, as_choice, group_value, momentum_key, set_group_value, validate_params
+from ._control import controller
+from ._monitor import Monitor, ScalarFeed
+
+if TYPE_CHECKING:
+    from ..probe import Probe
+
+__all__ = ["LiveSchedule", "one_cycle_", "scale_lr_", "set_lr_", "set_schedule_", "sgdr_position"]
+
+KINDS = ("constant", "step", "exponential", "inverse_time", "plateau", "cosine_restarts", "one_cycle")
+ALIASES = {"sgdr": "cosine_restarts", "1/t": "inverse_time", "reduce_on_plateau": "plateau", "onecycle": "one_cycle"}
+
+SCHEDULE_SCHEMA: dict[str, dict[str, Any]] = {
+    "kind": {"type": "choice", "choices": list(KINDS), "default": "cosine_restarts", "help": "schedule shape"},
+    "lr": {"type": "float", "min": 0.0, "min_open": True, "max": 1e3, "log": True, "nullable": True,
+           "help": "base learning rate (default: the current one)"},
+    "step_size": {"type": "int", "min": 1, "default": 1000, "help": "step: steps between decays"},
+    "gamma": {"type": "float", "min": 0.0, "min_open": True, "max": 1.0, "default": 0.1,
+              "help": "step: decay factor; exponential: per-step factor (e.g. 0.999)"},
+    "decay": {"type": "float", "min": 0.0, "min_open": True, "default": 1e-3, "log": True, "help": "inverse_time: lr0/(1+decay*t)"},
+    "monitor": {"type": "str", "default": "val_loss", "help": "plateau: scalar to watch (val_loss, loss, ...)"},
+    "factor": {"type": "float", "min": 0.0, "min_open": True, "max": 1.0, "max_open": True, "default": 0.1,
+               "help": "plateau: multiply the lr by this on a plateau"},
+    "patience": {"type": "int", "min": 1, "default": 5, "help": "plateau: observations without improvement"},
+    "smoothing": {"type": "int", "min": 1, "max": 1000, "default": 3, "help": "plateau: running-median window"},
+    "min_delta": {"type": "float", "min": 0.0, "default": 1e-4, "help": "plateau: smallest improvement"},
+    "cooldown": {"type": "int", "min": 0, "default": 0, "help": "plateau: observations to wait after a reduction"},
+    "min_lr": {"type": "float", "min": 0.0, "default": 0.0, "help": "plateau: lower bound"},
+    "T_0": {"type": "int", "min": 1, "default": 1000, "help": "cosine_restarts: steps of the first cycle"},
+    "T_mult": {"type": "int", "min": 1, "max": 10, "default": 1, "help": "cosine_restarts: cycle length multiplier"},
+    "eta_min": {"type": "float", "min": 0.0, "default": 0.0, "help": "cosine_restarts: lowest lr"},
+    "max_lr": {"type": "float", "min": 0.0, "min_open": True, "max": 1e3, "log": True, "nullable": True,
+               "help": "one_cycle: peak lr (default: the current lr)"},
+    "total_steps": {"type": "int", "min": 2, "default": 1000, "help": "one_cycle: length of the cycle in steps"},
+    "pct_start": {"type": "float", "min": 0.0, "max": 1.0, "min_open": True, "max_open": True, "default": 0.25,
+                  "help": "one_cycle: fraction of the cycle spent warming up"},
+    "div_factor": {"type": "float", "min": 1.0, "default": 25.0, "help": "one_cycle: start at max_lr/div_factor"},
+    "final_div_factor": {"type": "float", "min": 1.0, "default": 1e5, "log": True, "help": "one_cycle: end at max_lr/final_div_factor"},
+    "cycle_momentum": {"type": "bool", "default": True, "help": "one_cycle: cycle momentum / beta1 too"},
+    "base_momentum": {"type": "float", "min": 0.0, "max": 1.0, "max_open": True, "default": 0.85, "help": "one_cycle: momentum at the peak lr"},
+    "max_momentum": {"type": "float", "min": 0.0, "max": 1.0, "max_open": True, "default": 0.95, "help": "one_cycle: momentum at the ends"},
+}
+ONE_CYCLE_SCHEMA = {k: SCHEDULE_SCHEMA[k] for k in (
+    "max_lr", "total_steps", "pct_start", "div_factor", "final_div_factor", "cycle_momentum", "base_momentum", "max_momentum")}
+SET_LR_SCHEMA = {"lr": {"type": "float", "min": 0.0, "min_open": True, "max": 1e3, "log": True, "required": True,
+                        "default": 1e-3, "help": "new learning rate (other param groups keep their ratio)"}}
+SCALE_LR_SCHEMA = {"factor": {"type": "float", "min": 0.0, "min_open": True, "max": 1e3, "log": True, "required": True,
+                              "default": 0.5, "help": "multiply every group's learning rate by this"}}
+
+
+def sgdr_position(t: int, T_0: int, T_mult: int) -> tuple[int, int, int]:
+    """``(cycle index, steps into the cycle, cycle length)`` at step ``t`` of SGDR."""
+    if T_mult == 1:
+        return t // T_0, t % T_0, T_0
+    n = int(math.log(t / T_0 * (T_mult - 1) + 1, T_mult))
+    start = T_0 * (T_mult**n - 1) // (T_mult - 1)
+    if start > t:  # float rounding at a boundary
+        n -= 1
+        start = T_0 * (T_mult**n - 1) // (T_mult - 1)
+    length = T_0 * T_mult**n
+    if t - start >= length:
+        n, start, length = n + 1, start + length, length * T_mult
+    return n, t - start, length
+
+
+def _cos(a: float, b: float, pos: float) -> float:
+    """fastai ``sched_cos``: from ``a`` at ``pos=0`` to ``b`` at ``pos=1``."""
+    return a + (1 + math.cos(math.pi * (1 - pos))) * (b - a) / 2
+
+
+def one_cycle_value(t: int, total: int, pct: float, start: float, peak: float, end: float) -> float:
+    """fastai ``combined_cos(pct, start, peak, end)`` at step ``t`` of ``total``."""
+    pos = min(t / max(total - 1, 1), 1.0)
+    if pos < pct:
+        return _cos(start, peak, pos / pct)
+    return _cos(peak, end, (pos - pct) / (1 - pct))
+
+
+class LiveSchedule:
+    """A schedule being applied to an optimizer (see the module docstring)."""
+
+    def __init__(self, kind: str, opts: dict[str, Any], optimizer: torch.optim.Optimizer, owner: Probe | None) -> None:
+        self.kind = kind
+        self.opts = opts
+        self.owner = owner
+        lrs = [group_value(g, "lr") for g in optimizer.param_groups]
+        if kind == "one_cycle" and opts.get("max_lr") is not None:
+            base0 = float(opts["max_lr"])
+        elif opts.get("lr") is not None:
+            base0 = float(opts["lr"])
+        else:
+            base0 = lrs[0]
+        self.base = [base0 * (lr / lrs[0]) if lrs[0] > 0 else base0 for lr in lrs]
+        self.t = 0
+        self.scale = 1.0
+        self.factor = 1.0  # plateau reductions so far
+        self.cooldown = 0
+        self.on_cycle_end: list[Callable[[int], None]] = []
+        self.monitor: Monitor | None = None
+        self._feed: ScalarFeed | None = None
+        self._handle: Any = None
+        if kind == "plateau":
+            self.monitor = Monitor(patience=opts["patience"], smoothing=opts["smoothing"], min_delta=opts["min_delta"])
+            if owner is not None:
+                self._feed = ScalarFeed(owner, opts["monitor"])
+                self._handle = owner.on_step(self._poll)
+
+    # -------------------------------------------------------------- values
+    def lr_factor(self, t: int) -> float:
+        """Multiplier of the base learning rate at step ``t`` (before ``scale``)."""
+        k, o = self.kind, self.opts
+        if k == "constant":
+            return 1.0
+        if k == "step":
+            return float(o["gamma"] ** (t // o["step_size"]))
+        if k == "exponential":
+            return float(o["gamma"] ** t)
+        if k == "inverse_time":
+            return 1.0 / (1.0 + float(o["decay"]) * t)
+        if k == "plateau":
+            return self.factor
+        if k == "cosine_restarts":
+            _, cur, length = sgdr_position(t, o["T_0"], o["T_mult"])
+            return (1 + math.cos(math.pi * cur / length)) / 2  # eta_min is added in lrs_at
+        if k == "one_cycle":
+            return one_cycle_value(t, o["total_steps"], o["pct_start"], 1 / o["div_factor"], 1.0, 1 / o["final_div_factor"])
+        raise ValueError(k)
+
+    def lrs_at(self, t: int) -> list[float]:
+        f = self.lr_factor(t)
+        if self.kind == "cosine_restarts":
+            eta = self.opts["eta_min"]
+            return [eta + (b * self.scale - eta) * f for b in self.base]
+        lrs = [b * self.scale * f for b in self.base]
+        if self.kind == "plateau":
+            lrs = [max(lr, self.opts["min_lr"]) for lr in lrs]
+        return lrs
+
+    def momentum_at(self, t: int) -> float | None:
+        o = self.opts
+        if self.kind != "one_cycle" or not o.get("cycle_momentum", False):
+            return None
+        return one_cycle_value(t, o["total_steps"], o["pct_start"], o["max_momentum"], o["base_momentum"], o["max_momentum"])
+
+    # -------------------------------------------------------------- live
+    def apply(self, optimizer: torch.optim.Optimizer) -> None:
+        t = self.t
+        if self.kind == "cosine_restarts" and t > 0:
+            cycle, cur, _ = sgdr_position(t, self.opts["T_0"], self.opts["T_mult"])
+            if cur == 0:  # the weights now are the end of cycle ``cycle - 1``
+                for cb in list(self.on_cycle_end):
+                    cb(cycle - 1)
+        for g, lr in zip(optimizer.param_groups, self.lrs_at(t), strict=False):
+            set_group_value(g, "lr", lr)
+        mom = self.momentum_at(t)
+        if mom is not None:
+            for g in optimizer.param_groups:
+                key = momentum_key(g)
+                if key == "betas":
+                    g["betas"] = (mom, *tuple(g["betas"])[1:])
+                elif key == "momentum" and group_value(g, "momentum") > 0:
+                    set_group_value(g, "momentum", mom)
+        self.t = t + 1
+
+    def observe(self, value: float, step: int | None = None) -> None:
+        """Feed one value of the monitored metric (``plateau``; done by the probe when it has one)."""
+        if self.monitor is None:
+            raise RuntimeError(f"a {self.kind} schedule does not watch a metric")
+        self.monitor.observe(value, step)
+        if self.cooldown > 0:
+            self.cooldown -= 1
+            self.monitor.reset_wait()
+        elif self.monitor.exhausted:
+            self.factor *= self.opts["factor"]
+            self.cooldown = self.opts["cooldown"]
+            self.monitor.reset_wait()
+
+    def _poll(self, probe: Probe) -> None:
+        if self._feed is not None:
+            for step, v in self._feed.new():
+                self.observe(v, step)
+
+    def detach_owner(self) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+
+
+# ---------------------------------------------------------------------------- public functions
+def _check_optimizer(optimizer: Any) -> torch.optim.Optimizer:
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"expected a torch.optim.Optimizer, got {type(optimizer).__name__}")
+    if not all("lr" in g for g in optimizer.param_groups):
+        raise ValueError("every param group needs an 'lr' entry to control the learning rate")
+    return optimizer
+
+
+def _lr_capture(optimizer: torch.optim.Optimizer) -> Callable[[], None]:
+    saved = [(g, group_value(g, "lr"), g.get("betas"), g.get("momentum")) for g in optimizer.param_groups]
+
+    def restore() -> None:
+        for g, lr, betas, mom in saved:
+            set_group_value(g, "lr", lr)
+            if betas is not None:
+                g["betas"] = betas
+            if mom is not None and not isinstance(mom, torch.Tensor):
+                g["momentum"] = mom
+
+    return restore
+
+
+def set_lr_(optimizer: torch.optim.Optimizer, lr: float, *, probe: Probe | None = None) -> Applied:
+    """Set the learning rate now (group 0 gets ``lr``, other groups keep their ratio to it).
+
+    With an active trainscope schedule the schedule is rescaled so that it continues from ``lr``.
+    """
+    opt = _check_optimizer(optimizer)
+    p = validate_params("set_lr", SET_LR_SCHEMA, {"lr": lr})
+    cur0 = group_value(opt.param_groups[0], "lr")
+    return _rescale(opt, p["lr"] / cur0 if cur0 > 0 else None, p["lr"], "set_lr", p, probe)
+
+
+def scale_lr_(optimizer: torch.optim.Optimizer, factor: float, *, probe: Probe | None = None) -> Applied:
+    """Multiply every group's learning rate (and an active schedule) by ``factor``."""
+    opt = _check_optimizer(optimizer)
+    p = validate_params("scale_lr", SCALE_LR_SCHEMA, {"factor": factor})
+    return _rescale(opt, p["factor"], None, "scale_lr", p, probe)
+
+
+def _rescale(opt: torch.optim.Optimizer, factor: float | None, lr: float | None, name: str,
+             params: dict[str, Any], probe: Probe | None) -> Applied:
+    restore = _lr_capture(opt)
+    before = [group_value(g, "lr") for g in opt.param_groups]
+    ctl = controller(opt, create=False)
+    sched = ctl.schedule if ctl is not None else None
+    old_scale = sched.scale if sched is not None else None
+    try:
+        for i, (g, b) in enumerate(zip(opt.param_groups, before, strict=True)):
+            if lr is not None and (i == 0 or factor is None):
+                set_group_value(g, "lr", lr)
+            else:
+                set_group_value(g, "lr", b * (factor if factor is not None else 1.0))
+        if sched is not None and factor is not None:
+            sched.scale *= factor
+    except BaseException:
+        restore()
+        raise
+    after = [group_value(g, "lr") for g in opt.param_groups]
+
+    def undo() -> None:
+        restore()
+        if sched is not None and old_scale is not None:
+            sched.scale = old_scale
+
+    msg = f"learning rate {before[0]:.3g} -> {after[0]:.3g}"
+    if sched is not None:
+        msg += f" (the active {sched.kind} schedule is rescaled)"
+    if ctl is not None and ctl.freezes:
+        msg += "; note: an early stop holds the learning rate at 0 until it is undone"
+    return Applied(name, params, undo, message=msg, details={"lr_before": before, "lr_after": after}, probe=probe)
+
+
+def set_schedule_(optimizer: torch.optim.Optimizer, kind: str, *, probe: Probe | None = None, **options: Any) -> Applied:
+    """Switch the learning-rate schedule live (see the module docstring for the kinds).
+
+    Returns an :class:`Applied` whose ``result`` is the :class:`LiveSchedule`
+    (``applied.result.observe(value)`` feeds a ``plateau`` schedule when there is no probe).
+    Undo restores the previous schedule (if any) and the learning rates of the moment it was applied.
+    """
+    opt = _check_optimizer(optimizer)
+    kind = ALIASES.get(kind, kind) if isinstance(kind, str) else kind
+    as_choice("set_schedule: kind", kind, KINDS)
+    p = validate_params("set_schedule", SCHEDULE_SCHEMA, {"kind": kind, **options})
+    return _install(opt, p, probe, "set_schedule")
+
+
+def one_cycle_(optimizer: torch.optim.Optimizer, max_lr: float | None = None, total_steps: int = 1000, *,
+               probe: Probe | None = None, **options: Any) -> Applied:
+    """Start a one-cycle schedule (fastai ``fit_one_cycle``: lr and momentum cycling) now."""
+    opt = _check_optimizer(optimizer)
+    p = validate_params("one_cycle", ONE_CYCLE_SCHEMA, {"max_lr": max_lr, "total_steps": total_steps, **options})
+    return _install(opt, {**p, "kind": "one_cycle"}, probe, "one_cycle")
+
+
+def _install(opt: torch.optim.Optimizer, p: dict[str, Any], probe: Probe | None, name: str, *,
+             record_params: dict[str, Any] | None = None, message: str | None = None) -> Applied:
+    kind = p["kind"]
+    if kind == "one_cycle":
+        if p["base_momentum"] > p["max_momentum"]:
+            raise ValueError("one_cycle: base_momentum must be <= max_momentum (momentum is lowest at the peak lr)")
+        if p["cycle_momentum"] and not any(momentum_key(g) for g in opt.param_groups):
+            p["cycle_momentum"] = False
+    opts = {k: v for k, v in p.items() if k != "kind"}
+    sched = LiveSchedule(kind, opts, opt, probe)
+    restore = _lr_capture(opt)
+    ctl = controller(opt)
+    assert ctl is not None
+    try:
+        prev = ctl.set_schedule(sched)
+        for g, lr in zip(opt.param_groups, sched.lrs_at(0), strict=False):
+            set_group_value(g, "lr", lr)  # visible at once; the hook re-applies it at the step
+    except BaseException:
+        restore()
+        sched.detach_owner()
+        raise
+
+    def undo() -> None:
+        sched.detach_owner()
+        if ctl.schedule is sched:
+            ctl.set_schedule(prev)
+        restore()
+
+    lr0 = sched.lrs_at(0)[0]
+    msg = message or f"{kind} schedule from step {probe.step_count if probe else 0} (lr now {lr0:.3g})"
+    applied = Applied(name, record_params if record_params is not None else p, undo, message=msg,
+                      details={"schedule": kind, "lr_start": lr0}, probe=probe)
+    applied.result = sched
+    return applied

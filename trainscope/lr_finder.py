@@ -1,0 +1,332 @@
+"""The LR range test ("LR finder"): sweep the learning rate up, watch the loss, suggest a rate.
+
+``lr_find(model, optimizer, loss_fn, loader)`` trains on real batches while the learning rate grows
+exponentially (or linearly) from ``start_lr`` to ``end_lr``, smooths the loss with fastai's debiased
+EMA (beta 0.98), stops as soon as divergence is certain, and then puts **everything back
+bit-identical**: parameters, buffers (BatchNorm statistics), gradients, train / eval flags, the
+optimizer's hyper-parameters and state, and the Python / numpy / torch / CUDA random states --
+also when the sweep diverges or raises.  The probe (if given) records nothing meanwhile, and
+trainscope's live schedules keep their hands off the learning rate.
+
+Suggestions are pure functions of ``(lrs, losses)`` (anchors §2.1, fastai's exact rules, in log-lr
+space): ``steep`` (steepest descent w.r.t. log lr), ``valley`` (about halfway into the longest
+decreasing stretch), ``minimum`` (lr at the minimum / 10) and ``slide``.  The **consensus** is
+their median in log space (the geometric median in one dimension), reported with its **spread**
+in decades (log10 of highest / lowest rule), a measure of how much the rules agree.
+
+Divergence stop (any of): a non-finite loss; the smoothed loss above ``diverge_th`` x its best
+(fastai / Lightning: 4); the raw loss above ``diverge_th`` x the best smoothed loss for
+``diverge_patience`` consecutive iterations -- certain divergence, detected before the slow EMA
+catches up, which saves iterations.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .interventions._base import Applied, as_choice, as_float, as_int, set_group_value
+from .interventions._control import suspended
+from .interventions._state import ModelCapture, OptimizerCapture, RNGCapture, split_batch
+
+if TYPE_CHECKING:
+    from .probe import Probe
+
+__all__ = ["RULES", "LRFinderResult", "consensus", "lr_find", "minimum", "slide", "steep", "suggest", "valley"]
+
+
+# ---------------------------------------------------------------------------- rules (pure)
+def _arrays(lrs: Sequence[float], losses: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    a, b = np.asarray(lrs, dtype=np.float64), np.asarray(losses, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError("lrs and losses must be 1-D sequences of the same length")
+    if len(a) < 3:
+        raise ValueError(f"need at least 3 points to suggest a learning rate, got {len(a)}")
+    if np.any(a <= 0):
+        raise ValueError("learning rates must be positive")
+    return a, b
+
+
+def steep(lrs: Sequence[float], losses: Sequence[float]) -> float:
+    """fastai ``steep``: the lr where the loss falls fastest per unit of log lr."""
+    a, b = _arrays(lrs, losses)
+    grads = (b[1:] - b[:-1]) / (np.log(a[1:]) - np.log(a[:-1]))
+    return float(a[int(np.argmin(grads))])
+
+
+def valley(lrs: Sequence[float], losses: Sequence[float]) -> float:
+    """fastai ``valley``: about halfway into the longest decreasing subsequence of the loss."""
+    a, b = _arrays(lrs, losses)
+    n = len(b)
+    max_start, max_end = 0, 0
+    lds = [1] * n
+    for i in range(1, n):
+        for j in range(0, i):
+            if b[i] < b[j] and lds[i] < lds[j] + 1:
+                lds[i] = lds[j] + 1
+            if lds[max_end] < lds[i]:
+                max_end = i
+                max_start = max_end - lds[max_end]
+    sections = (max_end - max_start) / 3
+    idx = max_start + int(sections) + int(sections / 2)
+    return float(a[idx])
+
+
+def minimum(lrs: Sequence[float], losses: Sequence[float]) -> float:
+    """fastai ``minimum``: the lr at the lowest loss, divided by 10."""
+    a, b = _arrays(lrs, losses)
+    return float(a[int(np.argmin(b))]) / 10
+
+
+def slide(lrs: Sequence[float], losses: Sequence[float], lr_diff: int = 15, thresh: float = 0.005) -> float:
+    """fastai ``slide``: walk left from the end until the loss gradient flattens."""
+    a, b = _arrays(lrs, losses)
+    g = np.gradient(b)
+    r, left = -1, -1 - lr_diff
+    local = a[max(left, -len(a))]
+    while left >= -len(b) and abs(g[r] - g[left]) > thresh:
+        local = a[left]
+        r -= 1
+        left -= 1
+    return float(local)
+
+
+RULES: dict[str, Callable[[Sequence[float], Sequence[float]], float]] = {
+    "steep": steep, "valley": valley, "minimum": minimum, "slide": slide,
+}
+
+
+def consensus(suggestions: dict[str, float]) -> tuple[float, float]:
+    """Median of the suggestions in log space, and their spread in decades."""
+    logs = np.log10([v for v in suggestions.values() if v > 0 and math.isfinite(v)])
+    if len(logs) == 0:
+        raise ValueError("no finite positive suggestion to agree on")
+    return float(10 ** np.median(logs)), float(logs.max() - logs.min())
+
+
+def suggest(lrs: Sequence[float], losses: Sequence[float], rules: Sequence[str] = ("steep", "valley", "minimum"),
+            *, skip_start: int | None = None, skip_end: int = 5) -> tuple[dict[str, float], float, float]:
+    """fastai's trimming (drop ``skip_start`` -- default a tenth -- and the last ``skip_end``
+    points, stop at the first non-finite loss), then every rule and their consensus."""
+    a = list(lrs)
+    b = list(losses)
+    s = len(a) // 10 if skip_start is None else skip_start
+    a, b = a[s: len(a) - skip_end], b[s: len(b) - skip_end]
+    bad = [i for i, v in enumerate(b) if not math.isfinite(v)]
+    if bad:
+        a, b = a[: bad[0]], b[: bad[0]]
+    out = {r: RULES[r](a, b) for r in rules}
+    lr, spread = consensus(out)
+    return out, lr, spread
+
+
+# ---------------------------------------------------------------------------- the sweep
+@dataclass
+class LRFinderResult:
+    """What ``lr_find`` saw and suggests."""
+
+    lrs: list[float]
+    losses: list[float]  # debiased EMA of the loss
+    raw_losses: list[float]
+    suggestions: dict[str, float] = field(default_factory=dict)
+    suggestion: float | None = None
+    spread: float | None = None
+    iterations: int = 0
+    stop_reason: str = "completed"
+    elapsed: float = 0.0
+    note: str = ""
+
+    def as_event(self) -> dict[str, Any]:
+        """The timeline payload the dashboard plots."""
+        return {"lrs": self.lrs, "losses": self.losses, "suggestion": self.suggestion,
+                "suggestions": self.suggestions, "spread": self.spread, "iterations": self.iterations,
+                "stop_reason": self.stop_reason, "note": self.note}
+
+    def apply(self, optimizer: torch.optim.Optimizer, how: str = "set_lr", *, total_steps: int = 1000,
+              probe: Probe | None = None) -> Applied:
+        """Use the suggestion: ``"set_lr"`` sets it, ``"one_cycle"`` starts a one-cycle schedule
+        peaking at it over ``total_steps`` steps."""
+        from .interventions.schedule import one_cycle_, set_lr_
+
+        if self.suggestion is None:
+            raise ValueError(f"there is no suggestion to apply ({self.note or self.stop_reason})")
+        as_choice("how", how, ("set_lr", "one_cycle"))
+        if how == "set_lr":
+            return set_lr_(optimizer, self.suggestion, probe=probe)
+        return one_cycle_(optimizer, max_lr=self.suggestion, total_steps=total_steps, probe=probe)
+
+
+class _Cycle:
+    """Endless iterator over ``data`` (restarted when exhausted)."""
+
+    def __init__(self, data: Any) -> None:
+        self.data = data
+        self.it: Iterator[Any] = iter(data)
+        self.fresh = True
+
+    def __next__(self) -> Any:
+        try:
+            b = next(self.it)
+        except StopIteration:
+            if self.fresh:
+                raise ValueError("the loader yielded no batch") from None
+            self.it = iter(self.data)
+            b = next(self.it)
+        self.fresh = False
+        return b
+
+
+def lr_find(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: Callable[..., Tensor] | None,
+    loader: Any,
+    *,
+    start_lr: float = 1e-7,
+    end_lr: float = 10.0,
+    num_iter: int = 100,
+    mode: str = "exp",
+    beta: float = 0.98,
+    diverge_th: float = 4.0,
+    diverge_patience: int = 3,
+    rules: Sequence[str] = ("steep", "valley", "minimum"),
+    step_fn: Callable[[nn.Module, Any], Tensor] | None = None,
+    probe: Probe | None = None,
+) -> LRFinderResult:
+    """Run the LR range test and restore everything afterwards (see the module docstring).
+
+    Parameters
+    ----------
+    model, optimizer, loss_fn
+        What the training uses; ``loss_fn(model(inputs), target)`` is the loss.
+    loader
+        An iterable of ``(inputs, target)`` batches (cycled if shorter than ``num_iter``).
+    start_lr, end_lr, num_iter, mode
+        The sweep: ``exp`` (``start * (end/start) ** (t/(num_iter-1))``) or ``linear``.
+    beta
+        Debiased EMA factor of the plotted / analysed loss (fastai: 0.98).
+    diverge_th, diverge_patience
+        Divergence stop (see the module docstring).
+    rules
+        Suggestion rules among :data:`RULES`.
+    step_fn
+        ``step_fn(model, batch) -> loss`` for batches that are not ``(inputs, target)``.
+    probe
+        Paused during the sweep (it records nothing and does not count the steps).
+
+    Returns
+    -------
+    LRFinderResult
+
+    Examples
+    --------
+    >>> res = trainscope.lr_find(model, opt, nn.CrossEntropyLoss(), loader)  # doctest: +SKIP
+    >>> res.suggestion, res.suggestions, res.spread  # doctest: +SKIP
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"lr_find needs an nn.Module, got {type(model).__name__}")
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"lr_find needs a torch.optim.Optimizer, got {type(optimizer).__name__}")
+    if loss_fn is None and step_fn is None:
+        raise ValueError("lr_find needs loss_fn (e.g. nn.CrossEntropyLoss()) or step_fn(model, batch) -> loss")
+    start_lr = as_float("start_lr", start_lr, lo=0.0, lo_open=True)
+    end_lr = as_float("end_lr", end_lr, lo=0.0, lo_open=True)
+    if end_lr <= start_lr:
+        raise ValueError(f"end_lr ({end_lr:g}) must be larger than start_lr ({start_lr:g})")
+    num_iter = as_int("num_iter", num_iter, lo=6, hi=100000)
+    as_choice("mode", mode, ("exp", "linear"))
+    beta = as_float("beta", beta, lo=0.0, hi=1.0, hi_open=True)
+    diverge_th = as_float("diverge_th", diverge_th, lo=1.0, lo_open=True)
+    diverge_patience = as_int("diverge_patience", diverge_patience, lo=1)
+    for r in rules:
+        as_choice("rule", r, tuple(RULES))
+    if loader is None:
+        raise ValueError("lr_find needs data: an iterable of (inputs, target) batches such as a DataLoader")
+    batches = _Cycle(loader)
+
+    def lr_at(t: int) -> float:
+        r = t / (num_iter - 1)
+        return start_lr * (end_lr / start_lr) ** r if mode == "exp" else start_lr + r * (end_lr - start_lr)
+
+    groups = optimizer.param_groups
+    lr0 = [float(g["lr"]) for g in groups]
+    ratios = [lr / lr0[0] if lr0[0] > 0 else 1.0 for lr in lr0]
+    saved_model = ModelCapture(model)
+    saved_opt = OptimizerCapture(optimizer)
+    saved_rng = RNGCapture()
+    lrs: list[float] = []
+    losses: list[float] = []
+    raw: list[float] = []
+    reason = "completed"
+    lag = 2 if any(p.is_cuda for p in model.parameters()) else 0  # read CUDA losses 2 steps late: no stall
+    pending: deque[tuple[float, Tensor]] = deque()
+    avg, best, over = 0.0, math.inf, 0
+    t0 = time.perf_counter()
+
+    def take(lr: float, loss: Tensor) -> str | None:
+        nonlocal avg, best, over
+        v = float(loss)
+        if not math.isfinite(v):
+            return f"non-finite loss at lr {lr:.3g}"
+        raw.append(v)
+        avg = beta * avg + (1 - beta) * v
+        sm = avg / (1 - beta ** len(raw))
+        lrs.append(lr)
+        losses.append(sm)
+        best = min(best, sm)
+        if len(raw) > 1 and sm > diverge_th * best:
+            return f"diverged (smoothed loss > {diverge_th:g}x best) at lr {lr:.3g}"
+        over = over + 1 if v > diverge_th * best else 0
+        if over >= diverge_patience:
+            return f"diverged (loss > {diverge_th:g}x best for {diverge_patience} steps) at lr {lr:.3g}"
+        return None
+
+    pause = probe.paused() if probe is not None else contextlib.nullcontext()
+    try:
+        with pause, suspended(optimizer), torch.enable_grad():
+            model.train()
+            for t in range(num_iter):
+                lr = lr_at(t)
+                for g, q in zip(groups, ratios, strict=True):
+                    set_group_value(g, "lr", lr * q)
+                batch = next(batches)
+                optimizer.zero_grad(set_to_none=True)
+                if step_fn is not None:
+                    loss = step_fn(model, batch)
+                else:
+                    args, kwargs, target = split_batch(batch)
+                    assert loss_fn is not None
+                    loss = loss_fn(model(*args, **kwargs), target)
+                loss.backward()  # type: ignore[no-untyped-call]
+                optimizer.step()
+                pending.append((lr, loss.detach()))
+                stop = None
+                while len(pending) > lag and stop is None:
+                    stop = take(*pending.popleft())
+                if stop is not None:
+                    reason = stop
+                    break
+            while pending and reason == "completed":
+                s = take(*pending.popleft())
+                reason = s or reason
+    finally:
+        saved_model.restore()
+        saved_opt.restore()
+        saved_rng.restore()
+    res = LRFinderResult(lrs=lrs, losses=losses, raw_losses=raw, iterations=len(raw), stop_reason=reason,
+                         elapsed=time.perf_counter() - t0)
+    try:
+        res.suggestions, res.suggestion, res.spread = suggest(lrs, losses, rules, skip_start=num_iter // 10)
+    except ValueError as e:
+        res.note = (f"no suggestion: {e}. The loss diverged after {len(raw)} iterations; "
+                    "lower start_lr or raise num_iter") if reason != "completed" else f"no suggestion: {e}"
+    return res
