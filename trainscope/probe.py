@@ -1357,6 +1357,7 @@ class Probe:
                 "forward_modes": meta.get("modes", {}),
                 "exact_nonfinite": meta.get("exact_nonfinite", False),
                 "dead_window_fill": {i: self.history.dead_window_fill(i) for i in dead},
+                **meta.get("record_extra", {}),  # e.g. trainscope.distributed: ranks combined
             },
         )
         # gradient left over from earlier steps (missing zero_grad): at the step's first forward
