@@ -8,24 +8,63 @@ from __future__ import annotations
 
 from typing import Any
 
+from . import interventions
 from ._version import __version__
 from .history import LAYER_METRICS, History, StepRecord
+from .interventions import (
+    add_dropout_,
+    clip_grad_,
+    early_stopping_,
+    l1_,
+    one_cycle_,
+    reinit_,
+    remove_dropout_,
+    rollback_,
+    scale_lr_,
+    set_dropout_,
+    set_lr_,
+    set_schedule_,
+    snapshot_,
+    snapshot_ensemble_,
+    switch_optimizer_,
+    weight_decay_,
+)
 from .layers import LayerInfo
+from .lr_finder import LRFinderResult, lr_find
 from .probe import Probe, ProbeError
 
 __all__ = [
     "LAYER_METRICS",
     "History",
+    "LRFinderResult",
     "LayerInfo",
     "Probe",
     "ProbeError",
     "StepRecord",
     "__version__",
+    "add_dropout_",
+    "clip_grad_",
+    "early_stopping_",
     "fit_in_background",
+    "interventions",
+    "l1_",
     "load_ipython_extension",
+    "lr_find",
+    "one_cycle_",
+    "reinit_",
+    "remove_dropout_",
+    "rollback_",
+    "scale_lr_",
+    "set_dropout_",
+    "set_lr_",
+    "set_schedule_",
     "show",
+    "snapshot_",
+    "snapshot_ensemble_",
+    "switch_optimizer_",
     "unload_ipython_extension",
     "watch",
+    "weight_decay_",
 ]
 
 
