@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 
 import pytest
 import torch
@@ -324,7 +325,8 @@ def test_switch_keeps_the_object_the_probe_hooks_and_a_user_scheduler() -> None:
     assert isinstance(opt, torch.optim.AdamW) and opt.param_groups[0]["weight_decay"] == 0.01
     assert "initial_lr" in opt.param_groups[0]
     n = probe.step_count
-    with _no_warning():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. torch's "lr_scheduler.step() before optimizer.step()"
         for _ in range(4):
             _step(model, opt)
             sched.step()
@@ -336,18 +338,6 @@ def test_switch_keeps_the_object_the_probe_hooks_and_a_user_scheduler() -> None:
     assert type(opt) is torch.optim.SGD and opt.param_groups[0]["momentum"] == 0.9
     assert probe.history.meta["optimizer"] == "SGD"
     probe.detach()
-
-
-class _no_warning:  # noqa: N801
-    def __enter__(self) -> None:
-        import warnings
-
-        self._w = warnings.catch_warnings()
-        self._w.__enter__()
-        warnings.simplefilter("error")
-
-    def __exit__(self, *exc: object) -> None:
-        self._w.__exit__(*exc)
 
 
 def test_switch_carries_state_between_families() -> None:

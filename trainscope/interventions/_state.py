@@ -11,6 +11,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..probe import Batch
+
 if TYPE_CHECKING:
     from ..probe import Probe
 
@@ -172,8 +174,6 @@ def first_batch(data: Any) -> Any:
 
 def split_batch(batch: Any) -> tuple[tuple[Any, ...], dict[str, Any], Any]:
     """``(args, kwargs, target)`` of a batch: ``(x, y)`` -> ``((x,), {}, y)``; a tensor -> no target."""
-    from ..probe import Batch
-
     if isinstance(batch, Batch):
         return tuple(batch.args), dict(batch.kwargs), batch.target
     if isinstance(batch, Tensor):
