@@ -1,0 +1,357 @@
+"""DDP on 2 gloo processes (CPU): one collective per sampled step, exact reduced statistics,
+rank-0 recording, and actions applied on every rank at the same step."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import time
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+from torch import nn
+
+import trainscope
+from trainscope.actions import register_action
+from trainscope.distributed import DistributedProbe
+from trainscope.history import LAYER_METRICS
+
+pytestmark = pytest.mark.skipif(
+    not dist.is_available() or not dist.is_gloo_available(),
+    reason="torch.distributed with gloo is not available",
+)
+
+B = 32  # per-rank batch
+STEPS = 14
+EVERY = 3  # sampled steps 0, 3, 6, 9, 12
+REQUEST_AT = (
+    4  # rank 0 asks for an lr change before step 4; the next exchange is at step 6's boundary
+)
+SHRINK_AT = 8  # both ranks shrink the agreed payload size: step 9's exchange overflows and regrows
+_COUNTED = (
+    "all_gather_single",
+    "all_gather_into_tensor",
+    "all_gather",
+    "all_reduce",
+    "broadcast",
+    "reduce",
+    "gather",
+    "scatter",
+    "all_gather_object",
+    "broadcast_object_list",
+    "reduce_scatter_tensor",
+    "all_to_all_single",
+    "barrier",
+)
+
+APPLIED: list[tuple[int, int]] = []
+
+
+class _Undo:
+    def __init__(self, opt: torch.optim.Optimizer, old: list[float]) -> None:
+        self.opt, self.old = opt, old
+
+    def undo(self) -> None:
+        for g, lr in zip(self.opt.param_groups, self.old, strict=True):
+            g["lr"] = lr
+
+
+def _validate_scale(probe: Any, params: dict[str, Any]) -> dict[str, Any]:
+    f = params.get("factor")
+    if not isinstance(f, (int, float)) or not 0 < f < 10:
+        raise ValueError("factor must be a number in (0, 10)")
+    return {"factor": float(f)}
+
+
+def _apply_scale(probe: Any, params: dict[str, Any]) -> Any:
+    opt = probe.optimizer
+    old = [g["lr"] for g in opt.param_groups]
+    for g in opt.param_groups:
+        g["lr"] = g["lr"] * params["factor"]
+    APPLIED.append((getattr(probe, "rank", -1), probe.step_count))
+    return _Undo(opt, old)
+
+
+def _model() -> nn.Sequential:
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(20, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 5))
+    with torch.no_grad():
+        m[0].bias[:4] = -50.0  # four units of the first ReLU never fire: dead on every rank
+    return m
+
+
+def _data() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    centers = torch.randn(5, 20, generator=g) * 2
+    y = torch.randint(0, 5, (STEPS, 2 * B), generator=g)
+    x = centers[y] + torch.randn(STEPS, 2 * B, 20, generator=g)
+    return x, y
+
+
+def _snapshot(rec: Any) -> dict[str, Any]:
+    return {
+        "metrics": {m: np.array(v, dtype=np.float64) for m, v in rec.metrics.items()},
+        "act_hist": None if rec.act_hist is None else np.array(rec.act_hist),
+        "ograd_hist": None if rec.ograd_hist is None else np.array(rec.ograd_hist),
+        "dead": {int(i): np.array(m) for i, m in rec.dead_units.items()},
+        "inputs": {
+            k: v
+            for k, v in rec.inputs.items()
+            if k in ("mean", "std", "min", "max", "numel", "shape")
+        },
+        "ddp": rec.extra.get("ddp"),
+    }
+
+
+def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    register_action("scale_lr", validate=_validate_scale, apply=_apply_scale, label="Scale LR")
+    x, y = _data()
+    model = _model()
+    ref_model = copy.deepcopy(model)
+    ddp = nn.parallel.DistributedDataParallel(model)
+    opt = torch.optim.SGD(ddp.parameters(), lr=0.1)
+    loss_fn = nn.CrossEntropyLoss()
+    probe = DistributedProbe(ddp, opt, every=EVERY, loss_fn=loss_fn)
+    recorded: dict[int, dict[str, Any]] = {}
+    probe.history.subscribe(
+        lambda u: (
+            recorded.setdefault(u.step, _snapshot(probe.history.latest))
+            if u.record and probe.history.latest is not None and probe.history.latest.step == u.step
+            else None
+        )
+    )
+
+    # reference on rank 0: one process, the concatenated batch.  Its loss is the sum of the
+    # ranks' mean losses (what each replica differentiates, so output gradients match) and its
+    # lr is halved (so its update equals DDP's averaged-gradient update).
+    ref_recorded: dict[int, dict[str, Any]] = {}
+    if rank == 0:
+        ref_opt = torch.optim.SGD(ref_model.parameters(), lr=0.05)
+        ref_probe = trainscope.Probe(ref_model, ref_opt, every=EVERY)
+        ref_probe.history.subscribe(
+            lambda u: (
+                ref_recorded.setdefault(u.step, _snapshot(ref_probe.history.latest))
+                if u.record
+                and ref_probe.history.latest is not None
+                and ref_probe.history.latest.step == u.step
+                else None
+            )
+        )
+
+    counts: list[int] = []
+    calls = [0]
+    for name in _COUNTED:
+        fn = getattr(dist, name, None)
+        if fn is None:
+            continue
+
+        def wrapped(*a: Any, _fn: Any = fn, **k: Any) -> Any:
+            calls[0] += 1
+            return _fn(*a, **k)
+
+        setattr(dist, name, wrapped)
+    tickets = {}
+    lrs = []
+    for step in range(STEPS):
+        if step == REQUEST_AT:  # every rank runs the same script: rank 1's request is refused
+            t = probe.request("scale_lr", factor=0.5)
+            tickets["main"] = (t.status, t.message)
+            tickets["main_ticket"] = t
+        if step == SHRINK_AT:
+            probe._data_cap = 4096  # smaller than one rank's payload: the next exchange overflows
+        before = calls[0]
+        xb, yb = x[step, rank * B : (rank + 1) * B], y[step, rank * B : (rank + 1) * B]
+        opt.zero_grad()
+        loss = loss_fn(ddp(xb), yb)
+        loss.backward()
+        opt.step()
+        counts.append(calls[0] - before)
+        lrs.append(opt.param_groups[0]["lr"])
+        if rank == 0:
+            out = ref_model(x[step])
+            ref_loss = loss_fn(out[:B], y[step, :B]) + loss_fn(out[B:], y[step, B:])
+            ref_opt.zero_grad()
+            ref_loss.backward()
+            ref_opt.step()
+            if step == 2 * EVERY:  # the boundary where DDP applies rank 0's request
+                ref_opt.param_groups[0]["lr"] *= 0.5
+    result: dict[str, Any] = {
+        "rank": rank,
+        "counts": counts,
+        "lrs": lrs,
+        "applied": APPLIED,
+        "samples": probe.history.samples(),
+        "ddp_stats": dict(probe.ddp_stats),
+        "errors": [e.error for e in probe.errors],
+        "world": probe.history.meta.get("world_size"),
+    }
+    if rank == 0:
+        t = tickets["main_ticket"]
+        result["ticket"] = {
+            "first": tickets["main"],
+            "status": t.status,
+            "applied_step": t.applied_step,
+        }
+        undo = probe.request("undo", ticket=t.id)
+        result["undo_status"] = undo.status
+    else:
+        result["ticket"] = {"first": tickets["main"]}
+        refused = probe.request("scale_lr", factor=2.0)
+        result["rank1_request"] = {"status": refused.status, "message": refused.message}
+    # one more sampled step carries the undo to every rank
+    for step in range(STEPS, STEPS + EVERY + 1):
+        xb, yb = (
+            x[step % STEPS, rank * B : (rank + 1) * B],
+            y[step % STEPS, rank * B : (rank + 1) * B],
+        )
+        opt.zero_grad()
+        loss_fn(ddp(xb), yb).backward()
+        opt.step()
+    result["lr_after_undo"] = opt.param_groups[0]["lr"]
+    if rank == 0:
+        result["ticket"]["final"] = tickets["main_ticket"].status
+    with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
+        json.dump(result, f)
+    np.save(
+        os.path.join(out_dir, f"rank{rank}.npy"),
+        np.array([recorded, ref_recorded], dtype=object),
+        allow_pickle=True,
+    )
+    dist.barrier()  # both ranks are done with the group before either tears it down
+    dist.destroy_process_group()
+
+
+def _run_ranks(tmp_path: Any, timeout: float = 180) -> None:
+    import torch.multiprocessing as mp
+
+    ctx = mp.start_processes(
+        _worker,
+        args=(2, str(tmp_path / "pg"), str(tmp_path)),
+        nprocs=2,
+        join=False,
+        start_method="spawn",
+    )
+    deadline = time.time() + timeout
+    try:
+        while not ctx.join(timeout=1):
+            if time.time() > deadline:
+                raise TimeoutError("DDP workers did not finish (deadlock?)")
+    finally:
+        for p in ctx.processes:
+            if p.is_alive():
+                p.kill()
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    tmp = tmp_path_factory.mktemp("ddp")
+    _run_ranks(tmp)
+    out: dict[str, Any] = {}
+    for r in (0, 1):
+        out[r] = json.loads((tmp / f"rank{r}.json").read_text())
+        rec, ref = np.load(tmp / f"rank{r}.npy", allow_pickle=True)
+        out[r]["recorded"], out[r]["ref"] = rec, ref
+    return out
+
+
+@pytest.mark.slow  # two spawned gloo processes: ~7 s alone, more on a busy machine
+def test_one_collective_per_sampled_step_and_none_otherwise(ddp_run) -> None:
+    for r in (0, 1):
+        counts = ddp_run[r]["counts"]
+        assert counts == [1 if s % EVERY == 0 else 0 for s in range(STEPS)], counts
+        assert ddp_run[r]["ddp_stats"]["collectives"] == len(range(0, STEPS, EVERY))
+        assert ddp_run[r]["errors"] == []
+
+
+@pytest.mark.slow  # two spawned gloo processes: ~7 s alone, more on a busy machine
+def test_rank0_records_and_the_others_do_not(ddp_run) -> None:
+    assert ddp_run[0]["samples"] == len(range(0, STEPS, EVERY))
+    assert ddp_run[1]["samples"] == 0
+    assert ddp_run[0]["world"] == 2
+    assert sorted(ddp_run[0]["recorded"]) == list(range(0, STEPS + EVERY + 1, EVERY))
+
+
+@pytest.mark.slow  # two spawned gloo processes: ~7 s alone, more on a busy machine
+def test_reduced_statistics_equal_the_concatenated_batch(ddp_run) -> None:
+    rec, ref = ddp_run[0]["recorded"], ddp_run[0]["ref"]
+    for step in (0, 3, 6):
+        a, b = rec[step], ref[step]
+        assert a["ddp"] == {"world_size": 2, "ranks_combined": [0, 1]}
+        for m in LAYER_METRICS:
+            if m.startswith(("act_", "ograd_")):
+                np.testing.assert_allclose(
+                    a["metrics"][m],
+                    b["metrics"][m],
+                    rtol=2e-5,
+                    atol=1e-6,
+                    equal_nan=True,
+                    err_msg=f"{m} at step {step}",
+                )
+        for m in ("weight_norm", "update_ratio", "dist_init"):
+            np.testing.assert_allclose(
+                a["metrics"][m], b["metrics"][m], rtol=2e-5, atol=1e-7, equal_nan=True, err_msg=m
+            )
+        # DDP averages the ranks' gradients; the reference differentiated their sum
+        np.testing.assert_allclose(
+            a["metrics"]["grad_norm"], b["metrics"]["grad_norm"] / 2, rtol=2e-5, equal_nan=True
+        )
+        np.testing.assert_allclose(a["act_hist"], b["act_hist"], rtol=1e-5, atol=1e-4)
+        np.testing.assert_allclose(a["ograd_hist"], b["ograd_hist"], rtol=1e-5, atol=1e-4)
+        assert a["dead"].keys() == b["dead"].keys()
+        for i in a["dead"]:
+            np.testing.assert_array_equal(a["dead"][i], b["dead"][i])
+        assert a["inputs"]["numel"] == b["inputs"]["numel"] == 2 * B * 20
+        assert tuple(a["inputs"]["shape"]) == (2 * B, 20)
+        for k in ("mean", "std", "min", "max"):
+            assert a["inputs"][k] == pytest.approx(b["inputs"][k], rel=1e-5, abs=1e-6)
+    # some ReLU units are dead on the concatenated batch, and that survives the combination
+    assert any(m.any() for m in rec[6]["dead"].values())
+
+
+@pytest.mark.slow  # two spawned gloo processes: ~7 s alone, more on a busy machine
+def test_an_action_is_applied_on_every_rank_at_the_same_step(ddp_run) -> None:
+    boundary = next(s for s in range(REQUEST_AT, STEPS) if s % EVERY == 0)  # step 6
+    for r in (0, 1):
+        assert [tuple(a) for a in ddp_run[r]["applied"]] == [(r, boundary + 1)]
+        lrs = ddp_run[r]["lrs"]
+        # lr read after each optimizer.step(): the change lands at the end of step 6, on both
+        assert lrs[:boundary] == [0.1] * boundary
+        assert lrs[boundary:] == pytest.approx([0.05] * (STEPS - boundary))
+        assert ddp_run[r]["lr_after_undo"] == pytest.approx(0.1)  # the undo reached every rank too
+    t = ddp_run[0]["ticket"]
+    assert t["first"][0] == "pending" and t["status"] == "applied"
+    assert t["applied_step"] == boundary + 1 and t["final"] == "undone"
+    assert ddp_run[0]["undo_status"] == "pending"
+    assert ddp_run[1]["ticket"]["first"][0] == "refused"
+    r1 = ddp_run[1]["rank1_request"]
+    assert r1["status"] == "refused" and "rank 0" in r1["message"]
+
+
+@pytest.mark.slow  # two spawned gloo processes: ~7 s alone, more on a busy machine
+def test_an_oversized_payload_is_left_out_once_and_the_buffer_grows(ddp_run) -> None:
+    rec = ddp_run[0]["recorded"]
+    assert rec[9]["ddp"] == {"world_size": 2, "ranks_combined": [0]}  # rank 1 did not fit
+    assert rec[12]["ddp"] == {"world_size": 2, "ranks_combined": [0, 1]}  # it does again
+    assert ddp_run[1]["ddp_stats"]["overflows"] == 1
+
+
+def test_without_a_process_group_it_is_a_plain_probe(blobs) -> None:
+    x, y = blobs
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    probe = DistributedProbe(model, opt, every=2)
+    assert probe.world_size == 1 and probe.rank == 0 and not probe._ddp_active
+    register_action("scale_lr", validate=_validate_scale, apply=_apply_scale, label="Scale LR")
+    t = probe.request("scale_lr", factor=0.5)
+    for _ in range(3):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x[:16]), y[:16]).backward()
+        opt.step()
+    assert t.status == "applied" and t.applied_step == 1
+    assert probe.history.samples() == 2 and probe.ddp_stats["collectives"] == 0
