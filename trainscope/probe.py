@@ -854,8 +854,13 @@ class Probe:
             )
 
     def _grad_norm_now(self, device: torch.device) -> Tensor:
-        """Norm of the gradients the parameters hold right now (0 when none), on the device."""
-        grads = [p.grad for p in self._params if p.grad is not None]
+        """Norm of the gradients that the optimizer would apply, held right now (0 when none)."""
+        held = self.param_in_optimizer
+        grads = [
+            p.grad
+            for p, n in zip(self._params, self._param_names, strict=True)
+            if p.grad is not None and held.get(n, True)
+        ]
         return S.norms(grads).norm() if grads else torch.zeros((), device=device)
 
     def _loss_pre_hook(self, module: nn.Module, args: tuple[Any, ...]) -> None:
