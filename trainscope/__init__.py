@@ -107,6 +107,20 @@ def show(source: Any, **kwargs: Any) -> Any:
     return _show(source, **kwargs)
 
 
+def open(path: Any, *, follow: bool | str = "auto", interval: float = 0.5) -> Any:
+    """Open a saved run directory (``Probe(..., logdir=path)``) into a History-backed run.
+
+    ``path`` may be one run directory (returns a :class:`~trainscope.runlog.Run`), a list of them,
+    or a directory of runs (a :class:`~trainscope.runlog.RunSet`, overlaid).  A run still being
+    written by another process is followed live (``follow="auto"``).  In Jupyter, displaying the
+    result shows the dashboard read-only; ``run.history`` is an ordinary :class:`History`.
+    Not in ``__all__``: ``from trainscope import *`` must not shadow the built-in ``open``.
+    """
+    from .runlog import open_run
+
+    return open_run(path, follow=follow, interval=interval)
+
+
 def fit_in_background(fn: Any, /, *args: Any, **kwargs: Any) -> Any:
     """Run ``fn(*args, **kwargs)`` in a thread so the kernel stays free for clicks.
 
