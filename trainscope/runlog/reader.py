@@ -136,7 +136,7 @@ class Run:
                 self._fh.close()
                 self._fh, self._buf, self._seq = None, b"", self._seq + 1
                 continue
-            if not chunk and self._gap() and reloads < _MAX_RELOADS:
+            if self._gap() and reloads < _MAX_RELOADS:
                 reloads += 1
                 self._reload()
                 flags.update(("scalars", "record", "events"))
@@ -290,23 +290,20 @@ class Run:
             pass
 
     # ------------------------------------------------------------------ display and export
-    def show(self) -> Any:
-        """The dashboard on this run's history (read-only; it redraws while the run is followed)."""
-        import trainscope
-
-        show = getattr(trainscope, "show", None)
-        if show is None:
-            raise ImportError(
-                "the trainscope dashboard is not available in this installation (trainscope.show)"
-            )
-        return show(self.history)
+    def show(self, *, refresh_every: float = 0.5) -> Any:
+        """Display the dashboard on this run's history (read-only).  While the run is followed,
+        the dashboard is redrawn at most every ``refresh_every`` seconds after new records arrive
+        (from a background thread, so it keeps up while the notebook is idle)."""
+        dash = _dashboard(self.history, title=self.name)
+        keep_refreshed(dash, [self], refresh_every)
+        return dash
 
     def _ipython_display_(self) -> None:  # pragma: no cover - exercised in notebooks
-        from IPython.display import HTML, display
-
         try:
-            display(self.show())  # type: ignore[no-untyped-call]
+            self.show()  # trainscope.show displays it
         except Exception as e:
+            from IPython.display import HTML, display
+
             note = f"<p><i>dashboard unavailable: {_esc(str(e))}</i></p>"
             display(HTML(self._repr_html_() + note))  # type: ignore[no-untyped-call]
 
@@ -371,39 +368,20 @@ class RunSet(Sequence[Run]):
 
         return runs_overview_html(self.runs)
 
-    def show(self, *, every: float = 1.0) -> Any:
-        """A live overlay of the runs' curves (redrawn at most every ``every`` s while they change)."""
-        import ipywidgets  # the Jupyter layer, imported only here
+    def show(self, *, refresh_every: float = 0.5) -> Any:
+        """Display the runs overlaid in one dashboard (read-only), redrawn while any is followed."""
+        dash = _dashboard([r.history for r in self.runs], names=[r.name for r in self.runs])
+        keep_refreshed(dash, self.runs, refresh_every)
+        return dash
 
-        from ..report import runs_overview_html
+    def _ipython_display_(self) -> None:  # pragma: no cover - exercised in notebooks
+        try:
+            self.show()
+        except Exception as e:
+            from IPython.display import HTML, display
 
-        out = ipywidgets.HTML(runs_overview_html(self.runs))
-        dirty = threading.Event()
-        subs = [r.history.subscribe(lambda _u: dirty.set()) for r in self.runs]
-        runs = self.runs
-
-        def redraw(ref: Callable[[], Any]) -> None:
-            try:
-                while True:
-                    if not dirty.wait(timeout=5 * every):
-                        if all(r.finished and not r.following for r in runs):
-                            return
-                        continue
-                    time.sleep(every)  # coalesce bursts of updates into one redraw
-                    w = ref()
-                    if w is None:
-                        return
-                    dirty.clear()
-                    w.value = runs_overview_html(runs)
-                    del w
-            finally:
-                for s in subs:
-                    s.remove()
-
-        threading.Thread(
-            target=redraw, args=(weakref.ref(out),), daemon=True, name="trainscope-overlay"
-        ).start()
-        return out
+            note = f"<p><i>dashboard unavailable: {_esc(str(e))}</i></p>"
+            display(HTML(self._repr_html_() + note))  # type: ignore[no-untyped-call]
 
     def report(self, path: str | os.PathLike[str], **kwargs: Any) -> str:
         from ..report import write_report
@@ -412,6 +390,55 @@ class RunSet(Sequence[Run]):
 
     def __repr__(self) -> str:
         return f"<trainscope RunSet: {', '.join(r.name for r in self.runs)}>"
+
+
+def _dashboard(source: Any, **kwargs: Any) -> Any:
+    import trainscope
+
+    show = getattr(trainscope, "show", None)
+    if show is None:
+        raise ImportError(
+            "the trainscope dashboard is not available in this installation (trainscope.show)"
+        )
+    return show(source, **kwargs)
+
+
+def keep_refreshed(dash: Any, runs: Sequence[Run], every: float = 0.5) -> threading.Thread | None:
+    """Redraw ``dash`` (anything with ``refresh()`` and ``closed``) after the runs' histories
+    change, at most every ``every`` seconds, from a background thread; it ends when the dashboard
+    is closed or every run is finished and no longer followed.  Returns the thread (``None`` when
+    no run is followed)."""
+    if not any(r.following for r in runs):
+        return None
+    dirty = threading.Event()
+    subs = [r.history.subscribe(lambda _u: dirty.set()) for r in runs]
+    ref = weakref.ref(dash)
+
+    def loop() -> None:
+        try:
+            while True:
+                changed = dirty.wait(timeout=max(every, 0.05) * 4)
+                d = ref()
+                if d is None or getattr(d, "closed", False):
+                    return
+                if changed:
+                    dirty.clear()
+                    try:
+                        d.refresh()
+                    except Exception:
+                        return
+                    del d
+                    time.sleep(every)  # throttle: bursts of records become one redraw
+                elif not any(r.following for r in runs):
+                    return
+                d = None
+        finally:
+            for sub in subs:
+                sub.remove()
+
+    t = threading.Thread(target=loop, name="trainscope-refresh", daemon=True)
+    t.start()
+    return t
 
 
 def _esc(s: str) -> str:
