@@ -120,6 +120,7 @@ def test_probe_logdir_replays_exactly_through_compactions(tmp_path, blobs) -> No
     sa, va = probe.history.layer_series("grad_norm")
     sb, vb = run.history.layer_series("grad_norm")
     assert np.all(np.diff(sa[-10:]) == 1)  # every step, not only the sampled ones (every=3)
+    np.testing.assert_array_equal(sa, sb)
     np.testing.assert_array_equal(va, vb)
 
 
