@@ -502,3 +502,89 @@ def test_killed_writers_lose_at_most_the_flush_interval_and_never_tear_a_record(
     assert torn >= 1, (
         "no kill landed in the middle of a record; the test did not exercise torn writes"
     )
+
+
+FOLLOWED_CHILD = r"""
+import sys, time
+import torch
+from torch import nn
+import trainscope
+
+torch.set_num_threads(1)
+model = nn.Sequential(nn.Linear(20, 32), nn.ReLU(), nn.Linear(32, 5))
+opt = torch.optim.SGD(model.parameters(), lr=0.05)
+probe = trainscope.Probe(model, opt, every=5, logdir=sys.argv[1])
+probe.run_writer.flush_interval = 0.1
+x, y = torch.randn(64, 20), torch.randint(0, 5, (64,))
+for step in range(80):
+    opt.zero_grad()
+    loss = nn.functional.cross_entropy(model(x), y)
+    probe.log(loss=loss)
+    loss.backward()
+    opt.step()
+    time.sleep(0.03)
+probe.detach()
+probe.run_writer.close()
+"""
+
+
+@pytest.mark.slow
+def test_a_script_in_another_process_is_followed_live_and_the_dashboard_refreshes(tmp_path) -> None:
+    import subprocess
+    import sys
+    import time
+
+    from trainscope.runlog.reader import keep_refreshed
+
+    script = tmp_path / "train.py"
+    script.write_text(FOLLOWED_CHILD)
+    path = tmp_path / "run"
+    env = dict(os.environ, PYTHONPATH=os.getcwd())
+    child = subprocess.Popen([sys.executable, str(script), str(path)], env=env)
+    try:
+        deadline = time.time() + 60
+        while not (path / "meta.json").exists():
+            assert time.time() < deadline and child.poll() is None, "the script did not start"
+            time.sleep(0.05)
+        run = trainscope.open(path, interval=0.05)
+        assert isinstance(run, Run) and run.following
+        try:
+            dash = run.show(refresh_every=0.1)  # the real read-only dashboard when available
+            orig = dash.refresh
+        except ImportError:
+            dash, orig = None, None
+
+        class Spy:
+            closed = False
+
+            def __init__(self) -> None:
+                self.steps: list[int] = []
+
+            def refresh(self) -> None:
+                self.steps.append(run.history.step)
+                if orig is not None:
+                    orig()
+
+        spy = Spy()
+        refresher = keep_refreshed(spy, [run], every=0.1)
+        assert refresher is not None
+        seen = []
+        while child.poll() is None:
+            seen.append(run.history.step)
+            time.sleep(0.05)
+        assert child.returncode == 0
+        live = sorted({s for s in seen if s >= 0})
+        assert len(live) >= 5, f"the history did not grow while the script ran: {live}"
+        deadline = time.time() + 10
+        while run.following and time.time() < deadline:
+            time.sleep(0.05)
+        assert run.finished and not run.following
+        refresher.join(5)
+        assert not refresher.is_alive()
+        assert len(spy.steps) >= 3 and spy.steps == sorted(spy.steps)
+        assert spy.steps[-1] == run.history.step == 79
+        assert_same_history(Run(path).history, run.history)
+        del dash
+    finally:
+        child.kill()
+        child.wait(10)
