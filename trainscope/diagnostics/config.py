@@ -1,0 +1,71 @@
+"""Every threshold the rules use, in one place, each with its reason.
+
+The rules compare *scale-free* quantities (ratios across depth or time, fractions of units,
+relative changes of the loss, update / weight ratios) with round thresholds -- mostly powers of
+ten -- chosen from what the quantity means, not fitted to a test suite.  Anything that can flap
+must hold over several samples (``persist_need`` of the last ``persist_of``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["Thresholds"]
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Thresholds of the diagnosis rules (see ``docs/diagnosis.md`` for each label)."""
+
+    # --- persistence --------------------------------------------------------------------------
+    persist_need: int = 3  # a per-sample condition must hold in 3 ...
+    persist_of: int = 4  # ... of the last 4 sampled steps (one odd batch never raises a finding)
+    min_loss_points: int = 20  # loss-curve rules need this many recorded losses
+    min_steps_plateau: int = 50  # "no progress" is only judged after this many steps
+
+    # --- depth / time profiles of activations and gradients ------------------------------------
+    depth_ratio: float = 1e-2  # 100x smaller (or larger) from the first to the last hidden layer:
+    # with one learning rate for all layers, 100x is two orders of magnitude of imbalance
+    depth_ratio_error: float = 1e-4  # four orders: the far end of the network effectively sees 0
+    time_ratio: float = 1e-2  # a representation 100x smaller / larger than at the start of training
+
+    # --- units -------------------------------------------------------------------------------
+    dead_info: float = 0.25  # share of a layer's ReLU units that never fired over the window
+    dead_warning: float = 0.5  # half the layer is wasted capacity and passes no gradient
+    dead_error: float = 0.9  # the layer is (almost) a wall for the gradient
+    dead_min_window: int = 5  # samples the dead-unit window must hold before judging
+    sat_info: float = 0.2  # share of bounded-activation outputs within 1% of a bound
+    sat_warning: float = 0.5  # (there tanh' <= 0.04, sigmoid' < 0.01: the gradient is cut 25-100x)
+    sat_error: float = 0.9
+    symmetric_share: float = 0.5  # share of a layer's units that are exact copies of one another
+
+    # --- learning rate (update / weight ratio per step; cs231n's rule of thumb is ~1e-3) --------
+    update_high: float = 3e-2  # 30x the rule of thumb: weights are re-drawn within ~30 steps
+    update_high_plateau: float = 0.1  # with a mere plateau (many causes): 10% of the weights per step
+    update_low: float = 1e-4  # 10x below it: 100 steps move the weights by at most 1%
+    lr_low_progress: float = 0.5  # ...and the loss still above half its initial value
+
+    # --- loss curve ----------------------------------------------------------------------------
+    plateau_progress: float = 0.05  # "no progress": the loss is within 5% of where it started
+    divergence_lost: float = 0.5  # rising: more than half of the progress made has been lost
+    divergence_level: float = 0.2  # ...and the rise exceeds 20% of the loss level
+    explosion_factor: float = 10.0  # exploding: the recent loss is 10x the initial loss (error)
+    osc_window: int = 20  # losses per oscillation window (two consecutive windows are checked)
+    osc_swing: float = 0.5  # mean |step-to-step change| >= 50% of the mean loss ...
+    osc_vs_progress: float = 0.5  # ... and >= 50% of the progress made since the start
+
+    # --- validation ----------------------------------------------------------------------------
+    min_val_points: int = 5  # validation evaluations needed before judging generalization
+    overfit_rise: float = 0.1  # validation loss 10% above its best ...
+    overfit_patience: int = 3  # ... at each of the last 3 evaluations after the best one
+    chance_margin: float = 0.05  # "at chance": validation never got 5% below the chance loss
+    memorize_progress: float = 0.05  # training loss fell by more than 5% meanwhile
+
+    # --- setup ---------------------------------------------------------------------------------
+    init_loss_excess: float = 1.0  # loss at init > ln C + max(ln C, 1 nat): confidently wrong
+    input_scale_high: float = 4.0  # input RMS above 4: every downstream scale is 4x too large
+    input_scale_low: float = 0.1  # below 0.1: the first layer's outputs are 10x too small
+    input_offset: float = 3.0  # |mean| > 3 std per feature: features are offsets, not signals
+    input_spread: float = 100.0  # per-feature std differing by more than 100x between features
+    zero_grad_ratio: float = 1e-3  # gradient left over before backward, relative to the new one
+    mixing_tolerance: float = 1e-5  # relative gradient leaking to other examples (exact 0 expected)

@@ -1,0 +1,119 @@
+"""What the rules may know beyond the history: facts read from the model at diagnosis time.
+
+:class:`Context` is plain data.  :func:`context_from_probe` fills it from a probe -- the only place
+in the diagnosis engine that touches the model, and it only *reads* it (weight rows for
+``symmetric_init``, ``requires_grad`` flags, forward-pass counters).  The cost is one matrix-vector
+product per linear / conv layer, paid at diagnosis time, never per training step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import numpy as np
+import torch
+
+from .config import Thresholds
+
+if TYPE_CHECKING:
+    from ..probe import Probe
+
+__all__ = ["Context", "context_from_probe", "weight_symmetry"]
+
+T = TypeVar("T")
+
+
+@dataclass
+class Context:
+    """Inputs of the rules besides the :class:`~trainscope.history.History`.
+
+    Attributes
+    ----------
+    forward_modes
+        Cumulative forward-pass counts by mode (``Probe.forward_modes``): ``train``,
+        ``eval_in_train_mode`` (no-grad forward with the model in train mode),
+        ``train_in_eval_mode`` (grad-enabled forward in eval mode), ``eval``.
+    symmetry
+        Per linear / conv layer name: ``(units, largest group of identical units)``.
+    requires_grad
+        Per parameter name: its ``requires_grad`` flag.
+    n_classes
+        Number of classes, when it cannot be read from the loss inputs.
+    thresholds
+        The rules' thresholds.
+    """
+
+    forward_modes: dict[str, int] | None = None
+    symmetry: dict[str, tuple[int, int]] | None = None
+    requires_grad: dict[str, bool] | None = None
+    n_classes: int | None = None
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    _memo: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def memo(self, key: str, compute: Callable[[], T]) -> T:
+        """Compute a derived quantity once per diagnosis (several rules share it)."""
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]  # type: ignore[no-any-return]
+
+
+_PROJ_SEED = 0x5EED_D1A6
+
+
+@torch.no_grad()
+def weight_symmetry(module: torch.nn.Module) -> tuple[int, int] | None:
+    """``(units, size of the largest group of identical units)`` of a linear / conv layer.
+
+    A unit is a row of the weight (an output feature or filter) together with its bias.  Rows are
+    compared through one random projection (a fixed private generator, so no user RNG is touched):
+    identical rows project to identical values; distinct random rows collide with probability ~0.
+    """
+    w = getattr(module, "weight", None)
+    if not isinstance(w, torch.Tensor) or w.dim() < 2 or w.shape[0] < 2:
+        return None
+    rows = w.detach().reshape(w.shape[0], -1).float()
+    gen = torch.Generator(device="cpu").manual_seed(_PROJ_SEED)
+    r = torch.rand(rows.shape[1] + 1, generator=gen, dtype=torch.float32).add_(0.5).to(rows.device)
+    proj = rows @ r[:-1]
+    b = getattr(module, "bias", None)
+    if isinstance(b, torch.Tensor) and b.shape == (rows.shape[0],):
+        proj = proj + b.detach().float() * r[-1]
+    p = np.sort(proj.cpu().numpy().astype(np.float64))
+    if not np.all(np.isfinite(p)):
+        return None
+    # longest run of equal projections (relative to the pair's own magnitude)
+    tol = 1e-6 * np.maximum(np.abs(p[1:]), np.abs(p[:-1]))
+    breaks = np.flatnonzero(np.diff(p) > tol)
+    edges = np.concatenate([[-1], breaks, [len(p) - 1]])
+    return len(p), int(np.diff(edges).max())
+
+
+def context_from_probe(probe: Probe, **overrides: Any) -> Context:
+    """Build the :class:`Context` of a probe (reads the model; changes nothing)."""
+    symmetry: dict[str, tuple[int, int]] = {}
+    model = probe.model
+    for info in probe.layers:
+        if info.kind not in ("linear", "conv") or info.n_trainable == 0:
+            continue
+        try:
+            mod = _module(model, info.name)
+            s = weight_symmetry(mod) if mod is not None else None
+        except Exception:
+            continue
+        if s is not None:
+            symmetry[info.name] = s
+    return Context(
+        forward_modes=dict(probe.forward_modes),
+        symmetry=symmetry,
+        requires_grad={n: bool(p.requires_grad) for n, p in model.named_parameters()},
+        **overrides,
+    )
+
+
+def _module(model: torch.nn.Module, name: str) -> torch.nn.Module | None:
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        return model if name == "model" else None

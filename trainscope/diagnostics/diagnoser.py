@@ -1,0 +1,215 @@
+"""The stateful :class:`Diagnoser` (memory across calls) and :func:`diagnose_probe`."""
+
+from __future__ import annotations
+
+import threading
+import traceback
+import weakref
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from ..history import History
+from .config import Thresholds
+from .context import Context, context_from_probe
+from .finding import Finding, severity_rank
+from .registry import LABELS, diagnose
+
+if TYPE_CHECKING:
+    from ..probe import Probe
+
+__all__ = ["REFRESH_STEPS", "Diagnoser", "diagnose_probe", "diagnoser_for", "on_training_thread"]
+
+
+class Diagnoser:
+    """Runs the rules and remembers: when each finding was first seen, and whether it still holds.
+
+    A finding that stops holding stays listed with ``active=False`` (and its last step), so a
+    transient problem remains visible in the run's record.
+
+    Parameters
+    ----------
+    thresholds
+        The rules' thresholds (:class:`~trainscope.diagnostics.Thresholds`).
+    labels
+        Restrict the diagnosis to these labels (default: all).
+    """
+
+    def __init__(self, thresholds: Thresholds | None = None, labels: list[str] | None = None) -> None:
+        if labels is not None:
+            unknown = [x for x in labels if x not in LABELS]
+            if unknown:
+                raise ValueError(f"unknown label(s) {unknown}; labels are: {', '.join(LABELS)}")
+        self.thresholds = thresholds or Thresholds()
+        self.labels = list(labels) if labels is not None else None
+        self.errors: list[str] = []
+        self._memory: dict[str, Finding] = {}
+        self._lock = threading.Lock()
+        self._key: tuple[Any, ...] | None = None
+
+    def update(self, history: History, context: Context | None = None, *, key: tuple[Any, ...] | None = None) -> list[Finding]:
+        """Diagnose ``history`` now and merge with what was seen before; returns :meth:`findings`.
+
+        ``key`` identifies the state of the inputs: an update with the same key as the previous one
+        re-uses its result.  Never raises (rule errors go to :attr:`errors`).
+        """
+        with self._lock:
+            if key is not None and key == self._key:
+                return self._sorted()
+            ctx = context if context is not None else Context(thresholds=self.thresholds)
+            try:
+                now = diagnose(history, ctx, labels=self.labels, errors=self.errors)
+            except Exception:  # pragma: no cover - diagnose itself guards every rule
+                self.errors.append(traceback.format_exc())
+                return self._sorted()
+            held = {f.label for f in now}
+            for f in now:
+                old = self._memory.get(f.label)
+                if old is not None and old.first_step >= 0:
+                    f.first_step = min(old.first_step, f.first_step)
+                f.active = True
+                self._memory[f.label] = f
+            for label, old in self._memory.items():
+                if label not in held:
+                    old.active = False
+            self._key = key
+            return self._sorted()
+
+    def _sorted(self) -> list[Finding]:
+        return sorted(
+            self._memory.values(),
+            key=lambda f: (not f.active, -severity_rank(f.severity), f.first_step, LABELS.index(f.label)),
+        )
+
+    def findings(self, min_severity: str | None = None, *, active_only: bool = False) -> list[Finding]:
+        """What has been found so far: active first, then by severity and first step."""
+        rank = severity_rank(min_severity) if min_severity is not None else 0
+        with self._lock:
+            return [f for f in self._sorted() if severity_rank(f.severity) >= rank and (f.active or not active_only)]
+
+    def reset(self) -> None:
+        """Forget every finding (e.g. after changing the model)."""
+        with self._lock:
+            self._memory.clear()
+            self._key = None
+
+
+class _ProbeState:
+    def __init__(self) -> None:
+        self.diagnoser = Diagnoser()
+        self.sym_step: int | None = None
+        self.symmetry: dict[str, tuple[int, int]] | None = None
+        self.thread: int | None = None  # the thread step boundaries run on (the training thread)
+        self.tasks: dict[str, Callable[[Any], None]] = {}
+        self.handle: Any = None
+
+
+_STATES: weakref.WeakKeyDictionary[Any, _ProbeState] = weakref.WeakKeyDictionary()
+_STATES_LOCK = threading.Lock()
+REFRESH_STEPS = 10
+"""A diagnosis asks the probe for a fresh full sample when its latest one is older than this many
+steps (the probe's own schedule may sample much more rarely on cheap steps)."""
+
+
+def diagnoser_for(probe: Probe) -> Diagnoser:
+    """The :class:`Diagnoser` that :func:`diagnose_probe` keeps for this probe."""
+    return _state(probe).diagnoser
+
+
+def _at_boundary(probe: Any) -> None:
+    st = _STATES.get(probe)
+    if st is None:
+        return
+    st.thread = threading.get_ident()
+    while st.tasks:
+        _key, task = st.tasks.popitem()
+        try:
+            task(probe)
+        except Exception:
+            if len(st.diagnoser.errors) < 100:
+                st.diagnoser.errors.append(traceback.format_exc())
+
+
+def _state(probe: Probe) -> _ProbeState:
+    with _STATES_LOCK:
+        st = _STATES.get(probe)
+        if st is None:
+            st = _STATES[probe] = _ProbeState()
+            st.handle = probe.on_step(_at_boundary)
+        return st
+
+
+def on_training_thread(probe: Probe, key: str, task: Callable[[Any], None]) -> bool:
+    """Run ``task(probe)`` now if this is the training thread (or, before any step boundary was
+    seen, the main thread); otherwise at the next step boundary, on the training thread.  Returns
+    whether it ran now.  Tasks are keyed: a task queued twice runs once."""
+    st = _state(probe)
+    here = threading.get_ident()
+    if st.thread == here or (st.thread is None and threading.current_thread() is threading.main_thread()):
+        task(probe)
+        return True
+    st.tasks[key] = task
+    return False
+
+
+def diagnose_probe(
+    probe: Probe,
+    min_severity: str | None = None,
+    *,
+    active_only: bool = False,
+    auto_checks: bool = True,
+    refresh: bool = True,
+) -> list[Finding]:
+    """The findings of a probe's run (what ``probe.findings()`` returns).
+
+    Parameters
+    ----------
+    probe
+        The :class:`~trainscope.Probe`.
+    min_severity
+        Only findings at this severity or above (``"info"``, ``"warning"``, ``"error"``).
+    active_only
+        Leave out findings that no longer hold.
+    auto_checks
+        Run the read-only automatic checks once (today: the batch-mixing test on the latest
+        training batch, which changes nothing -- see :mod:`trainscope.checklists`).  It runs
+        right away when called from the training thread, otherwise at the next step boundary.
+    refresh
+        When the latest full sample is more than :data:`REFRESH_STEPS` steps old, ask the probe
+        to record one at the next step (a diagnosis deserves current evidence; the cost is one
+        sampled step per call at most, only while someone asks for findings).
+
+    Never raises for anything but a bad ``min_severity``; internal errors are recorded in
+    ``diagnoser_for(probe).errors``.
+    """
+    if min_severity is not None:
+        severity_rank(min_severity)
+    st = _state(probe)
+    d = st.diagnoser
+    try:
+        if auto_checks:
+            from ..checklists import auto_checks as _auto
+
+            _auto(probe)
+        h = probe.history
+        if st.sym_step != h.step:
+            ctx = context_from_probe(probe, thresholds=d.thresholds)
+            st.symmetry, st.sym_step = ctx.symmetry, h.step
+        else:
+            ctx = Context(
+                forward_modes=dict(probe.forward_modes),
+                symmetry=st.symmetry,
+                requires_grad={n: bool(p.requires_grad) for n, p in probe.model.named_parameters()},
+                thresholds=d.thresholds,
+            )
+        checks = h.meta.get("checks") or {}
+        key = (h.step, h.samples(), tuple(sorted((k, v.get("time")) for k, v in checks.items())),
+               tuple(sorted(probe.forward_modes.items())), len(h.scalar_names()))
+        d.update(h, ctx, key=key)
+        if refresh and probe.is_attached:
+            last = h.latest.step if h.latest is not None else -(10**9)
+            if probe.step_count - last > REFRESH_STEPS:
+                on_training_thread(probe, "sample", lambda p: p.sample_next())
+    except Exception:
+        if len(d.errors) < 100:
+            d.errors.append(traceback.format_exc())
+    return d.findings(min_severity, active_only=active_only)

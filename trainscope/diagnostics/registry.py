@@ -1,0 +1,129 @@
+"""The rule registry and the stateless :func:`diagnose`."""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..history import History
+from .context import Context
+from .finding import Finding, severity_rank
+
+__all__ = ["LABELS", "RULES", "RuleSpec", "diagnose", "rule"]
+
+RuleFn = Callable[[History, Context], "Finding | None"]
+
+
+@dataclass(frozen=True)
+class RuleSpec:
+    """One label's rule: a pure function ``(history, context) -> Finding | None``."""
+
+    label: str
+    fn: RuleFn
+    checklist: tuple[str, ...]
+    definition: str
+    finite: bool = False  # reads statistics that are meaningless once NaN / Inf appeared
+
+
+RULES: dict[str, RuleSpec] = {}
+
+LABELS: tuple[str, ...] = (
+    "vanishing_activations",
+    "exploding_activations",
+    "vanishing_gradients",
+    "exploding_gradients",
+    "dead_units",
+    "saturated_activations",
+    "symmetric_init",
+    "nan_inf",
+    "divergence",
+    "oscillation",
+    "not_learning",
+    "lr_too_high",
+    "lr_too_low",
+    "overfitting",
+    "bad_loss_at_init",
+    "unnormalized_inputs",
+    "frozen_parameters",
+    "missing_zero_grad",
+    "probabilities_into_loss",
+    "train_eval_mode",
+    "batch_mixing",
+    "label_noise",
+    "wrong_loss",
+)
+"""The diagnosis vocabulary, in display order."""
+
+
+def rule(label: str, *, checklist: Iterable[str] = (), finite: bool = False) -> Callable[[RuleFn], RuleFn]:
+    """Register ``fn`` as the rule of ``label`` (its docstring is the documented definition).
+
+    ``finite=True``: the rule reads statistics that non-finite values make meaningless; it is
+    skipped while the latest sampled step holds NaN / Inf (``nan_inf`` reports that instead).
+    """
+    if label not in LABELS:
+        raise ValueError(f"unknown label {label!r}; add it to LABELS first")
+
+    def deco(fn: RuleFn) -> RuleFn:
+        RULES[label] = RuleSpec(label, fn, tuple(checklist), (fn.__doc__ or "").strip(), finite)
+        return fn
+
+    return deco
+
+
+def diagnose(
+    history: History,
+    context: Context | None = None,
+    *,
+    labels: Iterable[str] | None = None,
+    errors: list[str] | None = None,
+) -> list[Finding]:
+    """Run every rule (or those of ``labels``) on ``history``; never raises.
+
+    Returns the findings that hold now, most severe first.  ``first_step`` / ``last_step`` are the
+    steps the rule could see evidence for; :class:`~trainscope.diagnostics.Diagnoser` adds memory
+    across calls.  A rule that fails is skipped and its traceback appended to ``errors``.
+    """
+    from . import rules as _rules  # noqa: F401  (registers the rules)
+
+    ctx = context if context is not None else Context()
+    ctx._memo.clear()
+    wanted = list(labels) if labels is not None else list(LABELS)
+    out: list[Finding] = []
+    step = max(int(history.step), 0)
+    poisoned = _nonfinite_now(history)
+    for label in wanted:
+        spec = RULES.get(label)
+        if spec is None or (poisoned and spec.finite):
+            continue
+        try:
+            f = spec.fn(history, ctx)
+        except Exception:
+            if errors is not None and len(errors) < 100:
+                errors.append(f"{label}: {traceback.format_exc()}")
+            continue
+        if f is None:
+            continue
+        if not f.checklist:
+            f.checklist = list(spec.checklist)
+        if f.last_step < 0:
+            f.last_step = step
+        f.first_step = f.last_step if f.first_step < 0 else min(f.first_step, f.last_step)
+        out.append(f)
+    out.sort(key=lambda f: (-severity_rank(f.severity), LABELS.index(f.label)))
+    return out
+
+
+def _nonfinite_now(history: History) -> bool:
+    """Whether the latest sampled step (or the latest loss) holds NaN / Inf."""
+    rec = history.latest
+    if rec is not None:
+        for m in ("act_nonfinite", "ograd_nonfinite", "grad_nonfinite"):
+            v = np.nan_to_num(np.asarray(rec.metrics.get(m, [])), nan=0.0)
+            if v.size and bool((v != 0).any()):
+                return True
+    vals = history.scalar("loss")["mean"]
+    return bool(len(vals) and not np.isfinite(vals[-1]))

@@ -1,0 +1,7 @@
+"""One small pure rule per label, grouped by what they read (importing this registers them)."""
+
+from __future__ import annotations
+
+from . import activations, curves, generalization, gradients, params, setup
+
+__all__ = ["activations", "curves", "generalization", "gradients", "params", "setup"]

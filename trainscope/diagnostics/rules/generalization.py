@@ -1,0 +1,140 @@
+"""Rules comparing validation with training: overfitting and labels unrelated to the inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ...history import History
+from .._series import fmt, loss_curve, param_layers, pct, scalar
+from ..context import Context
+from ..finding import Finding, intervention
+from ..registry import rule
+from .curves import chance_loss
+
+
+def val_series(h: History) -> tuple[np.ndarray, np.ndarray, str] | None:
+    """Validation as "lower is better": ``val_loss``, else ``1 - val_acc`` (or ``val_accuracy``)."""
+    for name, flip in (("val_loss", False), ("val_acc", True), ("val_accuracy", True)):
+        s, v = scalar(h, name)
+        ok = np.isfinite(v)
+        if ok.sum():
+            return s[ok], (1.0 - v[ok]) if flip else v[ok], name
+    return None
+
+
+def _dropout_targets(h: History, ctx: Context) -> list[str]:
+    """Hidden activation modules (else hidden linear layers): where dropout would go."""
+    pl = param_layers(h, ctx)
+    if len(pl) < 2:
+        return []
+    last = h.forward_order.index(pl[-1]) if pl[-1] in h.forward_order else len(h.forward_order)
+    acts = [h.layers[i].name for i in h.forward_order[:last] if h.layers[i].kind == "activation"]
+    return acts or [h.layers[i].name for i in pl[:-1]]
+
+
+@rule("overfitting", checklist=("tobin.bias_variance", "karpathy.overfit_then_regularize"), finite=True)
+def overfitting(h: History, ctx: Context) -> Finding | None:
+    """Validation worsens while training improves: at each of the last ``overfit_patience`` (3)
+    evaluations the validation loss (or error ``1 - val_acc``) is more than ``overfit_rise`` (10%)
+    above its best, the training loss fell by more than ``memorize_progress`` (5%) since the
+    best evaluation, and the best validation value was at least ``chance_margin`` (5%) better than
+    chance (or than the first evaluation) -- otherwise it is ``label_noise``.  The early-stopping
+    point is the step of the best evaluation.  Warning."""
+    th = ctx.thresholds
+    vs_ = val_series(h)
+    c = loss_curve(h, ctx)
+    if vs_ is None or c is None:
+        return None
+    vs, vv, name = vs_
+    if len(vv) < th.min_val_points:
+        return None
+    b = int(np.argmin(vv))
+    if len(vv) - 1 - b < th.overfit_patience:
+        return None
+    best = float(vv[b])
+    last = vv[-th.overfit_patience :]
+    if not np.all(last > best + th.overfit_rise * max(abs(best), 1e-12)):
+        return None
+    ref = chance_loss(h, ctx) if name == "val_loss" else None
+    ref = float(vv[0]) if ref is None else ref
+    if best > (1 - th.chance_margin) * ref:
+        return None
+    before = c.values[c.steps <= vs[b]]
+    if len(before) == 0:
+        return None
+    t_best = float(np.median(before[-c.w :]))
+    if not c.tail < (1 - th.memorize_progress) * t_best:
+        return None
+    what = "validation loss" if name == "val_loss" else "validation error (1 - accuracy)"
+    fixes = [
+        intervention("early_stopping", "Early stopping (restore the best weights)", monitor=name,
+                     mode="min" if name == "val_loss" else "max", patience=th.overfit_patience),
+        intervention("rollback", "Roll back to the best snapshot", to="best"),
+        intervention("weight_decay", "Add weight decay", value=1e-4),
+    ]
+    targets = _dropout_targets(h, ctx)
+    if any(x.kind == "dropout" for x in h.layers):
+        fixes.append(intervention("set_dropout", "Raise dropout to 0.5", p=0.5))
+    elif targets:
+        fixes.append(intervention("add_dropout", "Add dropout (p=0.3) after the hidden layers", after=targets, p=0.3))
+    return Finding(
+        label="overfitting",
+        severity="warning",
+        title=f"Overfitting since step {int(vs[b])} (early-stopping point)",
+        evidence=(
+            f"{what} was best at step {int(vs[b])} ({fmt(best)}) and is now {fmt(float(vv[-1]))} "
+            f"(+{pct(float(vv[-1]) / best - 1) if best > 0 else fmt(float(vv[-1]) - best)}), while the training loss "
+            f"fell from {fmt(t_best)} to {fmt(c.tail)}: stop at step {int(vs[b])}, or regularize"
+        ),
+        interventions=fixes,
+        first_step=int(vs[b]),
+        data={"early_stopping_step": int(vs[b]), "best": best, "now": float(vv[-1])},
+    )
+
+
+@rule("label_noise", checklist=("karpathy.input_independent_baseline", "tobin.bias_variance", "karpathy.data"), finite=True)
+def label_noise(h: History, ctx: Context) -> Finding | None:
+    """Labels unrelated to the inputs: after ``min_steps_plateau`` steps and ``min_val_points``
+    evaluations, the validation loss never got ``chance_margin`` (5%) below chance (``ln C``; else
+    its first value) while the training loss fell ``memorize_progress`` (5%) *below* chance and
+    at least twice as much, relatively, as validation did -- training memorizes, nothing generalizes.
+    Only judged when the first validation loss was near chance (not ``bad_loss_at_init``-high).
+    A failed ``input_baseline`` check (real inputs do no better than zeroed ones) raises it too.
+    Warning."""
+    th = ctx.thresholds
+    check = (h.meta.get("checks") or {}).get("input_baseline")
+    failed = bool(check and check.get("status") == "fail")
+    c = loss_curve(h, ctx)
+    vs_ = val_series(h)
+    parts = []
+    if c is not None and vs_ is not None and vs_[2] == "val_loss":
+        _, vv, _ = vs_
+        ref = chance_loss(h, ctx)
+        ref = float(vv[0]) if ref is None else ref
+        steps_run = int(c.steps[-1] - c.steps[0]) + 1
+        train_gain = c.progress
+        val_gain = (ref - float(vv.min())) / max(abs(ref), 1e-12)
+        started_uninformed = float(vv[0]) <= ref + th.init_loss_excess * max(ref, 1.0)
+        if (
+            started_uninformed
+            and len(vv) >= th.min_val_points
+            and steps_run >= th.min_steps_plateau
+            and val_gain < th.chance_margin
+            and c.tail < (1 - th.memorize_progress) * ref
+            and train_gain > 2 * val_gain
+        ):
+            parts.append(
+                f"validation loss never went below {fmt(float(vv.min()))} (chance: {fmt(ref)}) over {len(vv)} evaluations, "
+                f"while the training loss fell {pct(train_gain)} ({fmt(c.head)} -> {fmt(c.tail)}): the model memorizes "
+                "the training labels and nothing generalizes"
+            )
+    if failed:
+        parts.append("input-independent baseline: " + str(check.get("evidence", "")))  # type: ignore[union-attr]
+    if not parts:
+        return None
+    return Finding(
+        label="label_noise",
+        severity="warning",
+        title="Labels look unrelated to the inputs",
+        evidence="; ".join(parts) + ". Check that labels stay aligned with their inputs (shuffling, indexing, augmentation)",
+    )

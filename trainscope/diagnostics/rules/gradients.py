@@ -1,0 +1,256 @@
+"""Rules about the backward signal and the parameters: gradient scale across depth and time,
+non-finite values, parameters that never move, gradients that are never cleared."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ...history import History
+from .._series import fmt, held, names, param_layers, scalar, series
+from ..context import Context
+from ..finding import Finding, intervention
+from ..registry import rule
+
+
+def grad_profile(h: History, ctx: Context) -> tuple[list[int], np.ndarray, np.ndarray, np.ndarray]:
+    """Gradient scale per hidden linear / conv layer, in depth order (the output layer excluded).
+
+    Returns ``(layers, steps, relative, backprop)``: ``relative = ||grad W|| / ||W||`` -- how fast
+    one learning rate moves each layer -- and ``backprop`` = RMS of the gradient with respect to the
+    layer's output (the back-propagated signal), both ``(T, K)`` on the sampled steps.
+    """
+
+    def get() -> tuple[list[int], np.ndarray, np.ndarray, np.ndarray]:
+        pl = param_layers(h, ctx)[:-1]
+        steps, gn = series(h, ctx, "ograd_std")
+        _, gm = series(h, ctx, "ograd_mean")
+        back = np.sqrt(gm[:, pl] ** 2 + gn[:, pl] ** 2) if pl else np.zeros((len(steps), 0))
+        # parameter metrics live in a denser series; take them at the sampled steps
+        psteps, g = series(h, ctx, "grad_norm")
+        _, w = series(h, ctx, "weight_norm")
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rel_all = g / w
+        rel = np.full((len(steps), len(pl)), np.nan)
+        if len(psteps) and pl:
+            idx = np.searchsorted(psteps, steps)
+            ok = (idx < len(psteps)) & (psteps[np.minimum(idx, len(psteps) - 1)] == steps)
+            rel[ok] = rel_all[idx[ok]][:, pl]
+        return pl, steps, rel, back
+
+    return ctx.memo("grad_profile", get)
+
+
+def _ends(row: np.ndarray) -> tuple[int, int] | None:
+    ok = np.flatnonzero(np.isfinite(row) & (row > 0))
+    return (int(ok[0]), int(ok[-1])) if len(ok) >= 2 else None
+
+
+def _depth_flags(vals: np.ndarray, vanishing: bool, ratio: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per sample: is first-layer / last-hidden-layer beyond ``ratio`` (or ``1/ratio``)?"""
+    flags = np.zeros(len(vals), dtype=bool)
+    r = np.full(len(vals), np.nan)
+    for t, row in enumerate(vals):
+        e = _ends(row)
+        if e is None:
+            continue
+        r[t] = row[e[0]] / row[e[1]]
+        flags[t] = r[t] < ratio if vanishing else r[t] > 1.0 / ratio
+    return flags, r
+
+
+def _gradient_scale(h: History, ctx: Context, *, vanishing: bool) -> Finding | None:
+    th = ctx.thresholds
+    pl, steps, rel, back = grad_profile(h, ctx)
+    label = "vanishing_gradients" if vanishing else "exploding_gradients"
+    if len(pl) >= 2 and len(steps):
+        flags, r_back = _depth_flags(back, vanishing, th.depth_ratio)
+        if held(flags, th.persist_need, th.persist_of):
+            t = len(steps) - 1 - int(np.argmax(flags[::-1]))
+            e = _ends(back[t]) or (0, len(pl) - 1)
+            a, b = h.layers[pl[e[0]]].name, h.layers[pl[e[1]]].name
+            factor = 1.0 / r_back[t] if vanishing else r_back[t]
+            extreme = (r_back[t] < th.depth_ratio_error) if vanishing else (r_back[t] > 1 / th.depth_ratio_error)
+            word = "smaller" if vanishing else "larger"
+            with np.errstate(invalid="ignore", divide="ignore"):
+                rel_ratio = rel[t, e[0]] / rel[t, e[1]]
+            fixes = [intervention("reinit", "Re-initialize with LSUV", layers="all", scheme="lsuv")]
+            if vanishing:
+                fixes.append(intervention("switch_optimizer", "Switch to Adam (per-parameter step sizes)", name="adam"))
+            else:
+                fixes.append(intervention("clip_grad", "Clip the gradient norm", max_norm=_clip_level(h)))
+            return Finding(
+                label=label,
+                severity="error" if extreme else "warning",
+                title=f"Gradients {'vanish' if vanishing else 'explode'} toward the input ({fmt(factor)}x from `{b}` to `{a}`)",
+                evidence=(
+                    f"the back-propagated gradient (RMS of d loss / d output) is {fmt(back[t, e[0]])} at `{a}` and "
+                    f"{fmt(back[t, e[1]])} at `{b}`: {fmt(factor)}x {word} at the input end"
+                    + (f"; the weights' relative gradient ||grad W||/||W|| is {fmt(rel[t, e[0]])} vs {fmt(rel[t, e[1]])}"
+                       if np.isfinite(rel_ratio) else "")
+                    + f" (step {int(steps[t])}, held in {int(flags[-th.persist_of:].sum())} of the last "
+                    f"{min(th.persist_of, len(flags))} samples)"
+                ),
+                layers=names(h, pl),
+                interventions=fixes,
+                data={"backprop_ratio": float(r_back[t]), "relative_ratio": float(rel_ratio)},
+            )
+    if vanishing:
+        return None
+    # exploding over time: the total gradient norm grows 100x while the loss does not improve
+    s, g = scalar(h, "grad_norm_total")
+    ok = np.isfinite(g) & (g > 0)
+    s, g = s[ok], g[ok]
+    if len(g) < th.persist_need + 2:
+        return None
+    k = max(1, len(g) // 10)
+    early = float(np.median(g[:k]))
+    late = g[-th.persist_of :]
+    flags = late > early / th.time_ratio
+    _, loss = scalar(h, "loss")
+    loss = loss[np.isfinite(loss)]
+    improving = len(loss) >= 10 and np.median(loss[-5:]) < 0.9 * np.median(loss[:5])
+    if improving or not held(flags, th.persist_need, th.persist_of):
+        return None
+    return Finding(
+        label=label,
+        severity="error",
+        title=f"Gradient norm exploded ({fmt(float(np.median(late)) / early)}x)",
+        evidence=(
+            f"total gradient norm grew from {fmt(early)} (median of the first {k} records) to "
+            f"{fmt(float(np.median(late)))} by step {int(s[-1])}, while the loss did not improve"
+        ),
+        layers=[],
+        interventions=[
+            intervention("clip_grad", "Clip the gradient norm", max_norm=_round(early)),
+            intervention("scale_lr", "Lower the learning rate 10x", factor=0.1),
+            intervention("rollback", "Roll back to before the blow-up"),
+        ],
+        data={"growth": float(np.median(late)) / early},
+    )
+
+
+def _round(v: float) -> float:
+    """One significant digit (a readable clipping level)."""
+    if not np.isfinite(v) or v <= 0:
+        return 1.0
+    e = np.floor(np.log10(v))
+    return float(np.round(v / 10**e) * 10**e)
+
+
+def _clip_level(h: History) -> float:
+    _, g = scalar(h, "grad_norm_total")
+    g = g[np.isfinite(g) & (g > 0)]
+    return _round(float(np.median(g))) if len(g) else 1.0
+
+
+@rule("vanishing_gradients", checklist=("tobin.grad_flow", "karpathy.init_well"), finite=True)
+def vanishing_gradients(h: History, ctx: Context) -> Finding | None:
+    """Across the hidden linear / conv layers (the output layer excluded, at least two), the
+    back-propagated gradient -- RMS of the gradient with respect to each layer's output -- is
+    ``depth_ratio`` (100x) or more smaller at the first layer than at the last hidden one, in
+    ``persist_need`` of the last ``persist_of`` samples.  The weights' relative gradient
+    ``||grad W|| / ||W||`` is reported alongside.  Exactly-zero gradients are not "vanishing" (see
+    ``dead_units``, ``frozen_parameters``).  Error from 1e4x."""
+    return _gradient_scale(h, ctx, vanishing=True)
+
+
+@rule("exploding_gradients", checklist=("tobin.bug_numerical", "tobin.error_dynamics"))
+def exploding_gradients(h: History, ctx: Context) -> Finding | None:
+    """Mirror image of ``vanishing_gradients`` across depth (100x larger at the input end), or
+    over time: the total gradient norm in ``persist_need`` of the last ``persist_of`` records is
+    100x its early median (first 10% of the records, at least one) while the loss has not
+    improved by 10%."""
+    return _gradient_scale(h, ctx, vanishing=False)
+
+
+def _nonfinite_first(h: History, ctx: Context, metric: str) -> tuple[int, np.ndarray] | None:
+    """First sample index with a non-finite value in ``metric``, and the per-layer flags there."""
+    steps, v = series(h, ctx, metric)
+    if len(steps) == 0:
+        return None
+    bad = np.nan_to_num(v, nan=0.0) != 0
+    rows = np.flatnonzero(bad.any(axis=1))
+    return (int(rows[0]), bad[rows[0]]) if len(rows) else None
+
+
+@rule("nan_inf", checklist=("tobin.bug_numerical", "tobin.error_dynamics"))
+def nan_inf(h: History, ctx: Context) -> Finding | None:
+    """A non-finite value (NaN / Inf) in the training loss, a layer's output, the gradient of a
+    layer's output or a parameter gradient.  Reports the first step and the first layer in forward
+    order (or backward order when the forward pass was finite).  Error -- except when only
+    gradients were non-finite and only in isolated samples (fewer than ``persist_need`` of the
+    last ``persist_of``), which is what AMP loss scaling produces on purpose: info."""
+    th = ctx.thresholds
+    steps, _ = series(h, ctx, "act_std")
+    ls, lv = scalar(h, "loss")
+    bad_loss = np.flatnonzero(~np.isfinite(lv))
+    loss_step = int(ls[bad_loss[0]]) if len(bad_loss) else None
+    fwd = _nonfinite_first(h, ctx, "act_nonfinite")
+    bwd = _nonfinite_first(h, ctx, "ograd_nonfinite")
+    par = _nonfinite_first(h, ctx, "grad_nonfinite")
+    if loss_step is None and fwd is None and bwd is None and par is None:
+        return None
+    order = h.forward_order
+    rec = h.latest
+    layers: list[str] = []
+    parts: list[str] = []
+    first: list[int] = [] if loss_step is None else [loss_step]
+    if fwd is not None:
+        t, flags = fwd
+        where = next((i for i in order if flags[i]), int(np.argmax(flags)))
+        layers.append(h.layers[where].name)
+        first.append(int(steps[t]))
+        before = [h.layers[i].name for i in order[: order.index(where)]] if where in order else []
+        parts.append(
+            f"first non-finite output at step {int(steps[t])} in the forward pass, at `{h.layers[where].name}`"
+            + (f" (the {len(before)} layers before it were finite)" if before else " (the first layer)")
+        )
+        if rec is not None and rec.inputs and not (np.isfinite(rec.inputs.get("min", 0.0)) and np.isfinite(rec.inputs.get("max", 0.0))):
+            parts.append("the input batch itself contains non-finite values")
+    elif bwd is not None:
+        t, flags = bwd
+        border = rec.backward_order if rec is not None and rec.backward_order else list(reversed(order))
+        where = next((i for i in border if flags[i]), int(np.argmax(flags)))
+        layers.append(h.layers[where].name)
+        first.append(int(steps[t]))
+        parts.append(
+            f"forward pass finite; first non-finite gradient at step {int(steps[t])} in the backward pass, "
+            f"flowing into `{h.layers[where].name}`"
+        )
+    if par is not None:
+        pst, pv = series(h, ctx, "grad_nonfinite")
+        t, flags = par
+        bad_layers = [h.layers[i].name for i in np.flatnonzero(flags)]
+        first.append(int(pst[t]))
+        parts.append(f"non-finite parameter gradients at step {int(pst[t])} in {', '.join(f'`{n}`' for n in bad_layers[:5])}")
+        layers += [n for n in bad_layers if n not in layers]
+    if loss_step is not None:
+        parts.append(f"training loss non-finite from step {loss_step}")
+    # AMP-style isolated gradient overflows are expected
+    only_grads = loss_step is None and fwd is None
+    if only_grads:
+        pst, pv = series(h, ctx, "grad_nonfinite")
+        gflags = (np.nan_to_num(pv, nan=0.0) != 0).any(axis=1)
+        _, ov = series(h, ctx, "ograd_nonfinite")
+        oflags = (np.nan_to_num(ov, nan=0.0) != 0).any(axis=1)
+        persistent = held(gflags, th.persist_need, th.persist_of) or held(oflags, th.persist_need, th.persist_of)
+        sev = "error" if persistent else "info"
+    else:
+        sev = "error"
+    good = scalar(h, "grad_norm_total")[1]
+    good = good[np.isfinite(good) & (good > 0)]
+    fixes = [
+        intervention("rollback", "Roll back to a snapshot before the first NaN"),
+        intervention("clip_grad", "Clip the gradient norm", max_norm=_round(float(np.median(good))) if len(good) else 1.0),
+        intervention("scale_lr", "Lower the learning rate 10x", factor=0.1),
+    ]
+    return Finding(
+        label="nan_inf",
+        severity=sev,
+        title=f"Non-finite values (NaN/Inf) from step {min(first)}" + (f" at `{layers[0]}`" if layers else ""),
+        evidence="; ".join(parts),
+        layers=layers,
+        interventions=fixes,
+        first_step=min(first),
+        data={"first_step": min(first), "loss_step": loss_step},
+    )

@@ -1,0 +1,178 @@
+"""Rules about how training is set up: loss at init, inputs, the loss's inputs, train / eval mode,
+and the batch-mixing test."""
+
+from __future__ import annotations
+
+import math
+
+from ...history import History
+from .._series import fmt, param_layers, scalar
+from ..assess import assess_init_loss, assess_inputs, assess_loss_inputs, expected_init_loss
+from ..context import Context
+from ..finding import SEVERITIES, Finding, intervention
+from ..registry import rule
+
+MODE_DEPENDENT = (
+    "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm", "LazyBatchNorm1d", "LazyBatchNorm2d",
+    "LazyBatchNorm3d", "Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "AlphaDropout",
+    "FeatureAlphaDropout", "RReLU",
+)  # fmt: skip
+"""Module types that behave differently in train and eval mode."""
+
+
+@rule("bad_loss_at_init", checklist=("karpathy.loss_at_init", "karpathy.init_well"))
+def bad_loss_at_init(h: History, ctx: Context) -> Finding | None:
+    """The training loss at step 0 exceeds the loss of an uninformed prediction -- ``ln C`` for
+    C-class cross-entropy, ``ln 2`` for binary cross-entropy -- by more than
+    ``init_loss_excess * max(ln C, 1)`` nats: the network starts confidently wrong (initial logits
+    too large).  Also raised by a failed ``loss_at_init`` check.  Warning."""
+    th = ctx.thresholds
+    check = (h.meta.get("checks") or {}).get("loss_at_init")
+    steps, vals = scalar(h, "loss")
+    rec = h.latest
+    li = rec.loss_inputs if rec is not None else {}
+    exp = expected_init_loss(li.get("loss") or h.meta.get("loss_fn"), li.get("pred_shape"))
+    if exp is None and ctx.n_classes:
+        exp = expected_init_loss("CrossEntropyLoss", (1, ctx.n_classes))
+    evidence = None
+    if exp is not None and len(steps) and steps[0] == 0:
+        ref, how = exp
+        loss0 = float(vals[0])
+        status, excess = assess_init_loss(loss0, ref, th)
+        if status == "fail" and math.isfinite(loss0):  # a non-finite loss is nan_inf's
+            evidence = (
+                f"loss at step 0 was {fmt(loss0)}; an uninformed prediction gives {how}: {fmt(excess)} nats too high, "
+                "the network starts confidently wrong"
+            )
+    if evidence is None and check and check.get("status") == "fail":
+        evidence = str(check.get("evidence", "the loss_at_init check failed"))
+    if evidence is None:
+        return None
+    pl = param_layers(h, ctx)
+    fixes = [intervention("reinit", "Re-initialize with LSUV", layers="all", scheme="lsuv")]
+    if pl:
+        last = h.layers[pl[-1]].name
+        fixes.insert(0, intervention("reinit", f"Re-initialize the output layer `{last}` small", layers=[last], scheme="normal", std=0.01))
+    return Finding(
+        label="bad_loss_at_init",
+        severity="warning",
+        title="Loss at initialization is far above chance",
+        evidence=evidence,
+        layers=[h.layers[pl[-1]].name] if pl else [],
+        interventions=fixes,
+        first_step=0,
+    )
+
+
+@rule("unnormalized_inputs", checklist=("tobin.normalize_inputs", "karpathy.visualize_input"))
+def unnormalized_inputs(h: History, ctx: Context) -> Finding | None:
+    """Floating-point model inputs far from zero mean and unit scale (latest sampled batch): RMS
+    above ``input_scale_high`` (4) or below ``input_scale_low`` (0.1, data in [0, 1] exempt), the
+    median feature's ``|mean|`` above ``input_offset`` (3) stds, or one feature's std
+    ``input_spread`` (100x) the median feature's.  Warning."""
+    rec = h.latest
+    if rec is None or not rec.inputs:
+        return None
+    status, evidence, nums = assess_inputs(rec.inputs, ctx.thresholds)
+    if status != "warn":
+        return None
+    pl = param_layers(h, ctx)
+    first = [h.layers[pl[0]].name] if pl else []
+    fixes = [intervention("reinit", "Re-initialize the first layer for this input scale (LSUV)", layers=first, scheme="lsuv")] if first else []
+    return Finding(
+        label="unnormalized_inputs",
+        severity="warning",
+        title="Inputs are not normalized",
+        evidence=evidence + ". Standardize them: x = (x - mean) / std, with statistics of the training set",
+        layers=first,
+        interventions=fixes,
+        data=nums,
+    )
+
+
+def _loss_problem(h: History, label: str) -> Finding | None:
+    rec = h.latest
+    if rec is None or not rec.loss_inputs:
+        return None
+    hits = [(s, e) for lab, s, e in assess_loss_inputs(rec.loss_inputs) if lab == label]
+    if not hits:
+        return None
+    sev = max((s for s, _ in hits), key=SEVERITIES.index)
+    name = rec.loss_inputs.get("loss", "the loss")
+    title = f"{name} receives probabilities, not logits" if label == "probabilities_into_loss" else f"{name} does not fit its inputs"
+    return Finding(label=label, severity=sev, title=title, evidence="; ".join(e for _, e in hits), data=dict(rec.loss_inputs))
+
+
+@rule("probabilities_into_loss", checklist=("tobin.bug_loss_input",))
+def probabilities_into_loss(h: History, ctx: Context) -> Finding | None:
+    """A loss that expects logits (cross-entropy, BCE-with-logits) or log-probabilities (NLL)
+    receives values in [0, 1] -- for cross-entropy / NLL with rows summing to 1 (softmax output,
+    error); for the element-wise logit losses, all of at least 16 values in [0, 1] (sigmoid output,
+    warning).  Read from the loss's inputs at the latest sampled step."""
+    return _loss_problem(h, "probabilities_into_loss")
+
+
+@rule("wrong_loss", checklist=("tobin.bug_shapes", "tobin.bug_loss_input"))
+def wrong_loss(h: History, ctx: Context) -> Finding | None:
+    """The loss does not fit the prediction / target: a regression loss whose prediction and target
+    shapes broadcast to a larger shape (Tobin's bug #1, error); BCE with targets outside [0, 1]
+    (error); cross-entropy over one class (error); NLL / KL-div on values > 0 (not
+    log-probabilities, warning); a regression loss on integer targets >= 2 (class indices?,
+    info)."""
+    return _loss_problem(h, "wrong_loss")
+
+
+@rule("train_eval_mode", checklist=("tobin.bug_train_eval",))
+def train_eval_mode(h: History, ctx: Context) -> Finding | None:
+    """In a model with modules that depend on the mode (dropout, batch norm): no-grad forward passes
+    (validation) ran with the model in train mode, or the training forward passes of the latest
+    sampled step -- or of the whole run -- ran in eval mode.  Warning."""
+    mods = [x.name for x in h.layers if x.type in MODE_DEPENDENT]
+    if not mods:
+        return None
+    total = ctx.forward_modes or {}
+    rec = h.latest
+    step_modes = rec.extra.get("forward_modes", {}) if rec is not None else {}
+    parts = []
+    if total.get("eval_in_train_mode", 0) > 0:
+        parts.append(
+            f"{total['eval_in_train_mode']} no-grad forward pass(es) (validation?) ran with the model in train mode: "
+            "dropout stays active and batch norm updates its running statistics with those batches. "
+            "Call model.eval() before validating and model.train() after"
+        )
+    in_eval = total.get("train_in_eval_mode", 0)
+    if in_eval and (total.get("train", 0) == 0 or (step_modes.get("train", 0) == 0 and step_modes.get("train_in_eval_mode", 0) > 0)):
+        parts.append(
+            f"training forward passes run in eval mode ({in_eval} so far): dropout is off and batch norm uses its "
+            "running statistics instead of the batch's. Call model.train() before training (after validating)"
+        )
+    if not parts:
+        return None
+    return Finding(
+        label="train_eval_mode",
+        severity="warning",
+        title="Train / eval mode mix-up",
+        evidence="; ".join(parts) + f" (mode-dependent modules: {', '.join(f'`{m}`' for m in mods[:5])})",
+        layers=mods,
+        data={"forward_modes": dict(total)},
+    )
+
+
+@rule("batch_mixing", checklist=("karpathy.backprop_dependencies",))
+def batch_mixing(h: History, ctx: Context) -> Finding | None:
+    """The batch-mixing check failed: in eval mode, the gradient of one example's output with
+    respect to the *other* examples' inputs is not zero (relative size above ``mixing_tolerance``),
+    so an example's output depends on the rest of its batch (``view`` instead of ``transpose``,
+    a reduction or softmax over the batch dimension...).  Error.  The diagnoser runs that check
+    once on a recent training batch (it changes nothing in the model)."""
+    check = (h.meta.get("checks") or {}).get("batch_mixing")
+    if not check or check.get("status") != "fail":
+        return None
+    return Finding(
+        label="batch_mixing",
+        severity="error",
+        title="Examples of a batch influence each other's outputs",
+        evidence=str(check.get("evidence", "")),
+        layers=list(check.get("layers", [])),
+        first_step=int(check.get("step", -1)),
+    )
