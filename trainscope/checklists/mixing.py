@@ -1,0 +1,125 @@
+"""Karpathy's "use backprop to chart dependencies": does an example's output depend on the other
+examples of its batch?  Read-only: gradients are taken with ``torch.autograd.grad`` (no ``.grad`` is
+touched) in eval mode (so batch norm uses its running statistics and mixes nothing legitimately)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..layers import select_layers
+from .checks import CheckEnv, CheckResult, forward, primary
+
+_SEED = 0xB47C
+
+
+def _per_example(g: Tensor | None, dim: int, n: int) -> Tensor | None:
+    if g is None or g.dim() <= dim or g.shape[dim] != n:
+        return None
+    return g.detach().movedim(dim, 0).reshape(n, -1).abs().amax(dim=1).float()
+
+
+def _leak(g: Tensor | None, dim: int, n: int, i: int) -> float:
+    """Largest |gradient| on another example relative to the largest on example ``i``."""
+    per = _per_example(g, dim, n)
+    if per is None:
+        return math.nan
+    own = float(per[i])
+    other = float(torch.cat([per[:i], per[i + 1 :]]).max()) if n > 1 else 0.0
+    if own == 0.0:
+        return math.inf if other > 0 else math.nan
+    return other / own
+
+
+def mixing_test(env: CheckEnv, *, batch_dim: int = 0, tolerance: float = 1e-5) -> CheckResult:
+    batch = env.batch
+    assert batch is not None
+    model = env.model
+    args = list(batch.args)
+    pos = next((k for k, a in enumerate(args) if isinstance(a, Tensor) and a.dim() > batch_dim), None)
+    if pos is None:
+        return CheckResult("batch_mixing", "not_run", "the batch has no tensor input with a batch dimension")
+    n = int(args[pos].shape[batch_dim])
+    if n < 2:
+        return CheckResult("batch_mixing", "not_run", f"needs at least 2 examples in the batch, got {n}")
+    names = [x.name for x in env.probe.layers] if env.probe is not None else None
+    chosen = [(nm or "model", m) for nm, m in select_layers(model)]
+    if names is not None:
+        chosen = [(nm, m) for nm, m in chosen if nm in set(names)] or chosen
+    captured: list[tuple[str, Tensor]] = []
+
+    def hook_for(name: str) -> Any:
+        def hook(_m: Any, _inp: Any, out: Any) -> None:
+            t = primary(out)
+            if t is not None and t.requires_grad and t.dim() > batch_dim and t.shape[batch_dim] == n:
+                captured.append((name, t))
+
+        return hook
+
+    x = args[pos]
+    leaf: Tensor | None = None
+    if x.is_floating_point():
+        leaf = x.detach().clone().requires_grad_(True)
+        args[pos] = leaf
+    handles = [m.register_forward_hook(hook_for(nm)) for nm, m in chosen]
+    model.eval()
+    try:
+        with torch.enable_grad():
+            out = forward(model, batch, tuple(args))
+    finally:
+        for hd in handles:
+            hd.remove()
+    if out.dim() <= batch_dim or out.shape[batch_dim] != n:
+        return CheckResult("batch_mixing", "not_run", f"the output {tuple(out.shape)} has no batch dimension of size {n} at dim {batch_dim}")
+    if not out.requires_grad:
+        return CheckResult("batch_mixing", "not_run", "the output does not depend on anything differentiable")
+    ref_name = "the input"
+    if leaf is None:
+        if not captured:
+            return CheckResult("batch_mixing", "not_run", "integer inputs and no differentiable intermediate output to test")
+        ref_name, leaf = f"the output of `{captured[0][0]}`", captured[0][1]
+        captured = captured[1:]
+    gen = torch.Generator().manual_seed(_SEED)
+    worst = 0.0
+    leaks: list[float] = [0.0] * len(captured)
+    inconclusive = True
+    for i in sorted({0, n - 1}):
+        o = out.select(batch_dim, i)
+        r = torch.randn(o.shape, generator=gen).to(device=o.device, dtype=o.dtype)
+        grads = torch.autograd.grad((o * r).sum(), [leaf, *(t for _, t in captured)], allow_unused=True, retain_graph=True)
+        lk = _leak(grads[0], batch_dim, n, i)
+        if not math.isnan(lk):
+            inconclusive = False
+            worst = max(worst, lk)
+        for k, g in enumerate(grads[1:]):
+            v = _leak(g, batch_dim, n, i)
+            if not math.isnan(v):
+                leaks[k] = max(leaks[k], v)
+    if inconclusive:
+        return CheckResult("batch_mixing", "not_run", f"the outputs have zero gradient with respect to {ref_name}: nothing to test")
+    if worst <= tolerance:
+        return CheckResult("batch_mixing", "pass",
+                           f"the outputs of examples 0 and {n - 1} have exactly zero gradient with respect to the other {n - 1} "
+                           f"examples' {ref_name.replace('the ', '', 1)} (eval mode)", details={"leak": worst})
+    # localize: the last captured output that still leaks, and the first one after it that does not
+    mixed = [k for k, v in enumerate(leaks) if v > tolerance]
+    layers: list[str] = []
+    if mixed and mixed[-1] + 1 < len(captured):
+        a, b = captured[mixed[-1]][0], captured[mixed[-1] + 1][0]
+        where = f"between the output of `{a}` and the output of `{b}`" if a != b else f"inside `{b}`"
+        layers = [b] if a == b else [b, a]
+    elif mixed:
+        a = captured[mixed[-1]][0]
+        where, layers = f"after the output of `{a}`", [a]
+    elif captured:
+        b = captured[0][0]
+        where, layers = f"between {ref_name} and the output of `{b}` (in or before it)", [b]
+    else:
+        where = "in the model"
+    return CheckResult("batch_mixing", "fail",
+                       f"example 0's output depends on other examples of the batch: its gradient with respect to them is "
+                       f"{worst:.3g}x the one with respect to its own {ref_name.replace('the ', '', 1)} (eval mode, exact 0 expected); "
+                       f"the mixing happens {where}", layers=layers, details={"leak": worst})
