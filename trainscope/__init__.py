@@ -10,6 +10,7 @@ from typing import Any
 
 from . import interventions
 from ._version import __version__
+from .checklists import checklist_state, run_check
 from .history import LAYER_METRICS, History, StepRecord
 from .interventions import (
     add_dropout_,
@@ -43,6 +44,7 @@ __all__ = [
     "StepRecord",
     "__version__",
     "add_dropout_",
+    "checklist_state",
     "clip_grad_",
     "early_stopping_",
     "fit_in_background",
@@ -54,6 +56,7 @@ __all__ = [
     "reinit_",
     "remove_dropout_",
     "rollback_",
+    "run_check",
     "scale_lr_",
     "set_dropout_",
     "set_lr_",
