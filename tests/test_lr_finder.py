@@ -219,8 +219,10 @@ def test_probe_records_nothing_during_a_direct_sweep() -> None:
     opt.step()
     probe.flush()
     n_loss = probe.history.scalar("loss")["count"].sum()
-    lr_find(model, opt, probe.loss_fn, data, num_iter=20, probe=probe)
+    res = lr_find(model, opt, probe.loss_fn, data, num_iter=20, probe=probe)
     probe.flush()
+    ev = [e for e in probe.history.events if e.kind == "lr_find"]  # the dashboard plots it
+    assert len(ev) == 1 and ev[0].data["lrs"] == res.lrs and ev[0].data["suggestion"] == res.suggestion
     assert probe.step_count == 1 and probe.history.scalar("loss")["count"].sum() == n_loss
     assert probe.history.samples() == 1 and not probe.errors
     probe.detach()
@@ -249,6 +251,7 @@ def test_lr_find_action_mid_training_restores_and_reports() -> None:
     ev = [e for e in probe.history.events if e.kind == "lr_find"][-1]
     assert {"lrs", "losses", "suggestion", "suggestions", "spread"} <= set(ev.data)
     assert len(ev.data["lrs"]) == len(ev.data["losses"]) > 10 and ev.data["suggestion"] > 0
+    assert len([e for e in probe.history.events if e.kind == "lr_find"]) == 1
     assert "recent training batch" in ev.data["data"]
     t2 = probe.request("lr_find", num_iter=50, apply="one_cycle", total_steps=100)
     opt.zero_grad()

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .interventions._base import Applied, as_choice, as_float, as_int, set_group_value
+from .interventions._base import Applied, as_choice, as_float, as_int, group_value, set_group_value
 from .interventions._control import suspended
 from .interventions._state import ModelCapture, OptimizerCapture, RNGCapture, split_batch
 
@@ -202,6 +202,7 @@ def lr_find(
     rules: Sequence[str] = ("steep", "valley", "minimum"),
     step_fn: Callable[[nn.Module, Any], Tensor] | None = None,
     probe: Probe | None = None,
+    data_note: str = "the loader passed to lr_find",
 ) -> LRFinderResult:
     """Run the LR range test and restore everything afterwards (see the module docstring).
 
@@ -222,7 +223,10 @@ def lr_find(
     step_fn
         ``step_fn(model, batch) -> loss`` for batches that are not ``(inputs, target)``.
     probe
-        Paused during the sweep (it records nothing and does not count the steps).
+        Paused during the sweep (it records nothing and does not count the steps); the result is
+        then put on its timeline as an ``lr_find`` event (what the dashboard plots).
+    data_note
+        How the data is described in that event.
 
     Returns
     -------
@@ -259,8 +263,10 @@ def lr_find(
         return start_lr * (end_lr / start_lr) ** r if mode == "exp" else start_lr + r * (end_lr - start_lr)
 
     groups = optimizer.param_groups
-    lr0 = [float(g["lr"]) for g in groups]
+    lr0 = [group_value(g, "lr") for g in groups]
     ratios = [lr / lr0[0] if lr0[0] > 0 else 1.0 for lr in lr0]
+    plan = [lr_at(t) for t in range(num_iter)]
+    plain_lr = not any(isinstance(g["lr"], Tensor) for g in groups)  # the fast path: float lrs
     saved_model = ModelCapture(model)
     saved_opt = OptimizerCapture(optimizer)
     saved_rng = RNGCapture()
@@ -295,24 +301,30 @@ def lr_find(
     try:
         with pause, suspended(optimizer), torch.enable_grad():
             model.train()
-            for t in range(num_iter):
-                lr = lr_at(t)
+            for lr in plan:
                 for g, q in zip(groups, ratios, strict=True):
-                    set_group_value(g, "lr", lr * q)
+                    if plain_lr:
+                        g["lr"] = lr * q
+                    else:
+                        set_group_value(g, "lr", lr * q)
                 batch = next(batches)
                 optimizer.zero_grad(set_to_none=True)
                 if step_fn is not None:
                     loss = step_fn(model, batch)
+                elif type(batch) in (tuple, list) and len(batch) == 2:
+                    loss = loss_fn(model(batch[0]), batch[1])  # type: ignore[misc]
                 else:
                     args, kwargs, target = split_batch(batch)
-                    assert loss_fn is not None
-                    loss = loss_fn(model(*args, **kwargs), target)
+                    loss = loss_fn(model(*args, **kwargs), target)  # type: ignore[misc]
                 loss.backward()  # type: ignore[no-untyped-call]
                 optimizer.step()
-                pending.append((lr, loss.detach()))
-                stop = None
-                while len(pending) > lag and stop is None:
-                    stop = take(*pending.popleft())
+                if lag:
+                    pending.append((lr, loss.detach()))
+                    stop = None
+                    while len(pending) > lag and stop is None:
+                        stop = take(*pending.popleft())
+                else:
+                    stop = take(lr, loss.detach())
                 if stop is not None:
                     reason = stop
                     break
@@ -330,4 +342,6 @@ def lr_find(
     except ValueError as e:
         res.note = (f"no suggestion: {e}. The loss diverged after {len(raw)} iterations; "
                     "lower start_lr or raise num_iter") if reason != "completed" else f"no suggestion: {e}"
+    if probe is not None:
+        probe.history.add_event("lr_find", "LR finder", step=probe.step_count, data=data_note, **res.as_event())
     return res

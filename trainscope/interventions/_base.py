@@ -71,9 +71,12 @@ class Applied:
         self._recorded = False
         self.event_id: int | None = None
         if probe is not None and not in_action():
+            from ..actions import REGISTRY
+
+            spec = REGISTRY.get(name)
             ev = probe.history.add_event(
                 "intervention",
-                label or name.replace("_", " "),
+                label or (spec.label if spec is not None else name.replace("_", " ")),
                 step=probe.step_count,
                 action=name,
                 params=jsonable(self.params),

@@ -162,8 +162,7 @@ def _run_lr_find(probe: Probe, p: dict[str, Any]) -> tuple[Applied | None, dict[
         data = [b for b in probe.recent_batches if b.target is not None]
         src = f"the {len(data)} most recent training batch(es), cycled"
     res = lr_find(probe.model, probe.optimizer, probe.loss_fn, data, start_lr=p["start_lr"], end_lr=p["end_lr"],  # type: ignore[arg-type]
-                  num_iter=p["num_iter"], mode=p["mode"], probe=probe)
-    probe.history.add_event("lr_find", "LR finder", step=probe.step_count, data=src, **res.as_event())
+                  num_iter=p["num_iter"], mode=p["mode"], probe=probe, data_note=src)
     summary = {"suggestion": res.suggestion, "suggestions": res.suggestions, "spread": res.spread,
                "iterations": res.iterations, "stop_reason": res.stop_reason, "data": src}
     if res.suggestion is None:

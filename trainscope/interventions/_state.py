@@ -20,11 +20,18 @@ __all__ = ["ModelCapture", "OptimizerCapture", "RNGCapture", "first_batch", "pro
 
 
 # ---------------------------------------------------------------------------- exact captures
+_ATOMS = (int, float, bool, str, bytes, type(None))
+
+
+def _immutable(v: Any) -> bool:
+    return isinstance(v, _ATOMS) or (isinstance(v, tuple) and all(isinstance(x, _ATOMS) for x in v))
+
+
 def _clone(v: Any, device: torch.device | str | None) -> Any:
     if isinstance(v, Tensor):
         with torch.no_grad():
             return v.detach().to(device, copy=True) if device is not None else v.detach().clone()
-    return copy.deepcopy(v)
+    return v if _immutable(v) else copy.deepcopy(v)
 
 
 class ModelCapture:
@@ -118,7 +125,7 @@ class OptimizerCapture:
                     orig.copy_(v)  # a tensor hyper-parameter (capturable / fused): same object back
                     g[k] = orig
                 else:
-                    g[k] = copy.deepcopy(v)
+                    g[k] = v if _immutable(v) else copy.deepcopy(v)
             g["params"] = params
         if opt.state is not self.state_obj:
             opt.state = self.state_obj
@@ -134,7 +141,7 @@ class OptimizerCapture:
                     orig.copy_(val)
                     st[k] = orig
                 else:
-                    st[k] = copy.deepcopy(val)
+                    st[k] = val if _immutable(val) else copy.deepcopy(val)
             opt.state[p] = st
         base = getattr(opt, "base", None)  # a Lookahead shares groups / state with its base
         if isinstance(base, torch.optim.Optimizer):
