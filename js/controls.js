@@ -2,7 +2,7 @@
 // Every click sends {kind: "action", action, params, id}; Python validates, queues it for the
 // next step boundary and acknowledges it through the `tickets` trait.
 import { h } from "./lib/dom.js";
-import { collectParams, defaultParams, requestId } from "./lib/forms.js";
+import { collectParams, defaultParams, requestId, splitFields } from "./lib/forms.js";
 import { describeTicket, formatInt } from "./lib/format.js";
 
 /** @typedef {import("./lib/model_types.js").ActionSpec} ActionSpec */
@@ -57,7 +57,9 @@ function render({ model, el }) {
     const values = forms.get(spec.name) || defaultParams(spec.schema, layers);
     forms.set(spec.name, values);
     const error = h("div", { cls: "trainscope-form-error" });
-    const fields = Object.entries(spec.schema || {}).map(([name, p]) => {
+    /** @param {string} name */
+    const field = (name) => {
+      const p = spec.schema[name];
       /** @type {HTMLInputElement | HTMLSelectElement} */
       let input;
       if (p.type === "bool") {
@@ -66,24 +68,31 @@ function render({ model, el }) {
         cb.addEventListener("change", () => { values[name] = cb.checked; });
         input = cb;
       } else if (p.type === "choice" || p.type === "layer" || p.type === "layers") {
-        const options = p.type === "choice" ? (p.choices || []).map(String) : layers;
-        const sel = /** @type {HTMLSelectElement} */ (h("select", p.type === "layers" ? { attrs: { multiple: "", size: "3" } } : {}, options.map((o) => h("option", { text: o, attrs: { value: o } }))));
+        let options = p.type === "choice" ? (p.choices || []).map(String) : layers.slice();
+        if (p.type === "layers" && p.default === "all") options = ["all", ...options];
+        const blank = (p.nullable || (!p.required && (p.default === null || p.default === undefined))) && p.type !== "layers";
+        const optionEls = options.map((o) => h("option", { text: o, attrs: { value: o } }));
+        if (blank) optionEls.unshift(h("option", { text: "(default)", attrs: { value: "" } }));
+        const sel = /** @type {HTMLSelectElement} */ (h("select", p.type === "layers" ? { attrs: { multiple: "", size: "3" } } : {}, optionEls));
         const current = values[name];
-        for (const opt of Array.from(sel.options)) opt.selected = Array.isArray(current) ? current.includes(opt.value) : String(current) === opt.value;
+        for (const opt of Array.from(sel.options)) opt.selected = Array.isArray(current) ? current.includes(opt.value) : String(current ?? "") === opt.value;
         sel.addEventListener("change", () => {
           values[name] = p.type === "layers" ? Array.from(sel.selectedOptions).map((o) => o.value) : sel.value;
         });
         input = sel;
       } else {
         const numeric = p.type === "int" || p.type === "float";
-        const inp = /** @type {HTMLInputElement} */ (h("input", { attrs: { type: numeric ? "text" : "text", inputmode: numeric ? "decimal" : "text", size: "8" } }));
+        const inp = /** @type {HTMLInputElement} */ (h("input", { attrs: { type: "text", inputmode: numeric ? "decimal" : "text", size: "8", placeholder: p.required ? "required" : "default" } }));
         inp.value = values[name] === undefined || values[name] === null ? "" : String(values[name]);
         inp.addEventListener("input", () => { values[name] = inp.value; });
         input = inp;
       }
       input.classList.add(`trainscope-param-${name}`);
       return h("label", { cls: "trainscope-field", title: p.help || "" }, [h("span", { text: name }), input]);
-    });
+    };
+    const { main, more } = splitFields(spec.schema);
+    const fields = main.map(field);
+    const extra = more.length ? h("details", { cls: "trainscope-more" }, [h("summary", { text: `${more.length} more option${more.length > 1 ? "s" : ""}` }), h("div", { cls: "trainscope-fields" }, more.map(field))]) : null;
     const button = /** @type {HTMLButtonElement} */ (h("button", { cls: `trainscope-btn trainscope-action-${spec.name}`, text: spec.label, title: spec.description }));
     button.disabled = Boolean(model.get("read_only"));
     button.addEventListener("click", () => {
@@ -99,6 +108,7 @@ function render({ model, el }) {
       h("div", { cls: "trainscope-card-head" }, [button]),
       spec.description ? h("div", { cls: "trainscope-card-desc", text: spec.description }) : null,
       fields.length ? h("div", { cls: "trainscope-fields" }, fields) : null,
+      extra,
       error,
     ]);
   };

@@ -84,16 +84,20 @@ function render({ model, el }) {
       ctx.lineWidth = 2;
       ctx.strokeRect(MARGIN.left + (hl * pw) / cols, MARGIN.top, pw / cols, ph);
     }
-    // y labels: a few bins, always zero and the special ones
+    // y labels: zero and the NaN/Inf rows always, then evenly spaced bins that do not collide
     const labels = spec.row_labels || [];
-    ctx.fillStyle = fg;
     ctx.textAlign = "right";
     ctx.textBaseline = "middle";
-    const every = Math.max(1, Math.ceil(rows / Math.max(2, Math.floor(ph / 14))));
-    for (let r = 0; r < rows; r++) {
-      const isZero = labels[r] === "0";
-      if (!(r % every === 0 || isZero || special[r])) continue;
-      const y = MARGIN.top + ph - ((r + 0.5) * ph) / rows;
+    const rowY = (/** @type {number} */ r) => MARGIN.top + ph - ((r + 0.5) * ph) / rows;
+    const must = [...Array(rows).keys()].filter((r) => labels[r] === "0" || special[r]);
+    const every = Math.max(1, Math.ceil(rows / Math.max(2, Math.floor(ph / 16))));
+    const regular = [...Array(rows).keys()].filter((r) => r % every === 0 && !must.includes(r));
+    /** @type {number[]} */
+    const placed = [];
+    for (const r of [...must, ...regular]) {
+      const y = rowY(r);
+      if (placed.some((p) => Math.abs(p - y) < 12)) continue;
+      placed.push(y);
       ctx.fillStyle = special[r] ? "#d62728" : fg;
       ctx.fillText(labels[r] || "", MARGIN.left - 4, y);
     }

@@ -24,7 +24,7 @@ BASE_PY=$("$MAIN_PY" -c 'import sys; print(sys._base_executable)')
 
 for v in $VERSIONS; do
   venv="$ROOT/.venvs/ik-$v"
-  if [ -x "$venv/bin/python" ] && "$venv/bin/python" -c "import ipykernel, sys; sys.exit(ipykernel.__version__ != '$v')" 2>/dev/null; then
+  if [ -x "$venv/bin/python" ] && (cd / && "$venv/bin/python" -c "import ipykernel, sys, trainscope; sys.exit(ipykernel.__version__ != '$v')" 2>/dev/null); then
     echo "ipykernel $v: $venv (ready)"
     continue
   fi
@@ -33,7 +33,9 @@ for v in $VERSIONS; do
   # ipykernel only (+ its dependencies); never torch here
   "$venv/bin/python" -m pip install -q --disable-pip-version-check -c "$ROOT/.ci/constraints.txt" "ipykernel==$v"
   site=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
-  echo "$MAIN_SITE" > "$site/zz_trainscope_main_venv.pth"
-  "$venv/bin/python" -c "import ipykernel, IPython, torch, ipywidgets, anywidget, bqplot, trainscope; print('ipykernel', ipykernel.__version__, 'IPython', IPython.__version__, 'torch', torch.__version__)"
+  # "import" lines in a .pth run at start-up: addsitedir appends the main venv (after this venv's
+  # own packages) and also processes its .pth files, so an editable trainscope is found too
+  echo "import site; site.addsitedir('$MAIN_SITE')" > "$site/zz_trainscope_main_venv.pth"
+  (cd / && "$venv/bin/python" -c "import ipykernel, IPython, torch, ipywidgets, anywidget, bqplot, trainscope; print('ipykernel', ipykernel.__version__, 'IPython', IPython.__version__, 'torch', torch.__version__)")
   echo "ipykernel $v: $venv"
 done

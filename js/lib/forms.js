@@ -2,9 +2,22 @@
 // Python validates again (it is the authority); this only gives immediate feedback.
 
 /**
- * @typedef {{type: string, default?: any, min?: number, max?: number, log?: boolean,
- *            choices?: any[], help?: string}} ParamSpec
+ * @typedef {{type: string, default?: any, min?: number, max?: number, min_open?: boolean,
+ *            max_open?: boolean, log?: boolean, choices?: any[], help?: string,
+ *            required?: boolean, nullable?: boolean}} ParamSpec
  */
+
+/**
+ * Fields shown at once; the others go under "more options".
+ * @param {Record<string, ParamSpec>} schema
+ * @param {number} [n]
+ * @returns {{main: string[], more: string[]}}
+ */
+export function splitFields(schema, n = 2) {
+  const names = Object.keys(schema || {});
+  const main = names.filter((k, i) => i < n || schema[k].required);
+  return { main, more: names.filter((k) => !main.includes(k)) };
+}
 
 /**
  * Initial form values for a schema.
@@ -17,6 +30,7 @@ export function defaultParams(schema, layers) {
   const out = {};
   for (const [name, spec] of Object.entries(schema || {})) {
     if (spec.default !== undefined && spec.default !== null) out[name] = spec.default;
+    else if (spec.default === null || spec.nullable) continue; // blank: the action's own default
     else if (spec.type === "bool") out[name] = false;
     else if (spec.type === "choice" && spec.choices && spec.choices.length) out[name] = spec.choices[0];
     else if (spec.type === "layer" && layers.length) out[name] = layers[0];
@@ -34,16 +48,18 @@ export function defaultParams(schema, layers) {
  * @returns {{ok: true, value: any, omit?: boolean} | {ok: false, error: string}}
  */
 export function coerceParam(name, spec, raw) {
-  const empty = raw === undefined || raw === null || raw === "" || (Array.isArray(raw) && raw.length === 0 && spec.type !== "layers");
-  if (empty) return { ok: true, value: undefined, omit: true };
+  const empty = raw === undefined || raw === null || raw === "" || (Array.isArray(raw) && raw.length === 0);
+  if (empty) return spec.required ? { ok: false, error: `${name} is required` } : { ok: true, value: undefined, omit: true };
   switch (spec.type) {
     case "int":
     case "float": {
       const v = typeof raw === "number" ? raw : Number(String(raw).trim());
       if (!Number.isFinite(v)) return { ok: false, error: `${name} must be a number` };
       if (spec.type === "int" && !Number.isInteger(v)) return { ok: false, error: `${name} must be a whole number` };
-      if (spec.min !== undefined && spec.min !== null && v < spec.min) return { ok: false, error: `${name} must be ≥ ${spec.min}` };
-      if (spec.max !== undefined && spec.max !== null && v > spec.max) return { ok: false, error: `${name} must be ≤ ${spec.max}` };
+      const lo = spec.min;
+      const hi = spec.max;
+      if (lo !== undefined && lo !== null && (spec.min_open ? v <= lo : v < lo)) return { ok: false, error: `${name} must be ${spec.min_open ? ">" : "≥"} ${lo}` };
+      if (hi !== undefined && hi !== null && (spec.max_open ? v >= hi : v > hi)) return { ok: false, error: `${name} must be ${spec.max_open ? "<" : "≤"} ${hi}` };
       if (spec.log && v <= 0) return { ok: false, error: `${name} must be > 0` };
       return { ok: true, value: v };
     }
@@ -54,8 +70,10 @@ export function coerceParam(name, spec, raw) {
       const hit = choices.find((c) => String(c) === String(raw));
       return hit === undefined ? { ok: false, error: `${name} must be one of ${choices.join(", ")}` } : { ok: true, value: hit };
     }
-    case "layers":
-      return { ok: true, value: Array.isArray(raw) ? raw.map(String) : [String(raw)] };
+    case "layers": {
+      const list = Array.isArray(raw) ? raw.map(String) : [String(raw)];
+      return { ok: true, value: list.includes("all") ? "all" : list };
+    }
     default:
       return { ok: true, value: String(raw) };
   }

@@ -12,10 +12,11 @@ from typing import Any
 
 import numpy as np
 
-from ..stats import HIST_LABELS, NAN, NBINS, NEG_INF, POS_INF, ZERO
+from ..stats import BINS_PER_DECADE, LOG_MIN, NAN, NBINS, NEG_INF, POS_INF, ZERO
 
 __all__ = [
     "MAX_POINTS",
+    "bin_label",
     "ema",
     "envelope",
     "hist_image",
@@ -114,22 +115,64 @@ def ema(y: np.ndarray, count: np.ndarray | None = None, window: float = 50.0) ->
     """Debiased exponential moving average over ``window`` steps (fastai's smoothed loss).
 
     A point that stands for ``count`` steps (a history bucket) weighs as ``count`` steps.
-    NaN points are skipped (the average carries over them).
+    Non-finite points are skipped (the average carries over them).  Vectorised: the recursion
+    ``s_t = d_t s_{t-1} + (1 - d_t) y_t`` is unrolled with cumulative sums in chunks short enough
+    that ``exp`` of the accumulated decay stays in range.
     """
     y = np.asarray(y, dtype=np.float64)
-    c = np.ones(len(y)) if count is None else np.asarray(count, dtype=np.float64)
-    beta = 1.0 - 1.0 / max(float(window), 1.0)
-    decay = beta ** np.maximum(c, 1.0)
-    out = np.empty(len(y))
-    s = d = 0.0
-    for i in range(len(y)):  # at most MAX_POINTS iterations: callers decimate first
-        v = y[i]
-        if v == v and abs(v) != math.inf:
-            w = decay[i]
-            s = w * s + (1.0 - w) * v
-            d = w * d + (1.0 - w)
-        out[i] = s / d if d > 0 else np.nan
-    return out
+    n = len(y)
+    c = np.ones(n) if count is None else np.asarray(count, dtype=np.float64)
+    beta = 1.0 - 1.0 / max(float(window), 1.0 + 1e-9)
+    valid = np.isfinite(y)
+    logd = np.where(valid, np.log(beta) * np.maximum(c, 1.0), 0.0)  # skipped points: no decay
+    gain = np.where(valid, -np.expm1(logd), 0.0)  # 1 - d
+    v = np.where(valid, y, 0.0)
+    total = np.cumsum(logd)
+    s_out = np.empty(n)
+    d_out = np.empty(n)
+    s_prev = d_prev = 0.0
+    start = 0
+    while start < n:
+        base = total[start - 1] if start else 0.0
+        # the chunk ends before the accumulated decay passes e^-600
+        end = int(np.searchsorted(-(total - base), 600.0, side="right"))
+        end = min(max(end, start + 1), n)
+        m = total[start:end] - base  # <= 0, >= -600 (except a single huge bucket)
+        m = np.maximum(m, -700.0)
+        grow = np.exp(-m)
+        decay = np.exp(m)
+        s_out[start:end] = decay * (s_prev + np.cumsum(gain[start:end] * v[start:end] * grow))
+        d_out[start:end] = decay * (d_prev + np.cumsum(gain[start:end] * grow))
+        s_prev, d_prev = s_out[end - 1], d_out[end - 1]
+        start = end
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(d_out > 0, s_out / np.where(d_out > 0, d_out, 1.0), np.nan)
+
+
+def _magnitude(v: float) -> str:
+    a = abs(v)
+    if 1e-2 <= a < 10:
+        text = f"{a:.2g}"
+    elif 10 <= a < 1e3:
+        text = f"{a:.0f}"
+    else:
+        text = f"{a:.0e}".replace("e-0", "e-").replace("e+0", "e").replace("e+", "e")
+    return ("−" if v < 0 else "") + text
+
+
+def bin_label(b: int) -> str:
+    """A readable value for histogram bin ``b`` (its geometric centre): ``"0.46"``, ``"−3e-5"``."""
+    if b == _NEG_INF:
+        return "−Inf"
+    if b == _POS_INF:
+        return "+Inf"
+    if b == _NAN:
+        return "NaN"
+    if b == _ZERO:
+        return "0"
+    j = b - (_ZERO + 1) if b > _ZERO else (_ZERO - 1) - b
+    v = 10.0 ** (LOG_MIN + (j + 0.5) / BINS_PER_DECADE)
+    return _magnitude(v if b > _ZERO else -v)
 
 
 def hist_image(counts: np.ndarray) -> dict[str, Any]:
@@ -164,7 +207,7 @@ def hist_image(counts: np.ndarray) -> dict[str, Any]:
         "rows": len(bins),
         "cols": int(counts.shape[0]),
         "values": np.ascontiguousarray(img.T).tobytes(),
-        "labels": [HIST_LABELS[b] for b in bins],
+        "labels": [bin_label(b) for b in bins],
         "special": [b in (_NEG_INF, _POS_INF, _NAN) for b in bins],
         "bins": bins,
     }

@@ -29,7 +29,10 @@ __all__ = [
 ]
 
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
-_RESERVED = {"loss", "val_loss", "lr", "momentum", "step_time", "grad_norm_total", "epoch"}
+_RESERVED = {"loss", "val_loss", "lr", "momentum", "step_time", "epoch"}
+_PROBE_PREFIXES = ("lr/", "grad_norm", "update_ratio", "step_time")
+_STEP_FMT = "~s"  # 1.2k, 30k: step axes
+_Y_FMT = ".3~g"
 _EVENT_COLORS = {
     "intervention": "#e6550d",
     "undo": "#636363",
@@ -44,8 +47,12 @@ _EMPTY = np.zeros(0, np.float32)
 
 
 def user_metrics(history: History) -> list[str]:
-    """Scalars the user logged besides the ones with their own place (loss, lr, ...)."""
-    return [n for n in history.scalar_names() if n not in _RESERVED and not n.startswith("lr/")]
+    """Scalars the user logged (``probe.log(acc=...)``), not the probe's own (loss, lr, norms...)."""
+    return [
+        n
+        for n in history.scalar_names()
+        if n not in _RESERVED and not n.startswith(_PROBE_PREFIXES)
+    ]
 
 
 def depth_colors(n: int) -> list[str]:
@@ -203,8 +210,8 @@ class Curves(W.HBox):
             "training loss",
             marks,
             [
-                bq.Axis(scale=xs, label="step", grid_lines="dashed"),
-                bq.Axis(scale=ys, orientation="vertical", grid_lines="dashed", tick_format=".3g"),
+                bq.Axis(scale=xs, label="step", grid_lines="dashed", tick_format=_STEP_FMT),
+                bq.Axis(scale=ys, side="left", grid_lines="dashed", tick_format=_Y_FMT),
             ],
             height="300px",
         )
@@ -225,14 +232,15 @@ class Curves(W.HBox):
             "metrics",
             [self.metric_lines],
             [
-                bq.Axis(scale=mx, label="step", num_ticks=4),
-                bq.Axis(scale=my, orientation="vertical", tick_format=".3g"),
+                bq.Axis(scale=mx, label="step", num_ticks=4, tick_format=_STEP_FMT),
+                bq.Axis(scale=my, side="left", tick_format=_Y_FMT, num_ticks=4),
             ],
             height="150px",
         )
 
         # --- learning rate
         lx, ly = bq.LinearScale(), bq.LogScale()
+        self._lr_scale = ly
         self.lr_lines = bq.Lines(
             x=_EMPTY,
             y=_EMPTY,
@@ -245,8 +253,8 @@ class Curves(W.HBox):
             "learning rate",
             [self.lr_lines],
             [
-                bq.Axis(scale=lx, label="step", num_ticks=4),
-                bq.Axis(scale=ly, orientation="vertical", tick_format=".0e"),
+                bq.Axis(scale=lx, label="step", num_ticks=4, tick_format=_STEP_FMT),
+                bq.Axis(scale=ly, side="left", tick_format=".1e", num_ticks=3),
             ],
             height="150px",
         )
@@ -366,6 +374,11 @@ class Curves(W.HBox):
             return
         X, Y = _pad_lines(lines)
         _set(self.lr_lines, x=X, y=Y, labels=labels)
+        finite = Y[np.isfinite(Y)]
+        if len(finite):  # a constant lr would give a log scale an empty domain: pad it
+            with self._lr_scale.hold_sync():
+                self._lr_scale.min = float(finite.min()) / 2.0
+                self._lr_scale.max = float(finite.max()) * 2.0
 
 
 class LayerCurves(W.HBox):
@@ -391,8 +404,8 @@ class LayerCurves(W.HBox):
             "weight norm per layer",
             [self.w_lines, self.w_sel],
             [
-                bq.Axis(scale=wx, label="step"),
-                bq.Axis(scale=wy, orientation="vertical", tick_format=".1e"),
+                bq.Axis(scale=wx, label="step", tick_format=_STEP_FMT),
+                bq.Axis(scale=wy, side="left", tick_format=".1e"),
             ],
             height="280px",
         )
@@ -434,8 +447,8 @@ class LayerCurves(W.HBox):
             "update / weight ratio per layer (band: 1e-4 .. 1e-2)",
             [self.band, self.ref, self.u_lines, self.u_sel],
             [
-                bq.Axis(scale=ux, label="step"),
-                bq.Axis(scale=uy, orientation="vertical", tick_format=".0e"),
+                bq.Axis(scale=ux, label="step", tick_format=_STEP_FMT),
+                bq.Axis(scale=uy, side="left", tick_format=".0e"),
             ],
             height="280px",
         )
@@ -526,7 +539,7 @@ class DepthCurves(W.Box):
             [self.first, self.now, self.sel],
             [
                 bq.Axis(scale=dx, label="depth (layer index in forward order)", tick_format="d"),
-                bq.Axis(scale=dy, orientation="vertical", tick_format=".1e"),
+                bq.Axis(scale=dy, side="left", tick_format=".1e"),
             ],
             height="300px",
         )
@@ -588,7 +601,7 @@ class LRFinderPanel(W.VBox):
             [self.curve, self.others, self.mark],
             [
                 bq.Axis(scale=lx, label="learning rate", tick_format=".0e"),
-                bq.Axis(scale=ly, orientation="vertical", label="loss", tick_format=".3g"),
+                bq.Axis(scale=ly, side="left", label="loss", tick_format=".3g"),
             ],
             height="280px",
         )

@@ -25,11 +25,13 @@ Draws once (and on :meth:`Dashboard.refresh`); actions are refused with the reas
 from __future__ import annotations
 
 import contextlib
+import importlib
 import itertools
 import math
 import threading
 import time
 import uuid
+import warnings
 from collections import OrderedDict, deque
 from collections.abc import Sequence
 from typing import Any
@@ -150,6 +152,7 @@ class Dashboard(W.VBox):
         self._lock = threading.RLock()
         self._tk_lock = threading.Lock()
         self._light = Throttle(update_interval)
+        self._curves_throttle = Throttle(max(update_interval, 0.5))  # curves: at most 2 Hz
         self._heavy = Throttle(detail_interval)
         self._slow = Throttle(max(2.0, 2 * detail_interval))
         self._dirty = {
@@ -195,19 +198,25 @@ class Dashboard(W.VBox):
             lambda action, params: self.submit(action, params, source="ui")
         )
         self.controls = Controls()
-        layers_tab = W.HBox(
+        layers_tab = W.VBox(
             [
-                W.Box([self.table], layout=W.Layout(width="58%", min_width="420px")),
-                W.VBox(
-                    [self.act_map, self.grad_map], layout=W.Layout(width="42%", min_width="300px")
+                self.table,
+                W.HBox(
+                    [
+                        W.Box([self.act_map], layout=W.Layout(flex="1 1 340px", min_width="300px")),
+                        W.Box(
+                            [self.grad_map], layout=W.Layout(flex="1 1 340px", min_width="300px")
+                        ),
+                    ],
+                    layout=W.Layout(width="100%", flex_flow="row wrap"),
                 ),
             ],
-            layout=W.Layout(width="100%", flex_flow="row wrap"),
+            layout=W.Layout(width="100%"),
         )
         depth_tab = W.HBox(
             [
-                W.Box([self.depth], layout=W.Layout(width="50%", min_width="360px")),
-                W.Box([self.depth_map], layout=W.Layout(width="50%", min_width="360px")),
+                W.Box([self.depth], layout=W.Layout(flex="1 1 380px", min_width="340px")),
+                W.Box([self.depth_map], layout=W.Layout(flex="1 1 380px", min_width="340px")),
             ],
             layout=W.Layout(width="100%", flex_flow="row wrap"),
         )
@@ -226,6 +235,7 @@ class Dashboard(W.VBox):
         self._delivery: _delivery.Delivery = _delivery.NoDelivery()
         self._subscriptions: list[Any] = []
         if probe is not None:
+            _register_optional_actions()
             self._delivery = _delivery.get_delivery(delivery)
             for w in (
                 self.controls,
@@ -306,9 +316,8 @@ class Dashboard(W.VBox):
             )
             return None
         if rid in self._seen_ids:
-            self._refuse(
-                rid, action, f"duplicate request id {rid!r}: this request was already received"
-            )
+            reason = f"duplicate request id {rid!r}: this request was already received"
+            self._refuse(rid, action, reason, key=f"{rid}#dup{next(_ids)}")
             return None
         self._seen_ids.append(rid)
         if len(self.probe.actions.pending()) >= _MAX_PENDING:
@@ -363,6 +372,9 @@ class Dashboard(W.VBox):
 
     def close(self) -> None:
         """Close the widgets and stop following the probe (the probe stays attached)."""
+        if "closed" not in self.__dict__:  # construction failed half-way (bad arguments)
+            super().close()
+            return
         if self.closed:
             return
         self._unsubscribe()
@@ -449,7 +461,8 @@ class Dashboard(W.VBox):
         self._light.touch(now)
         self.update_count += 1
         self._push_header()
-        if self._dirty["scalars"] or self._dirty["events"]:
+        if (self._dirty["scalars"] or self._dirty["events"]) and self._curves_throttle.ready(now):
+            self._curves_throttle.touch(now)
             self._push_curves()
         if self._dirty["tickets"]:
             self._push_tickets()
@@ -530,7 +543,7 @@ class Dashboard(W.VBox):
                 self._tickets.popitem(last=False)
         self._dirty["tickets"] = True
 
-    def _refuse(self, rid: str, action: str, reason: str) -> None:
+    def _refuse(self, rid: str, action: str, reason: str, key: str | None = None) -> None:
         d: dict[str, Any] = {
             "id": rid,
             "action": str(action)[:64],
@@ -545,9 +558,10 @@ class Dashboard(W.VBox):
             "latency_ms": None,
             "undoable": False,
         }
+        key = key or rid
         with self._tk_lock:
-            self._tickets[rid] = d
-            self._tickets.move_to_end(rid)
+            self._tickets[key] = d
+            self._tickets.move_to_end(key)
             while len(self._tickets) > _MAX_TICKETS:
                 self._tickets.popitem(last=False)
         self._dirty["tickets"] = True
@@ -912,6 +926,22 @@ class Dashboard(W.VBox):
             "message": "",
             "items": [_jsonable(dict(i)) for i in list(items)[:100]],
         }
+
+
+def _register_optional_actions() -> None:
+    """Import the modules that register the built-in interventions, checks and the LR finder
+    (each is optional: the dashboard offers whatever is registered)."""
+    for name in ("trainscope.interventions", "trainscope.lr_finder", "trainscope.checklists"):
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            continue
+        except Exception as e:  # a broken optional module must not break the dashboard
+            warnings.warn(
+                f"trainscope: could not load {name}: {type(e).__name__}: {e}",
+                RuntimeWarning,
+                stacklevel=3,
+            )
 
 
 class _Unsubscribe:

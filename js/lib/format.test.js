@@ -1,0 +1,53 @@
+import { describe, expect, it } from "vitest";
+import { describeTicket, formatDuration, formatInt, formatPercent, formatValue } from "./format.js";
+
+describe("formatValue", () => {
+  it("keeps four significant digits in the plain range", () => {
+    expect(formatValue(0.123456)).toBe("0.1235");
+    expect(formatValue(1234.5)).toBe("1235");
+    expect(formatValue(-2.5)).toBe("-2.5");
+  });
+  it("switches to scientific notation outside [1e-3, 1e4)", () => {
+    expect(formatValue(0.000123)).toBe("1.23e-4");
+    expect(formatValue(123456)).toBe("1.23e5");
+    expect(formatValue(0.5, "sci")).toBe("5.00e-1");
+  });
+  it("shows missing and non-finite values distinctly", () => {
+    expect(formatValue(null)).toBe("–");
+    expect(formatValue(undefined)).toBe("–");
+    expect(formatValue("inf")).toBe("∞");
+    expect(formatValue("-inf")).toBe("−∞");
+    expect(formatValue(Number.NaN)).toBe("NaN");
+    expect(formatValue(0)).toBe("0");
+  });
+  it("formats fractions as percentages", () => {
+    expect(formatValue(0.25, "pct")).toBe("25%");
+    expect(formatPercent(0.0123)).toBe("1.2%");
+    expect(formatPercent(0.0000001)).toBe("<0.1%");
+    expect(formatPercent(0)).toBe("0%");
+  });
+});
+
+describe("formatDuration / formatInt", () => {
+  it("formats ETAs", () => {
+    expect(formatDuration(12.4)).toBe("12s");
+    expect(formatDuration(125)).toBe("2:05");
+    expect(formatDuration(3725)).toBe("1:02:05");
+    expect(formatDuration(null)).toBe("–");
+    expect(formatDuration(-1)).toBe("–");
+  });
+  it("groups thousands", () => {
+    expect(formatInt(1234567)).toBe("1,234,567");
+    expect(formatInt(12)).toBe("12");
+  });
+});
+
+describe("describeTicket", () => {
+  it("says where a request stands", () => {
+    expect(describeTicket({ status: "pending" })).toBe("pending: applies at the next step");
+    expect(describeTicket({ status: "applied", applied_step: 1200, message: "applied at step 1200" })).toBe("applied at step 1,200");
+    expect(describeTicket({ status: "applied", applied_step: 5, message: "lr is now 0.01" })).toBe("applied at step 5 – lr is now 0.01");
+    expect(describeTicket({ status: "refused", message: "lr must be > 0" })).toBe("refused: lr must be > 0");
+    expect(describeTicket({ status: "failed", message: "" })).toBe("failed: no reason given");
+  });
+});

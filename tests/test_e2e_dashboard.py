@@ -1,0 +1,193 @@
+"""End to end: the quickstart notebook in JupyterLab 4 and Notebook 7, in headless Chromium.
+
+The dashboard must change while the training cell runs; a click on an intervention mid-training
+must be acknowledged (pending -> applied at step N) while the cell is still running and take
+effect in the running loop.  Screenshots go to ``.artifacts/e2e/``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+from ._browser import NotebookPage, Server, browser, require_browser
+from ._jupyter import ROOT
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+# code cells of examples/quickstart.ipynb (markdown cells sit between them)
+SETUP, WATCH, TRAIN, SUMMARY = 1, 2, 4, 6
+DASH = ".trainscope-dashboard"
+
+
+def _copy_quickstart(root: Path, name: str, epochs: int) -> str:
+    nb = json.loads((ROOT / "examples" / "quickstart.ipynb").read_text())
+    src = "".join(nb["cells"][SETUP]["source"])
+    assert "EPOCHS, BATCH = 40, 32" in src, "the quickstart's set-up cell changed; update this test"
+    nb["cells"][SETUP]["source"] = src.replace(
+        "EPOCHS, BATCH = 40, 32", f"EPOCHS, BATCH = {epochs}, 32"
+    )
+    root.mkdir(parents=True, exist_ok=True)
+    (root / name).write_text(json.dumps(nb))
+    return name
+
+
+def _step(nb: NotebookPage) -> int:
+    text = nb.text(f"{DASH} .trainscope-step .trainscope-fact-value")
+    return int(text.split("/")[0].replace(",", "").strip() or -1)
+
+
+def _applied_step(nb: NotebookPage, label: str) -> int:
+    text = nb.text(f"{DASH} .trainscope-ticket.status-applied:has-text('{label}')")
+    m = re.search(r"applied at step ([\d,]+)", text)
+    assert m, text
+    return int(m.group(1).replace(",", ""))
+
+
+def _start_training(nb: NotebookPage) -> None:
+    nb.run_cell(SETUP, timeout=240)
+    nb.run_cell(WATCH, timeout=240)
+    nb.page.wait_for_selector(f"{DASH} .trainscope-action-scale_lr", timeout=60_000)
+    nb.run_cell(TRAIN, wait=False)
+    nb.wait_cell_started(TRAIN)
+
+
+def _live_then_click(nb: NotebookPage, tag: str) -> dict[str, float]:
+    """The dashboard moves while the cell runs; a click is acknowledged while it still runs."""
+    page = nb.page
+    page.wait_for_function(
+        """() => { const e = document.querySelector('.trainscope-dashboard .trainscope-step .trainscope-fact-value');
+           return e && parseInt(e.textContent.replace(/,/g, '')) > 100; }""",
+        timeout=120_000,
+    )
+    s1 = _step(nb)
+    nb.screenshot(DASH, f"{tag}_1_live.png")
+    time.sleep(1.5)
+    s2 = _step(nb)
+    assert s2 > s1, "the dashboard must update while the training cell runs"
+    assert nb.cell_running(TRAIN)
+    assert "running" in nb.text(f"{DASH} .trainscope-state")
+    # the loss curve has data (bqplot drew a path with points)
+    assert page.locator(f"{DASH} .bqplot path.line").count() > 0
+
+    # click "Scale LR" (factor 0.5, its default) in the Interventions panel
+    card = page.locator(f"{DASH} [data-action='scale_lr']")
+    card.locator(".trainscope-param-factor").fill("0.5")
+    t0 = time.time()
+    card.locator(".trainscope-action-scale_lr").click()
+    page.wait_for_selector(
+        f"{DASH} .trainscope-ticket.status-applied:has-text('Scale')", timeout=20_000
+    )
+    ack_s = time.time() - t0
+    assert nb.cell_running(TRAIN), "the acknowledgement must arrive while training is still running"
+    assert "applied" in nb.text(f"{DASH} .trainscope-last-ack")
+    applied = _applied_step(nb, "Scale")
+    nb.screenshot(DASH, f"{tag}_2_acked.png")
+    return {"step_before": s1, "step_after": s2, "click_to_ack_s": ack_s, "applied_step": applied}
+
+
+def _views(nb: NotebookPage, tag: str) -> None:
+    """Layer table, selection and the per-layer views render real data."""
+    page = nb.page
+    page.locator(
+        f"{DASH} .lm-TabBar-tab:has-text('Layers'), {DASH} .p-TabBar-tab:has-text('Layers')"
+    ).first.click()
+    page.wait_for_selector(f"{DASH} .trainscope-table tbody tr", timeout=30_000)
+    rows = page.locator(f"{DASH} .trainscope-table tbody tr")
+    assert rows.count() == 7  # 4 Linear + 3 ReLU, forward order
+    rows.nth(2).click()  # the second Linear
+    page.wait_for_function(
+        """() => [...document.querySelectorAll('.trainscope-dashboard .trainscope-map-title')]
+               .some(e => e.textContent.startsWith('outputs of 2 over time'))""",
+        timeout=30_000,
+    )
+    assert "is-selected" in (rows.nth(2).get_attribute("class") or "")
+    nb.screenshot(DASH, f"{tag}_3_layers.png")
+    page.locator(f"{DASH} .lm-TabBar-tab:has-text('Depth')").first.click()
+    page.wait_for_function(
+        """() => [...document.querySelectorAll('.trainscope-dashboard .trainscope-map-title')]
+               .some(e => e.textContent.startsWith('output distribution by depth (step'))""",
+        timeout=30_000,
+    )
+    # bqplot lays a figure out again once it becomes visible (its IntersectionObserver)
+    page.wait_for_selector(
+        f"{DASH} .bqplot:has-text('output std by depth') path.line", timeout=30_000
+    )
+    time.sleep(0.5)
+    nb.screenshot(DASH, f"{tag}_4_depth.png")
+    page.locator(f"{DASH} .lm-TabBar-tab:has-text('Curves')").first.click()
+
+
+@pytest.fixture
+def scratch(tmp_path: Path) -> Path:
+    require_browser()
+    return tmp_path
+
+
+def test_jupyterlab_live_click_and_interrupt(scratch: Path) -> None:
+    name = _copy_quickstart(scratch / "nb", "quickstart_lab.ipynb", epochs=2000)
+    server = Server("lab", scratch, scratch / "nb")
+    try:
+        with browser(scratch / "profile") as ctx:
+            nb = NotebookPage(ctx.new_page(), server, name)
+            _start_training(nb)
+            nb.run_cell(SUMMARY, wait=False)  # queued behind the training cell
+            res = _live_then_click(nb, "lab")
+            _views(nb, "lab")
+            # Ctrl-C: the loop stops, the dashboard gets its final state, the kernel stays usable
+            nb.interrupt()
+            nb.wait_cell_done(TRAIN, timeout=60)
+            assert "KeyboardInterrupt" in nb.output_text(TRAIN)
+            nb.page.wait_for_function(
+                "() => document.querySelector('.trainscope-dashboard .trainscope-state').textContent === 'interrupted'",
+                timeout=20_000,
+            )
+            final = _step(nb)
+            assert res["applied_step"] < final
+            nb.page.wait_for_function(
+                f"""() => !window.jupyterapp.shell.currentWidget.content.widgets[{SUMMARY}].promptNode.textContent.includes('*')""",
+                timeout=30_000,
+            )
+            nb.run_cell(SUMMARY, timeout=60)  # the kernel answers after the interrupt
+            out = nb.output_text(SUMMARY)
+            assert (
+                "trainscope: step" in out
+                and "'action': 'scale_lr'" in out
+                and "'status': 'applied'" in out
+            )
+            nb.screenshot(DASH, "lab_5_interrupted.png")
+            print(f"\n[lab] {res}, final step {final}")
+    finally:
+        server.stop()
+
+
+def test_notebook7_live_click_until_finished(scratch: Path) -> None:
+    name = _copy_quickstart(scratch / "nb", "quickstart_nb7.ipynb", epochs=150)
+    server = Server("notebook", scratch, scratch / "nb")
+    try:
+        with browser(scratch / "profile") as ctx:
+            nb = NotebookPage(ctx.new_page(), server, name)
+            _start_training(nb)
+            nb.run_cell(SUMMARY, wait=False)  # queued behind the training cell
+            res = _live_then_click(nb, "nb7")
+            nb.wait_cell_done(TRAIN, timeout=600)
+            assert "done: val_loss=" in nb.output_text(TRAIN)
+            nb.page.wait_for_function(
+                "() => document.querySelector('.trainscope-dashboard .trainscope-state').textContent === 'finished'",
+                timeout=20_000,
+            )
+            final = _step(nb)
+            assert final == 150 * 47 and res["applied_step"] < final
+            # the queued cell ran once, after the training cell, and saw the applied action
+            nb.wait_cell_done(SUMMARY, timeout=60)
+            assert nb.execution_count(SUMMARY) == nb.execution_count(TRAIN) + 1
+            out = nb.output_text(SUMMARY)
+            assert "'action': 'scale_lr'" in out and "'status': 'applied'" in out
+            nb.screenshot(DASH, "nb7_3_finished.png")
+            print(f"\n[nb7] {res}, final step {final}")
+    finally:
+        server.stop()
