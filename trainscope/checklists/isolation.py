@@ -93,10 +93,18 @@ class StateSnapshot:
         self.rng_py = random.getstate()
         self.grad_enabled = torch.is_grad_enabled()
 
-    @torch.no_grad()
     def restore(self) -> None:
-        """Put everything back (only what differs is written)."""
+        """Put everything back (only what differs is written); grad mode and RNG states last."""
+        with torch.no_grad():
+            self._restore_tensors()
         torch.set_grad_enabled(self.grad_enabled)
+        torch.set_rng_state(self.rng_cpu)
+        if self.rng_cuda is not None:
+            torch.cuda.set_rng_state_all(self.rng_cuda)
+        np.random.set_state(self.rng_np)
+        random.setstate(self.rng_py)
+
+    def _restore_tensors(self) -> None:
         for m, pslots in zip(self.modules, self.param_slots, strict=True):
             if set(m._parameters) != set(pslots) or any(m._parameters.get(k) is not v for k, v in pslots.items()):
                 m._parameters.clear()
@@ -122,11 +130,6 @@ class StateSnapshot:
                 g.copy_(gv)
         if self.optimizer is not None:
             self._restore_optimizer(self.optimizer)
-        torch.set_rng_state(self.rng_cpu)
-        if self.rng_cuda is not None:
-            torch.cuda.set_rng_state_all(self.rng_cuda)
-        np.random.set_state(self.rng_np)
-        random.setstate(self.rng_py)
 
     def _restore_optimizer(self, opt: torch.optim.Optimizer) -> None:
         by_id = {id(p): p for p in self.params}

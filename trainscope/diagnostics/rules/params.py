@@ -40,10 +40,11 @@ def frozen_parameters(h: History, ctx: Context) -> Finding | None:
     th = ctx.thresholds
     in_opt: dict[str, bool] = h.meta.get("param_in_optimizer") or {}
     missing = [n for n, ok in in_opt.items() if not ok and _trainable(h, ctx, n)]
-    frozen = sorted(
-        {n for n, rg in (ctx.requires_grad or {}).items() if not rg}
-        | {x.name for x in h.layers if x.n_params > 0 and x.n_trainable == 0}
-    )
+    if ctx.requires_grad is not None:
+        frozen = sorted(n for n, rg in ctx.requires_grad.items() if not rg)  # parameter names
+        frozen_layers = list(dict.fromkeys(_owner(n) for n in frozen))
+    else:
+        frozen = frozen_layers = [x.name for x in h.layers if x.n_params > 0 and x.n_trainable == 0]
     no_grad: list[str] = []
     unmoved: list[str] = []
     steps, g = series(h, ctx, "grad_norm")
@@ -79,9 +80,10 @@ def frozen_parameters(h: History, ctx: Context) -> Finding | None:
     serious = bool(missing or no_grad or unmoved)
     if frozen:
         parts.append(f"{len(frozen)} frozen on purpose (requires_grad=False): {_listing(frozen, 4)}")
-    layers = list(dict.fromkeys([_owner(p) for p in missing] + no_grad + unmoved))
+    known = set(h.layer_names)
+    layers = [n for n in dict.fromkeys([_owner(p) for p in missing] + no_grad + unmoved) if n in known]
     if not serious:
-        layers = list(dict.fromkeys(_owner(p) for p in frozen))
+        layers = [n for n in frozen_layers if n in known]
     return Finding(
         label="frozen_parameters",
         severity="warning" if serious else "info",

@@ -1,0 +1,271 @@
+"""The diagnosis engine: the Finding contract, the registry, the Diagnoser's memory, robustness,
+and the pure assessments (each rule's behaviour on real trainings is in test_diagnostics_suite)."""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import trainscope
+from trainscope.checklists import ITEMS
+from trainscope.diagnostics import (
+    LABELS,
+    RULES,
+    Context,
+    Diagnoser,
+    Finding,
+    Thresholds,
+    diagnose,
+    diagnose_probe,
+    diagnoser_for,
+    intervention,
+)
+from trainscope.diagnostics.assess import (
+    assess_init_loss,
+    assess_inputs,
+    assess_loss_inputs,
+    expected_init_loss,
+    input_stats,
+)
+from trainscope.diagnostics.context import weight_symmetry
+from trainscope.history import History
+from trainscope.layers import classify
+
+CONTRACT_KEYS = {"label", "severity", "title", "first_step", "last_step", "active", "layers", "evidence", "checklist", "interventions"}
+
+
+def _history_with_loss(values: list[float], start: int = 0) -> History:
+    h = History([classify("fc", nn.Linear(2, 2))])
+    for k, v in enumerate(values, start=start):
+        h.add_scalars(k, {"loss": float(v)})
+    return h
+
+
+# ----------------------------------------------------------------------------- contract
+def test_finding_as_dict_is_exactly_the_contract() -> None:
+    f = Finding(
+        label="dead_units", severity="warning", title="t", evidence="e", layers=["fc1"],
+        checklist=["tobin.grad_flow"], interventions=[intervention("reinit", "Re-init", layers=["fc1"], scheme="lsuv")],
+        first_step=3, last_step=np.int64(9), data={"x": np.float32(1.0)},
+    )
+    d = f.as_dict()
+    assert set(d) == CONTRACT_KEYS
+    assert d["severity"] in ("info", "warning", "error") and d["active"] is True
+    assert d["last_step"] == 9 and isinstance(d["last_step"], int)
+    assert d["interventions"] == [{"action": "reinit", "params": {"layers": ["fc1"], "scheme": "lsuv"}, "label": "Re-init"}]
+    json.dumps(d)  # plain JSON
+    with pytest.raises(ValueError, match="severity must be one of"):
+        Finding(label="x", severity="fatal", title="", evidence="")
+
+
+def test_every_label_has_a_documented_rule_linked_to_existing_checklist_items() -> None:
+    ids = {i.id for i in ITEMS}
+    assert len(LABELS) == 23 and set(RULES) == set(LABELS)
+    for label, spec in RULES.items():
+        assert len(spec.definition) > 80, f"{label}: the rule's docstring documents its definition"
+        assert spec.checklist and set(spec.checklist) <= ids, label
+    linked = {lab for i in ITEMS for lab in i.labels}
+    assert linked <= set(LABELS)
+
+
+def test_empty_history_gives_no_finding_and_no_error() -> None:
+    errors: list[str] = []
+    assert diagnose(History([]), errors=errors) == []
+    assert errors == []
+
+
+# ----------------------------------------------------------------------------- memory
+def test_diagnoser_remembers_first_step_and_marks_resolved_findings_inactive() -> None:
+    rising = [2.3 - 0.01 * k for k in range(20)] + [2.1 + 0.2 * k for k in range(20)]
+    h = _history_with_loss(rising)
+    d = Diagnoser()
+    found = d.update(h)
+    div = next(f for f in found if f.label == "divergence")
+    assert div.active and div.first_step <= 39 and div.last_step == 39
+    first = div.first_step
+    for k in range(40, 120):  # the loss comes back down and stays low
+        h.add_scalars(k, {"loss": 0.5})
+    found = d.update(h)
+    div = next(f for f in found if f.label == "divergence")
+    assert not div.active and div.first_step == first and div.last_step == 39
+    assert d.findings(active_only=True) == [f for f in found if f.active]
+    assert all(f.label != "divergence" for f in d.findings("warning", active_only=True))
+
+
+def test_min_severity_filters_and_rejects_unknown_levels() -> None:
+    h = _history_with_loss([1.0] * 10 + [50.0] * 30)  # exploding: error
+    d = Diagnoser()
+    d.update(h)
+    assert [f.severity for f in d.findings("error")] == ["error"]
+    with pytest.raises(ValueError, match="severity must be one of"):
+        d.findings("critical")
+    with pytest.raises(ValueError, match="unknown label"):
+        Diagnoser(labels=["dead_unit"])
+
+
+def test_a_failing_rule_is_recorded_not_raised(monkeypatch: pytest.MonkeyPatch) -> None:
+    from trainscope.diagnostics import registry
+
+    def broken(h: History, ctx: Context) -> Finding | None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setitem(registry.RULES, "oscillation", registry.RuleSpec("oscillation", broken, ("tobin.error_dynamics",), "x"))
+    errors: list[str] = []
+    out = diagnose(_history_with_loss([1.0] * 10 + [50.0] * 30), errors=errors)
+    assert any(f.label == "divergence" for f in out)
+    assert len(errors) == 1 and "boom" in errors[0]
+
+
+def test_statistics_rules_are_silent_while_the_latest_sample_holds_nan() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    with torch.no_grad():
+        model[0].bias.fill_(-100.0)  # all dead
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    lf = nn.CrossEntropyLoss()
+    probe = trainscope.Probe(model, opt, loss_fn=lf, every=1)
+    x, y = torch.randn(32, 4), torch.randint(0, 2, (32,))
+    for _ in range(8):
+        opt.zero_grad()
+        lf(model(x), y).backward()
+        opt.step()
+    probe.flush()
+    assert "dead_units" in {f.label for f in diagnose(probe.history)}
+    x[0, 0] = float("nan")
+    for _ in range(2):
+        opt.zero_grad()
+        lf(model(x), y).backward()
+        opt.step()
+    probe.flush()
+    labels = {f.label for f in diagnose(probe.history)}
+    assert "nan_inf" in labels and "dead_units" not in labels
+    probe.detach()
+
+
+# ----------------------------------------------------------------------------- probe entry point
+def _train(model: nn.Module, opt: torch.optim.Optimizer, probe_kw: dict | None = None, steps: int = 12) -> trainscope.Probe:
+    lf = nn.CrossEntropyLoss()
+    probe = trainscope.Probe(model, opt, loss_fn=lf, **{"every": 1, **(probe_kw or {})})
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(64, 8, generator=g), torch.randint(0, 3, (64,), generator=g)
+    for _ in range(steps):
+        opt.zero_grad()
+        lf(model(x), y).backward()
+        opt.step()
+    probe.flush()
+    return probe
+
+
+def test_probe_findings_returns_findings_and_runs_the_batch_mixing_check_once() -> None:
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+    probe = _train(model, torch.optim.Adam(model.parameters(), 1e-3))
+    found = probe.findings()
+    assert isinstance(found, list) and all(isinstance(f, Finding) for f in found)
+    checks = probe.history.meta["checks"]
+    assert checks["batch_mixing"]["status"] == "pass"
+    t = checks["batch_mixing"]["time"]
+    probe.findings()
+    assert probe.history.meta["checks"]["batch_mixing"]["time"] == t  # not re-run
+    assert [e.kind for e in probe.history.events].count("check") == 1
+    assert diagnoser_for(probe).errors == []
+    probe.detach()
+
+
+def test_from_another_thread_the_automatic_check_waits_for_the_training_thread() -> None:
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    probe = _train(model, opt, steps=2)
+    seen: list[int] = []
+    diagnose_probe(probe, auto_checks=False)  # installs the boundary hook
+    t = threading.Thread(target=lambda: seen.append(len(diagnose_probe(probe))))
+    t.start()
+    t.join()
+    # the training loop has not reached a boundary since: the check is queued, not run off-thread
+    assert "batch_mixing" not in (probe.history.meta.get("checks") or {})
+    lf = nn.CrossEntropyLoss()
+    opt.zero_grad()
+    lf(model(torch.randn(16, 8)), torch.randint(0, 3, (16,))).backward()
+    opt.step()  # step boundary on this (the training) thread
+    assert probe.history.meta["checks"]["batch_mixing"]["status"] == "pass"
+    probe.detach()
+
+
+def test_diagnosis_requests_a_fresh_sample_when_the_latest_is_stale() -> None:
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+    probe = _train(model, torch.optim.SGD(model.parameters(), lr=0.01), {"every": 1000}, steps=30)
+    assert probe.history.latest is not None and probe.history.latest.step == 0
+    probe.findings()
+    lf = nn.CrossEntropyLoss()
+    model.zero_grad()
+    lf(model(torch.randn(16, 8)), torch.randint(0, 3, (16,))).backward()
+    probe.optimizer.step()  # type: ignore[union-attr]
+    probe.flush()
+    assert probe.history.latest.step == 30
+    probe.detach()
+
+
+# ----------------------------------------------------------------------------- pure assessments
+def test_weight_symmetry_counts_identical_units() -> None:
+    lin = nn.Linear(5, 6)
+    assert weight_symmetry(lin) == (6, 1)
+    nn.init.constant_(lin.weight, 0.3)
+    nn.init.zeros_(lin.bias)
+    assert weight_symmetry(lin) == (6, 6)
+    with torch.no_grad():
+        lin.weight[:3] = torch.randn(3, 5)
+    assert weight_symmetry(lin) == (6, 3)
+    with torch.no_grad():  # rows of very different magnitudes are still told apart
+        lin.weight.copy_(torch.randn(6, 5) * torch.tensor([1e12, 1, 1, 1, 1, 1])[:, None])
+    assert weight_symmetry(lin) == (6, 1)
+    assert weight_symmetry(nn.Linear(5, 1)) is None
+
+
+def test_assess_loss_inputs_cases() -> None:
+    probs = {"loss": "CrossEntropyLoss", "pred_shape": (32, 10), "pred_min": 0.01, "pred_max": 0.4, "pred_rowsum_dev": 1e-7,
+             "target_shape": (32,), "target_min": 0.0, "target_max": 9.0, "target_frac_dev": 0.0}
+    assert [x[:2] for x in assess_loss_inputs(probs)] == [("probabilities_into_loss", "error")]
+    small_logits = {**probs, "pred_rowsum_dev": 0.9}  # all in [0, 1] but not rows of probabilities
+    assert assess_loss_inputs(small_logits) == []
+    bcast = {"loss": "MSELoss", "pred_shape": (64, 1), "target_shape": (64,), "pred_min": -1.0, "pred_max": 1.0,
+             "pred_rowsum_dev": math.nan, "target_min": -2.0, "target_max": 2.0, "target_frac_dev": 0.3}
+    assert [x[:2] for x in assess_loss_inputs(bcast)] == [("wrong_loss", "error")]
+    assert "(64, 64)" in assess_loss_inputs(bcast)[0][2]
+    bce = {"loss": "BCEWithLogitsLoss", "pred_shape": (8, 1), "target_shape": (8, 1), "pred_min": -3.0, "pred_max": 2.0,
+           "target_min": 0.0, "target_max": 9.0, "target_frac_dev": 0.0}
+    assert [x[:2] for x in assess_loss_inputs(bce)] == [("wrong_loss", "error")]
+    nll = {"loss": "NLLLoss", "pred_shape": (8, 4), "pred_min": -2.0, "pred_max": 3.0, "pred_rowsum_dev": 3.0}
+    assert [x[:2] for x in assess_loss_inputs(nll)] == [("wrong_loss", "warning")]
+    ok = {"loss": "CrossEntropyLoss", "pred_shape": (8, 4), "pred_min": -2.0, "pred_max": 3.0, "pred_rowsum_dev": 2.0}
+    assert assess_loss_inputs(ok) == []
+
+
+def test_assess_inputs_thresholds() -> None:
+    th = Thresholds()
+    g = torch.Generator().manual_seed(0)
+    assert assess_inputs(input_stats(torch.randn(256, 8, generator=g)), th)[0] == "pass"
+    assert assess_inputs(input_stats(torch.rand(256, 8, generator=g) * 255), th)[0] == "warn"
+    assert assess_inputs(input_stats(torch.rand(256, 8, generator=g)), th)[0] == "pass"  # [0, 1] data is fine
+    mixed = torch.randn(256, 8, generator=g)
+    mixed[:, 0] *= 1e3
+    status, evidence, _ = assess_inputs(input_stats(mixed), th)
+    assert status == "warn" and "feature 0" in evidence
+    offset = torch.randn(256, 8, generator=g) * 0.1 + 2.0
+    assert "mean" in assess_inputs(input_stats(offset), th)[1]
+    assert assess_inputs(input_stats(torch.randint(0, 10, (4, 5))), th)[0] == "not_run"
+
+
+def test_expected_loss_at_init() -> None:
+    ref, how = expected_init_loss("CrossEntropyLoss", (16, 10))  # type: ignore[misc]
+    assert ref == pytest.approx(math.log(10)) and "10 classes" in how
+    assert expected_init_loss("MSELoss", (16, 1)) is None
+    th = Thresholds()
+    assert assess_init_loss(2.4, ref, th)[0] == "pass"
+    assert assess_init_loss(4.0, ref, th)[0] == "warn"
+    assert assess_init_loss(9.0, ref, th)[0] == "fail"
+    assert assess_init_loss(0.3, ref, th)[0] == "warn"  # suspiciously low
