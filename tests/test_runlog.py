@@ -319,6 +319,12 @@ def test_open_api_and_clear_errors(tmp_path, blobs) -> None:
     again = open_run([tmp_path / "runs" / "b", tmp_path / "runs" / "a"])
     assert [r.name for r in again] == ["b", "a"]
     assert "<svg" in both._repr_html_()
+    try:  # the read-only dashboard overlays the runs (when the Jupyter layer is installed)
+        dash = both.show()
+    except ImportError:
+        pass
+    else:
+        assert dash.histories == [r.history for r in both] and dash.probe is None
     with pytest.raises(FileExistsError, match="already holds a trainscope run"):
         trainscope.Probe(make_mlp(), logdir=tmp_path / "runs" / "a")
     with pytest.raises(FileNotFoundError, match="no run directory"):
