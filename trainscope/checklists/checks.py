@@ -80,14 +80,15 @@ class CheckSpec:
     needs_batch: bool
     needs_loss: bool
     needs_target: bool
+    trains: bool  # writes parameters (the runner then snapshots their values)
 
 
 CHECKS: dict[str, CheckSpec] = {}
 
 
-def _check(name: str, title: str, *, batch: bool = True, loss: bool = False, target: bool = False) -> Callable[[Callable[..., CheckResult]], Callable[..., CheckResult]]:
+def _check(name: str, title: str, *, batch: bool = True, loss: bool = False, target: bool = False, trains: bool = False) -> Callable[[Callable[..., CheckResult]], Callable[..., CheckResult]]:
     def deco(fn: Callable[..., CheckResult]) -> Callable[..., CheckResult]:
-        CHECKS[name] = CheckSpec(name, title, fn, batch, loss, target)
+        CHECKS[name] = CheckSpec(name, title, fn, batch, loss, target, trains)
         return fn
 
     return deco
@@ -222,7 +223,7 @@ def loss_at_init(env: CheckEnv) -> CheckResult:
                        details={"loss": loss0, "expected": ref})
 
 
-@_check("overfit_batch", "Overfit one batch", loss=True, target=True)
+@_check("overfit_batch", "Overfit one batch", loss=True, target=True, trains=True)
 def overfit_batch(env: CheckEnv, steps: int = 200, lr: float = 1e-3, examples: int = 32) -> CheckResult:
     """Train on a few examples (dropout off, private Adam): the loss must fall to ~0."""
     assert env.batch is not None
@@ -244,7 +245,7 @@ def overfit_batch(env: CheckEnv, steps: int = 200, lr: float = 1e-3, examples: i
                        details={"first": first, "last": last, "steps": len(losses)})
 
 
-@_check("input_baseline", "Input-independent baseline", loss=True, target=True)
+@_check("input_baseline", "Input-independent baseline", loss=True, target=True, trains=True)
 def input_baseline(env: CheckEnv, steps: int = 100, lr: float = 1e-3) -> CheckResult:
     """Train on half the batch with real and with zeroed inputs; compare on the other half."""
     assert env.batch is not None

@@ -12,7 +12,9 @@
 * the autograd grad mode.
 
 Restoring writes back only what differs, so a check that only reads (a forward pass, or gradients
-taken with ``torch.autograd.grad``) bumps no tensor's version counter.
+taken with ``torch.autograd.grad``) bumps no tensor's version counter.  Such checks skip copying
+parameter, gradient and optimizer values (``values=False``): only the two checks that train
+(``overfit_batch``, ``input_baseline``) hold a second copy of the parameters while they run.
 """
 
 from __future__ import annotations
@@ -48,9 +50,10 @@ def _clone(v: Any) -> Any:
 class StateSnapshot:
     """Everything :func:`isolated` restores (see the module docstring)."""
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> None:
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *, values: bool = True) -> None:
         self.model = model
-        self.optimizer = optimizer
+        self.optimizer = optimizer if values else None
+        self.copies_values = values
         self.modules = list(model.modules())
         self.training = [m.training for m in self.modules]
         self.param_slots: list[dict[str, Any]] = [dict(m._parameters) for m in self.modules]
@@ -66,9 +69,9 @@ class StateSnapshot:
                     params.setdefault(id(p), p)
         self.params: list[Tensor] = list(params.values())
         with torch.no_grad():
-            self.values = [p.detach().clone() for p in self.params]
             self.grads: list[Tensor | None] = [p.grad for p in self.params]
-            self.grad_values = [g.detach().clone() if g is not None else None for g in self.grads]
+            self.values = [p.detach().clone() if values else None for p in self.params]
+            self.grad_values = [g.detach().clone() if g is not None and values else None for g in self.grads]
             self.buffers = {
                 (k, name): b.detach().clone()
                 for k, slots in enumerate(self.buffer_slots)
@@ -79,12 +82,12 @@ class StateSnapshot:
         # optimizer: per-parameter state (the dict objects and copies of their values), groups
         self.opt_state: dict[int, tuple[dict[str, Any], dict[str, Any]]] = {}
         self.opt_groups: list[tuple[dict[str, Any], list[Any]]] = []
-        if optimizer is not None:
-            for param, st in optimizer.state.items():
+        if self.optimizer is not None:
+            for param, st in self.optimizer.state.items():
                 self.opt_state[id(param)] = (dict(st), {k: _clone(v) for k, v in st.items()})
             self.opt_groups = [
                 ({k: _clone(v) for k, v in g.items() if k != "params"}, list(g["params"]))
-                for g in optimizer.param_groups
+                for g in self.optimizer.param_groups
             ]
         self.rng_cpu = torch.get_rng_state()
         cuda = torch.cuda.is_available() and torch.cuda.is_initialized()  # type: ignore[no-untyped-call]
@@ -120,7 +123,7 @@ class StateSnapshot:
             if m.training != t:
                 m.training = t
         for p, v, g, gv, rg in zip(self.params, self.values, self.grads, self.grad_values, self.requires_grad, strict=True):
-            if not same_bits(p, v):
+            if v is not None and not same_bits(p, v):
                 p.copy_(v)
             if p.requires_grad != rg:
                 p.requires_grad_(rg)
@@ -167,12 +170,17 @@ class StateSnapshot:
 
 
 @contextlib.contextmanager
-def isolated(model: nn.Module, optimizer: torch.optim.Optimizer | None = None, probe: Any = None) -> Iterator[StateSnapshot]:
+def isolated(
+    model: nn.Module, optimizer: torch.optim.Optimizer | None = None, probe: Any = None, *, values: bool = True
+) -> Iterator[StateSnapshot]:
     """Snapshot ``model`` / ``optimizer`` / RNG; restore them on exit, whatever happens inside.
 
-    With a ``probe``, its recording is paused meanwhile (the check's passes are not training).
+    ``values=False`` for code that never writes parameters, gradients or the optimizer (forward
+    passes, ``torch.autograd.grad``): their values are then not copied (no memory for a second
+    model), while buffers, modes, parameter / gradient identity and RNG states still are.  With a
+    ``probe``, its recording is paused meanwhile (the check's passes are not training).
     """
-    snap = StateSnapshot(model, optimizer)
+    snap = StateSnapshot(model, optimizer, values=values)
     pause = probe.paused() if probe is not None else contextlib.nullcontext()
     try:
         with pause:

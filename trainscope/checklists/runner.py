@@ -153,7 +153,7 @@ def run_check(
     spec = CHECKS[check]
     t0 = time.perf_counter()
     try:
-        with isolated(env.model, env.optimizer, env.probe):
+        with isolated(env.model, env.optimizer, env.probe, values=spec.trains):
             res = spec.fn(env, **options)
     except TypeError as e:
         if "unexpected keyword" in str(e):

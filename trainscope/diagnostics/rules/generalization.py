@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ...history import History
@@ -99,7 +101,9 @@ def label_noise(h: History, ctx: Context) -> Finding | None:
     its first value) while the training loss fell ``memorize_progress`` (5%) *below* chance and
     at least twice as much, relatively, as validation did -- training memorizes, nothing generalizes.
     Only judged when the first validation loss was near chance (not ``bad_loss_at_init``-high).
-    A failed ``input_baseline`` check (real inputs do no better than zeroed ones) raises it too.
+    With only an accuracy logged (``val_acc``), "at chance" is a best accuracy below ``1/C`` plus
+    ``chance_margin`` (5 points).  A failed ``input_baseline`` check (real inputs do no better
+    than zeroed ones) raises it too.
     Warning."""
     th = ctx.thresholds
     check = (h.meta.get("checks") or {}).get("input_baseline")
@@ -107,10 +111,26 @@ def label_noise(h: History, ctx: Context) -> Finding | None:
     c = loss_curve(h, ctx)
     vs_ = val_series(h)
     parts = []
+    chance = chance_loss(h, ctx)
+    if c is not None and vs_ is not None and vs_[2] != "val_loss" and chance is not None:
+        # accuracy only: chance accuracy is 1 / C (C from the loss: ln C = chance)
+        _, err, name = vs_
+        c_acc = math.exp(-chance)
+        best_acc = 1.0 - float(err.min())
+        steps_run = int(c.steps[-1] - c.steps[0]) + 1
+        if (
+            len(err) >= th.min_val_points
+            and steps_run >= th.min_steps_plateau
+            and best_acc < c_acc + th.chance_margin
+            and c.tail < (1 - th.memorize_progress) * chance
+        ):
+            parts.append(
+                f"{name} never exceeded {pct(best_acc)} (chance: {pct(c_acc)}) over {len(err)} evaluations, while the "
+                f"training loss fell to {fmt(c.tail)} (chance: {fmt(chance)}): the model memorizes the training labels"
+            )
     if c is not None and vs_ is not None and vs_[2] == "val_loss":
         _, vv, _ = vs_
-        ref = chance_loss(h, ctx)
-        ref = float(vv[0]) if ref is None else ref
+        ref = float(vv[0]) if chance is None else chance
         steps_run = int(c.steps[-1] - c.steps[0]) + 1
         train_gain = c.progress
         val_gain = (ref - float(vv.min())) / max(abs(ref), 1e-12)

@@ -201,9 +201,14 @@ def nan_inf(h: History, ctx: Context) -> Finding | None:
         layers.append(h.layers[where].name)
         first.append(int(steps[t]))
         before = [h.layers[i].name for i in order[: order.index(where)]] if where in order else []
+        wsteps, wn = series(h, ctx, "weight_norm")
+        at = np.flatnonzero(wsteps == steps[t])
+        poisoned_weights = bool(h.layers[where].n_params > 0 and len(at) and not np.isfinite(wn[at[0], where]))
         parts.append(
             f"first non-finite output at step {int(steps[t])} in the forward pass, at `{h.layers[where].name}`"
             + (f" (the {len(before)} layers before it were finite)" if before else " (the first layer)")
+            + (": its weights are already non-finite, so an earlier, unsampled step produced the first one"
+               if poisoned_weights else "")
         )
         if rec is not None and rec.inputs and not (np.isfinite(rec.inputs.get("min", 0.0)) and np.isfinite(rec.inputs.get("max", 0.0))):
             parts.append("the input batch itself contains non-finite values")
