@@ -175,13 +175,20 @@ function render({ model, el }) {
     /** @type {ChecklistItem[]} */
     const items = c.items || [];
     const ro = Boolean(model.get("read_only"));
-    return items.map((it) => {
+    /** @type {HTMLElement[]} */
+    const out = [];
+    let source = "";
+    for (const it of items) {
+      if (it.source !== source) {
+        source = it.source;
+        out.push(h("div", { cls: "trainscope-section-title", text: source === "karpathy" ? "Karpathy: a recipe for training neural networks" : source === "tobin" ? "Tobin: troubleshooting deep neural networks" : source }));
+      }
       const run = it.automated ? /** @type {HTMLButtonElement} */ (h("button", { cls: `trainscope-btn trainscope-run-${it.id}`, text: "Run" })) : null;
       if (run) {
         run.disabled = ro;
-        run.addEventListener("click", () => send("run_check", { check: it.id }, `Run: ${it.title}`));
+        run.addEventListener("click", () => send("run_check", { check: it.check || it.id }, `Run: ${it.title}`));
       }
-      return h("div", { cls: `trainscope-check status-${it.status}` }, [
+      out.push(h("div", { cls: `trainscope-check status-${it.status}`, attrs: { "data-check": it.id } }, [
         h("span", { cls: "trainscope-check-icon", text: CHECK_ICON[it.status] || "·", title: it.status }),
         h("div", { cls: "trainscope-check-body" }, [
           h("div", {}, [h("b", { text: it.title }), h("span", { cls: "trainscope-muted", text: ` (${it.source})` })]),
@@ -189,8 +196,9 @@ function render({ model, el }) {
           it.evidence ? h("div", { cls: "trainscope-evidence", text: it.evidence }) : null,
         ]),
         run,
-      ]);
-    });
+      ]));
+    }
+    return out;
   };
 
   // ------------------------------------------------------------ activity (acknowledgements)

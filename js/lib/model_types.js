@@ -30,7 +30,7 @@
  *   last_step: number | null, active: boolean, layers: string[], evidence: string,
  *   checklist: string[], interventions: Array<{action: string, params: Record<string, any>, label: string}>}} Finding
  * @typedef {{id: string, source: string, title: string, meaning: string, status: string,
- *   evidence: string, automated: boolean}} ChecklistItem
+ *   evidence: string, automated: boolean, check?: string | null}} ChecklistItem
  * @typedef {{actions: ActionSpec[], tickets: TicketView[],
  *   findings: {available?: boolean, message?: string, items?: Finding[]},
  *   checklist: {available?: boolean, message?: string, items?: ChecklistItem[]},

@@ -21,8 +21,10 @@ __all__ = [
     "envelope",
     "hist_image",
     "jsonable_number",
+    "log_ticks",
     "mean_decimate",
     "minmax_decimate",
+    "nice_ticks",
 ]
 
 MAX_POINTS = 1000
@@ -147,6 +149,40 @@ def ema(y: np.ndarray, count: np.ndarray | None = None, window: float = 50.0) ->
         start = end
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(d_out > 0, s_out / np.where(d_out > 0, d_out, 1.0), np.nan)
+
+
+def nice_ticks(lo: float, hi: float, n: int = 4) -> np.ndarray:
+    """About ``n`` round tick values (1, 2, 5 x 10^k steps) inside ``[lo, hi]`` (small figures,
+    where the plotting library's default ticks would overlap)."""
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return np.zeros(0)
+    if hi < lo:
+        lo, hi = hi, lo
+    if hi == lo:
+        return np.array([lo])
+    raw = (hi - lo) / max(n, 1)
+    mag = 10.0 ** math.floor(math.log10(raw))
+    step = next(m * mag for m in (1.0, 2.0, 2.5, 5.0, 10.0) if m * mag >= raw)
+    first = math.ceil(lo / step - 1e-9) * step
+    ticks = np.arange(first, hi + step * 1e-9, step)
+    return np.round(ticks / step) * step
+
+
+def log_ticks(lo: float, hi: float, n: int = 4) -> np.ndarray:
+    """Round ticks for a log axis: decades, or 1-2-5 within one or two decades."""
+    if not (math.isfinite(lo) and math.isfinite(hi)) or lo <= 0 or hi <= 0:
+        return np.zeros(0)
+    if hi < lo:
+        lo, hi = hi, lo
+    e0, e1 = math.floor(math.log10(lo)), math.ceil(math.log10(hi))
+    for mults in ((1.0,), (1.0, 3.0), (1.0, 2.0, 5.0), (1.0, 1.5, 2.0, 3.0, 5.0, 7.0)):
+        cand = np.array([m * 10.0**e for e in range(e0, e1 + 1) for m in mults])
+        cand = cand[(cand >= lo * (1 - 1e-9)) & (cand <= hi * (1 + 1e-9))]
+        if len(cand) >= 2:
+            if len(cand) > n + 1:  # thin out evenly
+                cand = cand[:: math.ceil(len(cand) / n)]
+            return cand
+    return np.array([lo, hi])
 
 
 def _magnitude(v: float) -> str:

@@ -16,7 +16,15 @@ import ipywidgets as W
 import numpy as np
 
 from ..history import History
-from ._series import MAX_POINTS, ema, envelope, mean_decimate, minmax_decimate
+from ._series import (
+    MAX_POINTS,
+    ema,
+    envelope,
+    log_ticks,
+    mean_decimate,
+    minmax_decimate,
+    nice_ticks,
+)
 
 __all__ = [
     "PALETTE",
@@ -90,6 +98,21 @@ def _set(mark: Any, **values: Any) -> None:
     with mark.hold_sync():
         for k, v in values.items():
             setattr(mark, k, v)
+
+
+def _set_ticks(axis: bq.Axis, values: np.ndarray, *, log: bool) -> None:
+    """Round tick values over the finite range of ``values`` (small figures only)."""
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    if not len(v):
+        return
+    ticks = (
+        log_ticks(float(v.min()), float(v.max()))
+        if log
+        else nice_ticks(float(v.min()), float(v.max()))
+    )
+    if len(ticks) and not np.array_equal(np.asarray(axis.tick_values, dtype=np.float64), ticks):
+        axis.tick_values = ticks
 
 
 def _pad_lines(lines: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
@@ -228,15 +251,16 @@ class Curves(W.HBox):
             display_legend=True,
             labels=[],
         )
+        # small figures: round ticks set from the data (the default ones would overlap)
+        self._m_xaxis = bq.Axis(scale=mx, label="step", tick_format=_STEP_FMT)
+        self._m_yaxis = bq.Axis(scale=my, side="left", tick_format=_Y_FMT)
         self.metrics_fig = _figure(
             "metrics",
             [self.metric_lines],
-            [
-                bq.Axis(scale=mx, label="step", num_ticks=4, tick_format=_STEP_FMT),
-                bq.Axis(scale=my, side="left", tick_format=_Y_FMT, num_ticks=4),
-            ],
-            height="150px",
+            [self._m_xaxis, self._m_yaxis],
+            height="160px",
         )
+        self.metrics_fig.legend_location = "bottom-right"  # accuracies rise to the top right
 
         # --- learning rate
         lx, ly = bq.LinearScale(), bq.LogScale()
@@ -249,14 +273,13 @@ class Curves(W.HBox):
             colors=PALETTE,
             labels=[],
         )
+        self._lr_xaxis = bq.Axis(scale=lx, label="step", tick_format=_STEP_FMT)
+        self._lr_yaxis = bq.Axis(scale=ly, side="left", tick_format=".0e")
         self.lr_fig = _figure(
             "learning rate",
             [self.lr_lines],
-            [
-                bq.Axis(scale=lx, label="step", num_ticks=4, tick_format=_STEP_FMT),
-                bq.Axis(scale=ly, side="left", tick_format=".1e", num_ticks=3),
-            ],
-            height="150px",
+            [self._lr_xaxis, self._lr_yaxis],
+            height="160px",
         )
 
         right = W.VBox(
@@ -351,6 +374,8 @@ class Curves(W.HBox):
         X, Y = _pad_lines(lines)
         _set(self.metric_lines, x=X, y=Y, labels=labels, colors=colors)
         self.metrics_fig.title = "metrics"
+        _set_ticks(self._m_xaxis, X, log=False)
+        _set_ticks(self._m_yaxis, Y, log=False)
 
     def _draw_lr(self, histories: Sequence[History], force: bool) -> None:
         lines, labels = [], []
@@ -376,9 +401,12 @@ class Curves(W.HBox):
         _set(self.lr_lines, x=X, y=Y, labels=labels)
         finite = Y[np.isfinite(Y)]
         if len(finite):  # a constant lr would give a log scale an empty domain: pad it
+            lo, hi = float(finite.min()) / 2.0, float(finite.max()) * 2.0
             with self._lr_scale.hold_sync():
-                self._lr_scale.min = float(finite.min()) / 2.0
-                self._lr_scale.max = float(finite.max()) * 2.0
+                self._lr_scale.min = lo
+                self._lr_scale.max = hi
+            self._lr_yaxis.tick_values = log_ticks(lo, hi, 3)
+        _set_ticks(self._lr_xaxis, X, log=False)
 
 
 class LayerCurves(W.HBox):
