@@ -87,6 +87,7 @@ def main(epochs: tuple[int, int, int] = (2, 1, 5), seed: int = 0, verbose: bool 
     say(f"after {probe.step_count} steps: loss {out['loss_before']:.3f} (ln 10 = 2.303), val acc {acc:.2f}")
     say("activation std by depth: " + " ".join(f"{s:.0e}" for s in stds))
     findings = probe.findings()
+    out["suggested"] = [(i["action"], i["params"]) for f in findings for i in f.interventions]
     for f in findings[:3]:
         say(f"finding [{f.severity}] {f.title}")
         say("   suggested: " + "; ".join(i["label"] for i in f.interventions))
@@ -127,6 +128,7 @@ def main(epochs: tuple[int, int, int] = (2, 1, 5), seed: int = 0, verbose: bool 
         say(f"   step {e.step:4d}  {e.kind:12s} {e.label}")
     out["events"] = [(e.kind, e.data.get("action")) for e in probe.history.events]
     probe.detach()
+    out["probe"] = probe
     return out
 
 

@@ -24,6 +24,12 @@ def test_headless_debugging_session_tells_the_story() -> None:
     kinds = [k for k, _ in out["events"]]
     assert ("intervention", "reinit") in out["events"] and "lr_find" in kinds
     assert ("intervention", "one_cycle") in out["events"]
+    # every fix the diagnosis offered is a valid request for its action (names and parameters agree)
+    from trainscope.actions import REGISTRY
+
+    assert out["suggested"]
+    for action, params in out["suggested"]:
+        REGISTRY[action].validate(out["probe"], dict(params))
 
 
 def test_notebook_is_clean_and_parses() -> None:

@@ -180,6 +180,8 @@ def test_linear_mode_and_validation() -> None:
         lr_find(model, opt, None, data)
     with pytest.raises(ValueError, match="yielded no batch"):
         lr_find(model, opt, nn.CrossEntropyLoss(), [])
+    with pytest.raises(ValueError, match="cannot be restarted"):
+        lr_find(model, opt, nn.CrossEntropyLoss(), iter(data[:3]), end_lr=1e-3)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 

@@ -181,7 +181,13 @@ class _Cycle:
             if self.fresh:
                 raise ValueError("the loader yielded no batch") from None
             self.it = iter(self.data)
-            b = next(self.it)
+            try:
+                b = next(self.it)
+            except StopIteration:
+                raise ValueError(
+                    "the data ran out and cannot be restarted (a generator?); pass a list of batches or a "
+                    "DataLoader, or lower num_iter"
+                ) from None
         self.fresh = False
         return b
 
