@@ -200,12 +200,15 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
         }
         undo = probe.request("undo", ticket=t.id)
         result["undo_status"] = undo.status
+        # a request larger than the control block: it waits one exchange while the block grows
+        big = probe.request("scale_lr", factor=1.0, note="x" * 12_000)
+        result["big_status"] = big.status
     else:
         result["ticket"] = {"first": tickets["main"]}
         refused = probe.request("scale_lr", factor=2.0)
         result["rank1_request"] = {"status": refused.status, "message": refused.message}
-    # one more sampled step carries the undo to every rank
-    for step in range(STEPS, STEPS + EVERY + 1):
+    # two more sampled steps (15, 18) carry the undo and then the large request to every rank
+    for step in range(STEPS, STEPS + 2 * EVERY + 1):
         xb, yb = (
             x[step % STEPS, rank * B : (rank + 1) * B],
             y[step % STEPS, rank * B : (rank + 1) * B],
@@ -274,7 +277,7 @@ def test_rank0_records_and_the_others_do_not(ddp_run) -> None:
     assert ddp_run[0]["samples"] == len(range(0, STEPS, EVERY))
     assert ddp_run[1]["samples"] == 0
     assert ddp_run[0]["world"] == 2
-    assert sorted(ddp_run[0]["recorded"]) == list(range(0, STEPS + EVERY + 1, EVERY))
+    assert sorted(ddp_run[0]["recorded"]) == list(range(0, STEPS + 2 * EVERY + 1, EVERY))
 
 
 @pytest.mark.slow  # two spawned gloo processes: ~7 s alone, more on a busy machine
@@ -318,7 +321,8 @@ def test_reduced_statistics_equal_the_concatenated_batch(ddp_run) -> None:
 def test_an_action_is_applied_on_every_rank_at_the_same_step(ddp_run) -> None:
     boundary = next(s for s in range(REQUEST_AT, STEPS) if s % EVERY == 0)  # step 6
     for r in (0, 1):
-        assert [tuple(a) for a in ddp_run[r]["applied"]] == [(r, boundary + 1)]
+        # the lr change at step 6's boundary; the large request at the second exchange after it
+        assert [tuple(a) for a in ddp_run[r]["applied"]] == [(r, boundary + 1), (r, 19)]
         lrs = ddp_run[r]["lrs"]
         # lr read after each optimizer.step(): the change lands at the end of step 6, on both
         assert lrs[:boundary] == [0.1] * boundary
@@ -327,7 +331,7 @@ def test_an_action_is_applied_on_every_rank_at_the_same_step(ddp_run) -> None:
     t = ddp_run[0]["ticket"]
     assert t["first"][0] == "pending" and t["status"] == "applied"
     assert t["applied_step"] == boundary + 1 and t["final"] == "undone"
-    assert ddp_run[0]["undo_status"] == "pending"
+    assert ddp_run[0]["undo_status"] == "pending" and ddp_run[0]["big_status"] == "pending"
     assert ddp_run[1]["ticket"]["first"][0] == "refused"
     r1 = ddp_run[1]["rank1_request"]
     assert r1["status"] == "refused" and "rank 0" in r1["message"]

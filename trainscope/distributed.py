@@ -40,10 +40,10 @@ from .probe import Probe
 
 __all__ = ["DistributedProbe"]
 
-_CTRL_BYTES = 64 << 10  # initial control block (JSON): layout of the rank's payload + actions
+_CTRL_MIN = 8 << 10  # control block (JSON: the rank's payload layout + actions), grows as needed
 _ALIGN = 4096
 _EXCHANGED = ("act", "grad", "act_hist", "grad_hist", "inputs", "loss_in")
-_ACTION_BYTES = 16 << 10  # actions sent per exchange at most (the rest wait for the next one)
+_ACTION_BYTES = 16 << 10  # one request's parameters at most (JSON)
 
 
 def _dist() -> Any:
@@ -126,14 +126,18 @@ class _SyncedActionQueue(ActionQueue):
         ready, self._ready = self._ready, []
         return [self._apply(t) for t in ready]
 
-    def take_for_broadcast(self, max_bytes: int = _ACTION_BYTES) -> list[dict[str, Any]]:
-        """Rank 0: move queued requests into flight, as JSON-able items for the exchange."""
+    def take_for_broadcast(self, max_bytes: int) -> tuple[list[dict[str, Any]], int]:
+        """Rank 0: move queued requests into flight, as JSON-able items for the exchange.
+
+        Returns the items (at most ``max_bytes`` of JSON) and the bytes the next waiting request
+        needs (0 if none waits): the control block grows to fit it at the next exchange.
+        """
         out: list[dict[str, Any]] = []
         size = 2
         while True:
             with self._lock:
                 if not self._queue:
-                    break
+                    return out, 0
                 t = self._queue[0]
                 item = {
                     "id": t.id,
@@ -142,16 +146,21 @@ class _SyncedActionQueue(ActionQueue):
                     "source": t.source,
                 }
                 n = len(json.dumps(item)) + 1
-                if size + n > max_bytes and out:
-                    break
-                self._queue.popleft()
-            if size + n > max_bytes:  # a single request too large to send
-                self._finish(t, "refused", f"request too large to send to every rank ({n} bytes)")
-                continue
-            out.append(item)
-            self._in_flight.append(t)
-            size += n
-        return out
+                if n > _ACTION_BYTES:  # refuse rather than grow without bound
+                    self._queue.popleft()
+                elif size + n > max_bytes:
+                    return out, size + n
+                else:
+                    self._queue.popleft()
+                    out.append(item)
+                    self._in_flight.append(t)
+                    size += n
+                    continue
+            self._finish(
+                t,
+                "refused",
+                f"request too large to send to every rank ({n} bytes > {_ACTION_BYTES})",
+            )
 
     def schedule(self, items: list[dict[str, Any]]) -> None:
         """Every rank: the requests decoded from the exchange are applied at this boundary."""
@@ -242,7 +251,7 @@ class DistributedProbe(Probe):
         self._ddp_active = active and self.world_size > 1
         self._ddp_want_sample = False
         self._agreed: dict[str, Any] | None = None
-        self._ctrl_cap = _CTRL_BYTES
+        self._ctrl_cap = _CTRL_MIN
         self._data_cap = 0
         self._coll_device = torch.device("cpu")
         self.ddp_stats: dict[str, float] = {
@@ -261,6 +270,7 @@ class DistributedProbe(Probe):
             if backend == "nccl":
                 self._coll_device = torch.device("cuda", torch.cuda.current_device())
             self._data_cap = self._estimate_data_bytes()
+            self._ctrl_cap = _round_up(_CTRL_MIN + 160 * len(self.layers))
             self.history.meta.update(world_size=self.world_size, backend=backend, rank=self.rank)
 
     # ------------------------------------------------------------------ schedule agreement
@@ -391,17 +401,20 @@ class DistributedProbe(Probe):
         ):
             if mk in payload:
                 ctrl[mk] = payload[mk]
-        if self.rank == 0:
-            Probe._adapt_interval(self)  # rank 0 decides the interval for everyone
-            ctrl["every"] = self.every if isinstance(self.every, int) else None
-            ctrl["actions"] = self.actions.take_for_broadcast()  # type: ignore[attr-defined]
         parts = [
             tensors[key].detach().reshape(-1).float().to(self._coll_device) for key in exchanged
         ]
         n_data = sum(p.numel() for p in parts) * 4
         ctrl["need"] = [0, n_data]
+        if self.rank == 0:
+            Probe._adapt_interval(self)  # rank 0 decides the interval for everyone
+            ctrl["every"] = self.every if isinstance(self.every, int) else None
+            base = len(json.dumps(ctrl, default=_jsonable, allow_nan=True)) + 64
+            items, waiting = self.actions.take_for_broadcast(self._ctrl_cap - base - 64)  # type: ignore[attr-defined]
+            ctrl["actions"] = items
+            ctrl["need"][0] = base + waiting + 64  # room for a request that did not fit this time
         raw = json.dumps(ctrl, default=_jsonable, allow_nan=True).encode()
-        ctrl["need"][0] = len(raw) + 64
+        ctrl["need"][0] = max(ctrl["need"][0], len(raw) + 64)
         raw = json.dumps(ctrl, default=_jsonable, allow_nan=True).encode()
         if len(raw) + 4 > self._ctrl_cap:
             if self.rank == 0:
