@@ -247,6 +247,12 @@ class Probe:
                 f"Probe needs a torch.nn.Module, got {type(model).__name__}. "
                 "Pass the model itself (e.g. Probe(model, optimizer)), not its output or a function."
             )
+        if getattr(getattr(model, "dynamo_ctx", None), "fullgraph", False) is True:
+            raise ValueError(
+                "this model was compiled with torch.compile(..., fullgraph=True), which cannot hold "
+                "the probe's per-layer hooks (they run at graph breaks on sampled steps). Compile "
+                "without fullgraph=True; see docs/beyond.md for what works under torch.compile."
+            )
         if optimizer is not None and not (
             hasattr(optimizer, "param_groups") and hasattr(optimizer, "register_step_post_hook")
         ):
