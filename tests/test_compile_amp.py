@@ -182,3 +182,11 @@ def _bf16_records() -> list[dict[str, np.ndarray]]:
     m = _model()
     opt = torch.optim.SGD(m.parameters(), lr=0.1)
     return _train(m, opt, trainscope.Probe(m, opt, every=EVERY), autocast=True)
+
+
+def test_fullgraph_compile_is_refused_with_a_clear_error() -> None:
+    m = _model()
+    fwd = torch.compile(m, backend="aot_eager", fullgraph=True)
+    with pytest.raises(ValueError, match="fullgraph=True"):
+        trainscope.Probe(fwd, torch.optim.SGD(m.parameters(), lr=0.1))
+    assert not m[0]._forward_hooks and not fwd._forward_pre_hooks  # nothing was attached
