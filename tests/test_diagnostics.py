@@ -269,3 +269,16 @@ def test_expected_loss_at_init() -> None:
     assert assess_init_loss(4.0, ref, th)[0] == "warn"
     assert assess_init_loss(9.0, ref, th)[0] == "fail"
     assert assess_init_loss(0.3, ref, th)[0] == "warn"  # suspiciously low
+
+
+def test_the_documentation_defines_every_label_and_threshold() -> None:
+    import dataclasses
+    from pathlib import Path
+
+    doc = (Path(__file__).parent.parent / "docs" / "diagnosis.md").read_text()
+    for label in LABELS:
+        assert f"**`{label}`**" in doc, f"docs/diagnosis.md does not define {label}"
+    for f in dataclasses.fields(Thresholds):
+        assert f"`{f.name}`" in doc, f"docs/diagnosis.md does not list the threshold {f.name}"
+    for item in ITEMS:
+        assert f"`{item.id}`" in doc, item.id

@@ -10,7 +10,7 @@ import trainscope.interventions  # registers the intervention actions the findin
 from trainscope.actions import REGISTRY
 from trainscope.diagnostics import LABELS
 
-from .broken.cases import ALL, BROKEN, HEALTHY
+from .broken.cases import ALL, BROKEN, HEALTHY, HELD_OUT
 from .broken.report import run_all, table
 from .broken.runner import Outcome
 
@@ -25,7 +25,7 @@ def outcomes() -> list[Outcome]:
 def test_the_suite_covers_every_label_with_healthy_controls_of_several_kinds() -> None:
     assert {c.expect for c in BROKEN} == set(LABELS)
     assert len(HEALTHY) >= 5 and all(c.expect is None for c in HEALTHY)
-    assert len({c.name for c in ALL}) == len(ALL)
+    assert len({c.name for c in ALL}) == len(ALL) == len(HEALTHY) + len(BROKEN) + len(HELD_OUT)
 
 
 def test_healthy_runs_get_no_finding_at_warning_level(outcomes: list[Outcome]) -> None:

@@ -563,4 +563,65 @@ BROKEN: list[Case] = [
     Case("nll_on_logits", "wrong_loss", b_nll_on_logits, note="NLLLoss without log_softmax"),
 ]
 
-ALL: list[Case] = HEALTHY + BROKEN
+# ------------------------------------------------------------------------------ held out
+# Written after the rules and thresholds were fixed, and never used to adjust them: a small check
+# of how the diagnosis does on faults it was not developed against.
+def ho_lr0_group() -> Setup:
+    s = _digits_setup(M.init_linear(M.mlp((64, 64, 64, 10)), "he"), "sgdm", 0.05, steps=80)
+    m = s.model
+    s.optimizer = torch.optim.SGD(
+        [{"params": m[0].parameters(), "lr": 0.0}, {"params": [*m[2].parameters(), *m[4].parameters()]}], lr=0.05, momentum=0.9
+    )
+    return s
+
+
+def ho_dying_relu_adam_cnn() -> Setup:
+    return _digits_setup(M.cnn((32, 64)), "adam", 0.05, steps=120)
+
+
+def ho_divide_by_std() -> Setup:
+    x, y = digits()
+    m = nn.Sequential(M.DivideByBatchStd(), nn.Linear(64, 10))
+    s = _digits_setup(m, "adam", 1e-3, steps=40)
+    s.x, s.y = x[:1400], y[:1400]  # raw pixels: some columns are constant 0 -> 0 / 0
+    return s
+
+
+def ho_vanilla_rnn() -> Setup:
+    x, y = M.sequences(1000, seq=30, seed=1)
+    m = M.ReluRNN()
+    return Setup(m, torch.optim.SGD(m.parameters(), lr=0.01), nn.CrossEntropyLoss(), x, y, steps=60, batch=32)
+
+
+def ho_labels_offset() -> Setup:
+    s = _digits_setup(M.init_linear(M.mlp((64, 128, 10)), "he"), "adam", 1e-3, steps=200)
+    s.y = torch.roll(s.y, 1)  # labels shifted by one example against their inputs
+    return s
+
+
+def ho_sigmoid_mse_onehot() -> Setup:
+    x, y, xv, yv = standardized_digits()
+    m = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10), nn.Sigmoid())
+    return Setup(m, torch.optim.Adam(m.parameters(), 3e-3), nn.MSELoss(), x, torch.nn.functional.one_hot(y, 10).float(),
+                 xv, torch.nn.functional.one_hot(yv, 10).float(), steps=150)
+
+
+def ho_dropout_09() -> Setup:
+    m = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Dropout(0.9), nn.Linear(64, 10))
+    return _digits_setup(m, "adam", 1e-3, steps=150)
+
+
+HELD_OUT: list[Case] = [
+    Case("ho_lr_0_param_group", "frozen_parameters", ho_lr0_group, ("0",), note="held out: first layer in a group with lr=0"),
+    Case("ho_dying_relu_adam_cnn", "dead_units", ho_dying_relu_adam_cnn, note="held out: Adam lr 0.05 kills ReLU channels"),
+    Case("ho_divide_by_batch_std", "nan_inf", ho_divide_by_std, ("0",), note="held out: x / x.std(0) with constant pixels"),
+    Case("ho_relu_rnn", "exploding_gradients", ho_vanilla_rnn, note="held out: ReLU RNN, recurrent weights 1.3 I, 30 steps"),
+    Case("ho_labels_offset_by_one", "label_noise", ho_labels_offset, note="held out: labels rolled by one example"),
+    Case("ho_sigmoid_mse_onehot", None, ho_sigmoid_mse_onehot, note="held out: sigmoid + MSE on one-hot targets (unusual, not wrong)"),
+    Case("ho_dropout_0.9", None, ho_dropout_09, note="held out: dropout 0.9 (heavy, but it learns)"),
+]
+
+for _c in HELD_OUT:
+    _c.held_out = True
+
+ALL: list[Case] = HEALTHY + BROKEN + HELD_OUT

@@ -190,3 +190,26 @@ class GRUClassifier(nn.Module):
     def forward(self, tokens: Tensor) -> Tensor:
         out, _ = self.gru(self.emb(tokens))
         return self.head(out[:, -1])
+
+
+class DivideByBatchStd(nn.Module):
+    """A hand-written normalization that divides by the batch std: 0 / 0 on constant features."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x / x.std(dim=0, keepdim=True)
+
+
+class ReluRNN(nn.Module):
+    """Embedding + ReLU RNN whose recurrent matrix (1.3 I) amplifies the state at every step."""
+
+    def __init__(self, vocab: int = 10, d: int = 32, classes: int = 2) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(vocab, d)
+        self.rnn = nn.RNN(d, d, batch_first=True, nonlinearity="relu")
+        self.head = nn.Linear(d, classes)
+        with torch.no_grad():
+            self.rnn.weight_hh_l0.copy_(torch.eye(d) * 1.3)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        out, _ = self.rnn(self.emb(tokens))
+        return self.head(out[:, -1])

@@ -191,7 +191,7 @@ def diagnose_probe(
 
             _auto(probe)
         h = probe.history
-        if st.sym_step != h.step:
+        if st.sym_step is None or (h.step != st.sym_step and (h.step < 2 * REFRESH_STEPS or h.step - st.sym_step >= REFRESH_STEPS)):
             ctx = context_from_probe(probe, thresholds=d.thresholds)
             st.symmetry, st.sym_step = ctx.symmetry, h.step
         else:
