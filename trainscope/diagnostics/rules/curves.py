@@ -229,7 +229,7 @@ def lr_too_low(h: History, ctx: Context) -> Finding | None:
     if not (u < th.update_low) or not (gr > 0) or warming:
         return None
     lr_now = float(lr[-1]) if len(lr) else math.nan
-    factor = float(min(10.0 ** math.ceil(math.log10(1e-3 / max(u, 1e-12))), 1e3))
+    factor = float(min(max(10.0 ** round(math.log10(1e-3 / max(u, 1e-12))), 10.0), 1e3))  # toward ~1e-3
     fixes = [intervention("lr_find", "Run the LR finder"), intervention("scale_lr", f"Scale the learning rate by {fmt(factor)}", factor=factor)]
     if np.isfinite(lr_now) and lr_now > 0:
         fixes.append(intervention("set_lr", f"Set the learning rate to {fmt(lr_now * factor)}", lr=float(lr_now * factor)))
