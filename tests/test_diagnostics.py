@@ -162,11 +162,20 @@ def _train(model: nn.Module, opt: torch.optim.Optimizer, probe_kw: dict | None =
     return probe
 
 
+def _one_step(probe: trainscope.Probe) -> None:
+    lf = nn.CrossEntropyLoss()
+    probe.model.zero_grad()
+    lf(probe.model(torch.randn(16, 8)), torch.randint(0, 3, (16,))).backward()
+    probe.optimizer.step()  # type: ignore[union-attr]
+
+
 def test_probe_findings_returns_findings_and_runs_the_batch_mixing_check_once() -> None:
     model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
     probe = _train(model, torch.optim.Adam(model.parameters(), 1e-3))
-    found = probe.findings()
+    found = probe.findings()  # training may still be running (on another thread): not run yet
     assert isinstance(found, list) and all(isinstance(f, Finding) for f in found)
+    assert "batch_mixing" not in (probe.history.meta.get("checks") or {})
+    _one_step(probe)  # the next step boundary runs it, on the training thread
     checks = probe.history.meta["checks"]
     assert checks["batch_mixing"]["status"] == "pass"
     t = checks["batch_mixing"]["time"]
@@ -188,10 +197,18 @@ def test_from_another_thread_the_automatic_check_waits_for_the_training_thread()
     t.join()
     # the training loop has not reached a boundary since: the check is queued, not run off-thread
     assert "batch_mixing" not in (probe.history.meta.get("checks") or {})
-    lf = nn.CrossEntropyLoss()
-    opt.zero_grad()
-    lf(model(torch.randn(16, 8)), torch.randint(0, 3, (16,))).backward()
-    opt.step()  # step boundary on this (the training) thread
+    _one_step(probe)  # step boundary on this (the training) thread
+    assert probe.history.meta["checks"]["batch_mixing"]["status"] == "pass"
+    probe.detach()
+
+
+def test_when_training_is_idle_the_automatic_check_runs_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    from trainscope.diagnostics import diagnoser
+
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+    probe = _train(model, torch.optim.SGD(model.parameters(), lr=0.01), steps=2)
+    monkeypatch.setattr(diagnoser, "IDLE_SECONDS", 0.0)
+    probe.findings()  # no step since: training is idle
     assert probe.history.meta["checks"]["batch_mixing"]["status"] == "pass"
     probe.detach()
 
@@ -201,12 +218,10 @@ def test_diagnosis_requests_a_fresh_sample_when_the_latest_is_stale() -> None:
     probe = _train(model, torch.optim.SGD(model.parameters(), lr=0.01), {"every": 1000}, steps=30)
     assert probe.history.latest is not None and probe.history.latest.step == 0
     probe.findings()
-    lf = nn.CrossEntropyLoss()
-    model.zero_grad()
-    lf(model(torch.randn(16, 8)), torch.randint(0, 3, (16,))).backward()
-    probe.optimizer.step()  # type: ignore[union-attr]
+    _one_step(probe)  # the request is applied at this boundary: the next step is sampled
+    _one_step(probe)
     probe.flush()
-    assert probe.history.latest.step == 30
+    assert probe.history.latest.step == 31
     probe.detach()
 
 

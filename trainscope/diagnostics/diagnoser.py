@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 import traceback
 import weakref
 from collections.abc import Callable
@@ -101,6 +102,8 @@ class _ProbeState:
         self.thread: int | None = None  # the thread step boundaries run on (the training thread)
         self.tasks: dict[str, Callable[[Any], None]] = {}
         self.handle: Any = None
+        self.idle_since: float | None = None  # when step_count was last seen to change
+        self.idle_step: int | None = None
 
 
 _STATES: weakref.WeakKeyDictionary[Any, _ProbeState] = weakref.WeakKeyDictionary()
@@ -138,13 +141,23 @@ def _state(probe: Probe) -> _ProbeState:
         return st
 
 
+IDLE_SECONDS = 1.0
+"""Before any step boundary has been seen, training counts as idle (and a task may run on the
+calling thread) once the probe's step count has not moved for this long, or when it is detached."""
+
+
 def on_training_thread(probe: Probe, key: str, task: Callable[[Any], None]) -> bool:
-    """Run ``task(probe)`` now if this is the training thread (or, before any step boundary was
-    seen, the main thread); otherwise at the next step boundary, on the training thread.  Returns
+    """Run ``task(probe)`` where it cannot race with training: now if this is the thread step
+    boundaries run on, or if training is idle (detached probe, or no step for
+    :data:`IDLE_SECONDS`); otherwise at the next step boundary, on the training thread.  Returns
     whether it ran now.  Tasks are keyed: a task queued twice runs once."""
     st = _state(probe)
-    here = threading.get_ident()
-    if st.thread == here or (st.thread is None and threading.current_thread() is threading.main_thread()):
+    now = time.monotonic()
+    if st.idle_step != probe.step_count or st.idle_since is None:
+        st.idle_step, st.idle_since = probe.step_count, now
+    idle = not probe.is_attached or (st.thread is None and now - st.idle_since >= IDLE_SECONDS)
+    if st.thread == threading.get_ident() or idle:
+        st.tasks.pop(key, None)
         task(probe)
         return True
     st.tasks[key] = task
@@ -172,7 +185,8 @@ def diagnose_probe(
     auto_checks
         Run the read-only automatic checks once (today: the batch-mixing test on the latest
         training batch, which changes nothing -- see :mod:`trainscope.checklists`).  It runs
-        right away when called from the training thread, otherwise at the next step boundary.
+        right away when called from the training thread or while training is idle, otherwise at
+        the next step boundary (never concurrently with a training step).
     refresh
         When the latest full sample is more than :data:`REFRESH_STEPS` steps old, ask the probe
         to record one at the next step (a diagnosis deserves current evidence; the cost is one
