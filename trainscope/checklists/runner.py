@@ -147,6 +147,8 @@ def run_check(
 
     An error inside the check does not propagate: the state is restored and the result says
     ``not_run`` with the reason.  Missing inputs (no batch, no loss) raise ``ValueError`` first.
+    Call it between training steps; while a loop runs in another thread, use
+    ``probe.request("run_check", check=name)``, which runs it at the next step boundary.
     """
     check = _resolve(name)
     env = _env(check, model, optimizer, loss_fn, batch, probe)
