@@ -452,7 +452,10 @@ class Probe:
         with contextlib.suppress(Exception):
             self.flush()
         if self.run_writer is not None:
-            self.run_writer.flush()
+            try:
+                self.run_writer.flush()
+            except Exception as e:  # a full disk must not turn detach() into a crash
+                self._fail("logdir", e)
         for h in self._handles + self._sample_handles:
             h.remove()
         self._handles = []
