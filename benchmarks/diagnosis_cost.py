@@ -51,7 +51,7 @@ def main() -> None:
     for _ in range(a.steps):  # fill the history
         step()
     t = time.perf_counter()
-    diagnose_probe(probe)  # first call: includes the automatic batch-mixing check
+    diagnose_probe(probe)  # first call (the automatic batch-mixing check waits for the next step)
     first = time.perf_counter() - t
     steps, diags = [], []
     for _ in range(30):
@@ -66,7 +66,7 @@ def main() -> None:
           f"history {probe.history.samples()} samples / {probe.step_count} steps, {a.threads} thread(s)")
     print(f"training step (probe attached, every=10): {1e3 * s:.2f} ms (median of 30)")
     print(f"diagnosis (new data each time):           {1e3 * d:.2f} ms = {d / s:.2f} steps")
-    print(f"first diagnosis (+ batch-mixing check):   {1e3 * first:.2f} ms = {first / s:.2f} steps")
+    print(f"first diagnosis (weight symmetry, setup): {1e3 * first:.2f} ms = {first / s:.2f} steps")
     for name in CHECKS:
         opts = {"steps": 50} if name in ("overfit_batch", "input_baseline") else {}
         t = time.perf_counter()
