@@ -127,9 +127,11 @@ class _HookFn:
 
     # Under torch.compile the hook runs eagerly at a graph break instead of being traced: tracing
     # it crashed Dynamo when the probe holds the compiled module (Probe(torch.compile(model))) and
-    # cost 4x the graphs otherwise (see docs/beyond.md).  About 1 us per call when not compiling.
-    @torch.compiler.disable  # type: ignore[untyped-decorator, unused-ignore]
+    # cost 4x the graphs otherwise (see docs/beyond.md).  The trampoline is built lazily: a
+    # class-level torch.compiler.disable would import torch._dynamo (~3 s) with trainscope.
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if torch.compiler.is_compiling():
+            return _eager_call(self.fn, args, kwargs)
         return self.fn(*args, **kwargs)
 
     def __deepcopy__(self, memo: dict[int, Any]) -> Callable[..., None]:
@@ -141,6 +143,20 @@ class _HookFn:
 
 def _inert_factory() -> Callable[..., None]:
     return _inert
+
+
+_EAGER: list[Callable[..., Any]] = []
+
+
+def _eager_call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """Call ``fn`` outside the graph Dynamo is tracing (a graph break; the hook runs eagerly)."""
+    if not _EAGER:
+
+        def call(f: Callable[..., Any], a: tuple[Any, ...], k: dict[str, Any]) -> Any:
+            return f(*a, **k)
+
+        _EAGER.append(torch.compiler.disable(call))
+    return _EAGER[0](fn, args, kwargs)
 
 
 class _Pending:
