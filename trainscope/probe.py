@@ -155,7 +155,7 @@ def _eager_call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str,
         def call(f: Callable[..., Any], a: tuple[Any, ...], k: dict[str, Any]) -> Any:
             return f(*a, **k)
 
-        _EAGER.append(torch.compiler.disable(call))
+        _EAGER.append(torch.compiler.disable(call))  # type: ignore[no-untyped-call,unused-ignore]
     return _EAGER[0](fn, args, kwargs)
 
 
