@@ -214,6 +214,35 @@ class Downsampled:
             "count": np.concatenate([self._b_count[:nb], np.ones(len(order), np.int64)]),
         }
 
+    def item_arrays(self, index: int) -> dict[str, np.ndarray]:
+        """:meth:`arrays` of entry ``index`` along the first item axis only (e.g. one layer of a
+        ``(L, ...)`` series), without copying the others."""
+        nb = self._b_len + (1 if self._open_n else 0)
+        order = self._recent_order()
+        cnt = self._b_count[:nb].astype(np.float64)
+        b_sum = self._b_sum[:nb, index]
+        b_mean = (b_sum / cnt.reshape((nb,) + (1,) * (b_sum.ndim - 1))).astype(self._r_vals.dtype)
+        r_vals = self._r_vals[order, index]
+        r_steps = self._r_steps[order]
+        mean = np.concatenate([b_mean, r_vals])
+        if self._b_min is not None and self._b_max is not None:
+            lo = np.concatenate([self._b_min[:nb, index], r_vals])
+            hi = np.concatenate([self._b_max[:nb, index], r_vals])
+        else:
+            lo = hi = mean
+        first = np.concatenate([self._b_first[:nb], r_steps])
+        last = np.concatenate([self._b_last[:nb], r_steps])
+        count = np.concatenate([self._b_count[:nb], np.ones(len(order), np.int64)])
+        return {
+            "step": (first + last) / 2.0,
+            "mean": mean,
+            "min": lo,
+            "max": hi,
+            "first": first,
+            "last": last,
+            "count": count,
+        }
+
     def last(self, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` most recent raw points (steps, values), oldest first."""
         order = self._recent_order()[-k:] if k > 0 else self._recent_order()[:0]
@@ -527,6 +556,16 @@ class History:
             raise KeyError("kind must be 'act' or 'ograd'")
         with self._lock:
             a = store.arrays()
+            return a["step"], a["mean"]
+
+    def layer_histograms(self, kind: str, layer: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(steps (T,), counts (T, NBINS))`` of one layer: :meth:`histograms` without copying
+        every layer's (a per-layer view of a large model)."""
+        store = {"act": self._act_hist, "ograd": self._ograd_hist}.get(kind)
+        if store is None:
+            raise KeyError("kind must be 'act' or 'ograd'")
+        with self._lock:
+            a = store.item_arrays(layer)
             return a["step"], a["mean"]
 
     def samples(self) -> int:
