@@ -122,6 +122,33 @@ def _views(nb: NotebookPage, tag: str) -> None:
     page.locator(f"{DASH} .lm-TabBar-tab:has-text('Curves')").first.click()
 
 
+def _panels(nb: NotebookPage, tag: str) -> None:
+    """LR finder -> its plot -> "Apply as LR"; a checklist "Run"; the findings panel."""
+    page = nb.page
+    card = page.locator(f"{DASH} [data-action='lr_find']")
+    card.locator("details summary").click()
+    card.locator(".trainscope-param-num_iter").fill("30")
+    card.locator(".trainscope-action-lr_find").click()
+    page.wait_for_selector(f"{DASH} .trainscope-ticket.status-applied:has-text('LR finder')", timeout=60_000)
+    page.locator(f"{DASH} .lm-TabBar-tab:has-text('LR finder')").first.click()
+    page.wait_for_selector(f"{DASH} .trainscope-lr-apply:not([disabled])", timeout=30_000)
+    page.wait_for_selector(f"{DASH} .bqplot:has-text('LR range test') path.line", timeout=30_000)
+    suggested = nb.text(f"{DASH} .trainscope-lr-apply >> xpath=..")
+    nb.screenshot(DASH, f"{tag}_6_lr_finder.png")
+    page.locator(f"{DASH} .trainscope-lr-apply").click()
+    page.wait_for_selector(f"{DASH} .trainscope-ticket.status-applied:has-text('Set learning rate')", timeout=30_000)
+    assert "suggested lr" in suggested
+    page.locator(f"{DASH} .trainscope-tab-checklist").click()
+    page.locator(f"{DASH} .trainscope-check[data-check='karpathy.seed'] .trainscope-btn").click()
+    page.wait_for_selector(f"{DASH} .trainscope-ticket.status-applied:has-text('Run check')", timeout=30_000)
+    page.wait_for_selector(f"{DASH} .trainscope-check.status-pass[data-check='karpathy.seed']", timeout=30_000)
+    nb.screenshot(DASH, f"{tag}_7_checklist.png")
+    page.locator(f"{DASH} .trainscope-tab-findings").click()
+    nb.screenshot(DASH, f"{tag}_8_findings.png")
+    page.locator(f"{DASH} .trainscope-tab-interventions").click()
+    page.locator(f"{DASH} .lm-TabBar-tab:has-text('Curves')").first.click()
+
+
 @pytest.fixture
 def scratch(tmp_path: Path) -> Path:
     require_browser()
@@ -138,6 +165,8 @@ def test_jupyterlab_live_click_and_interrupt(scratch: Path) -> None:
             nb.run_cell(SUMMARY, wait=False)  # queued behind the training cell
             res = _live_then_click(nb, "lab")
             _views(nb, "lab")
+            _panels(nb, "lab")
+            assert nb.cell_running(TRAIN), "all of this happened while the training cell ran"
             # Ctrl-C: the loop stops, the dashboard gets its final state, the kernel stays usable
             nb.interrupt()
             nb.wait_cell_done(TRAIN, timeout=60)

@@ -506,3 +506,45 @@ def test_message_envelope_parser() -> None:
     with pytest.raises(MessageError) as e:
         parse_message({"kind": "action", "action": "x", "params": "p", "id": "i1"})
     assert e.value.id == "i1" and e.value.action == "x"
+
+
+# ---------------------------------------------------------------------- fit_in_background
+
+
+def test_fit_in_background_applies_clicks_and_stops_at_a_step(live: SimpleNamespace) -> None:
+    """The documented fallback: the loop runs in a thread, the kernel stays free."""
+    seen_lr: list[float] = []
+
+    def train() -> int:
+        n = 0
+        while True:  # a loop that only stops when asked to
+            live.train(1)
+            seen_lr.append(live.opt.param_groups[0]["lr"])
+            n += 1
+
+    run = trainscope.fit_in_background(train)
+    deadline = time.time() + 10
+    while live.dash.probe.step_count < 20 and time.time() < deadline:
+        time.sleep(0.01)
+    assert run.running and live.dash.header.state["run_state"] == "running (background)"
+    _click(live.dash.controls, {"kind": "action", "action": "t_scale", "params": {"factor": 0.5}, "id": "bg1"})
+    _ticket(live.dash, "bg1", "applied")
+    run.stop()
+    run.join(10)
+    assert run.status == "stopped" and isinstance(run.exception, trainscope._background.StopTraining)
+    assert 0.05 in seen_lr and seen_lr[-1] == pytest.approx(0.05)
+    # the final state was flushed when the thread ended
+    st = live.dash.header.state
+    assert st["run_state"] == "stopped (background)" and st["step"] == live.dash.probe.step_count
+
+
+def test_fit_in_background_reports_errors() -> None:
+    def boom() -> None:
+        raise ValueError("bad batch")
+
+    run = trainscope.fit_in_background(boom)
+    with pytest.raises(ValueError, match="bad batch"):
+        run.join(5)
+    assert run.status == "failed" and "ValueError" in (run.traceback or "")
+    with pytest.raises(TypeError, match="training function"):
+        trainscope.fit_in_background(42)  # type: ignore[arg-type]

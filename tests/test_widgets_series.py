@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from trainscope.history import History
+from trainscope.history import LAYER_METRICS, History
 from trainscope.stats import NAN, NBINS, POS_INF, ZERO
 from trainscope.widgets._health import cell_status, column_status
 from trainscope.widgets._series import (
@@ -145,3 +145,26 @@ def test_throttle() -> None:
     assert t.ready(0.0)
     with pytest.raises(ValueError):
         Throttle(0)
+
+
+def test_history_layer_histograms_equal_the_full_copy() -> None:
+    """The per-layer accessor the heatmaps use (History.layer_histograms) returns exactly the
+    slice of History.histograms, raw and bucketed points alike."""
+    from trainscope.history import StepRecord
+    from trainscope.layers import LayerInfo
+
+    layers = [LayerInfo(f"l{i}", "Linear", "linear", 1, 1, False, None, False) for i in range(3)]
+    h = History(layers, hist_recent=4, hist_buckets=4)
+    rng = np.random.default_rng(0)
+    for step in range(40):
+        metrics = {m: np.zeros(3) for m in LAYER_METRICS}
+        hist = rng.integers(0, 50, size=(3, NBINS)).astype(np.float64)
+        h.add_record(
+            StepRecord(step, 0.0, metrics, hist, hist * 2, [0, 1, 2], [2, 1, 0], None, None)
+        )
+    steps, full = h.histograms("ograd")
+    for i in range(3):
+        s_i, c_i = h.layer_histograms("ograd", i)
+        assert np.array_equal(s_i, steps) and np.array_equal(c_i, full[:, i, :])
+    with pytest.raises(KeyError):
+        h.layer_histograms("weights", 0)

@@ -117,7 +117,7 @@ class BackgroundRun:
     @property
     def status(self) -> str:
         """``running``, ``finished``, ``stopped`` or ``failed``."""
-        if not self._done.is_set():
+        if self.finished is None:  # set before the finish hooks run
             return "running"
         if isinstance(self.exception, StopTraining):
             return "stopped"

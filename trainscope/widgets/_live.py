@@ -22,6 +22,9 @@ _remove_finish_hook: Any = None
 
 
 def register(d: Dashboard) -> None:
+    global _remove_finish_hook
+    if _remove_finish_hook is None:  # background runs flush dashboards, IPython or not
+        _remove_finish_hook = _background.add_finish_hook(_background_finished)
     with _lock:
         _refs[:] = [r for r in _refs if r() is not None and r() is not d]
         _refs.append(weakref.ref(d))
@@ -76,7 +79,6 @@ def install(shell: Any = None) -> bool:
 
     Returns False outside IPython.
     """
-    global _remove_finish_hook
     if shell is None:
         try:
             from IPython import get_ipython
@@ -89,20 +91,14 @@ def install(shell: Any = None) -> bool:
     if _post_run_cell not in cbs.get("post_run_cell", []):
         shell.events.register("post_run_cell", _post_run_cell)
     _shells[id(shell)] = shell
-    if _remove_finish_hook is None:
-        _remove_finish_hook = _background.add_finish_hook(_background_finished)
     return True
 
 
 def uninstall(shell: Any) -> None:
     """Remove what :func:`install` registered on ``shell``."""
-    global _remove_finish_hook
     with contextlib.suppress(ValueError):
         shell.events.unregister("post_run_cell", _post_run_cell)
     _shells.pop(id(shell), None)
-    if not _shells and _remove_finish_hook is not None:
-        _remove_finish_hook()
-        _remove_finish_hook = None
 
 
 def installed(shell: Any) -> bool:

@@ -26,10 +26,13 @@ _DASHBOARD_KW = (
 
 
 def _display(widget: Any) -> None:
+    """Display in a notebook; in a plain script (no IPython) there is nothing to show."""
     with contextlib.suppress(ImportError):
+        from IPython import get_ipython
         from IPython.display import display
 
-        display(widget)
+        if get_ipython() is not None:
+            display(widget)
 
 
 def watch(

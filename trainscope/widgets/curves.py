@@ -41,6 +41,7 @@ _RESERVED = {"loss", "val_loss", "lr", "momentum", "step_time", "epoch"}
 _PROBE_PREFIXES = ("lr/", "grad_norm", "update_ratio", "step_time")
 _STEP_FMT = "~s"  # 1.2k, 30k: step axes
 _Y_FMT = ".3~g"
+_LOG_FMT = ".2~g"  # 0.001, 0.5, 20, 1e+03
 _EVENT_COLORS = {
     "intervention": "#e6550d",
     "undo": "#636363",
@@ -216,6 +217,7 @@ class Curves(W.HBox):
             default_size=11,
             rotate_angle=-90,
             align="end",
+            x_offset=-4,  # beside the dashed line, not on it
             visible=False,
         )
         self.nonfinite = bq.Scatter(
@@ -428,12 +430,13 @@ class LayerCurves(W.HBox):
             labels=["selected"],
             display_legend=True,
         )
+        self._w_yaxis = bq.Axis(scale=wy, side="left", tick_format=_LOG_FMT)
         self.weight_fig = _figure(
             "weight norm per layer",
             [self.w_lines, self.w_sel],
             [
                 bq.Axis(scale=wx, label="step", tick_format=_STEP_FMT),
-                bq.Axis(scale=wy, side="left", tick_format=".1e"),
+                self._w_yaxis,
             ],
             height="280px",
         )
@@ -476,7 +479,12 @@ class LayerCurves(W.HBox):
             [self.band, self.ref, self.u_lines, self.u_sel],
             [
                 bq.Axis(scale=ux, label="step", tick_format=_STEP_FMT),
-                bq.Axis(scale=uy, side="left", tick_format=".0e"),
+                bq.Axis(
+                    scale=uy,
+                    side="left",
+                    tick_format=".0e",
+                    tick_values=np.array([1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0]),
+                ),
             ],
             height="280px",
         )
@@ -506,8 +514,15 @@ class LayerCurves(W.HBox):
                 x32 = np.array([x32[0], np.nan], np.float32)
                 y = np.concatenate([y, np.full((L, 1), np.nan, np.float32)], axis=1)
             _set(lines, x=x32, y=y, colors=colors)
+            if metric == "weight_norm":
+                _set_ticks(self._w_yaxis, y, log=True)
             if selected is not None and selected in order:
-                _set(sel, x=x32, y=y[order.index(selected)], labels=[h.layers[selected].name])
+                _set(
+                    sel,
+                    x=x32,
+                    y=y[order.index(selected)],
+                    labels=[f"selected: {h.layers[selected].name}"],
+                )
             else:
                 _set(sel, x=_EMPTY, y=_EMPTY)
             if len(x32):
@@ -562,12 +577,13 @@ class DepthCurves(W.Box):
             default_size=90,
             marker="circle",
         )
+        self._yaxis = bq.Axis(scale=dy, side="left", tick_format=_LOG_FMT)
         self.fig = _figure(
             "output std by depth (forward order)",
             [self.first, self.now, self.sel],
             [
                 bq.Axis(scale=dx, label="depth (layer index in forward order)", tick_format="d"),
-                bq.Axis(scale=dy, side="left", tick_format=".1e"),
+                self._yaxis,
             ],
             height="300px",
         )
@@ -591,6 +607,7 @@ class DepthCurves(W.Box):
         _set(self.first, x=x, y=_positive(first[order]), labels=[f"step {first_step}"])
         now = _positive(np.asarray(rec.metrics["act_std"])[order])
         _set(self.now, x=x, y=now, labels=[f"step {rec.step}"])
+        _set_ticks(self._yaxis, np.concatenate([_positive(first[order]), now]), log=True)
         if selected is not None and selected in order:
             j = order.index(selected)
             _set(self.sel, x=x[j : j + 1], y=now[j : j + 1])
@@ -629,7 +646,9 @@ class LRFinderPanel(W.VBox):
             [self.curve, self.others, self.mark],
             [
                 bq.Axis(scale=lx, label="learning rate", tick_format=".0e"),
-                bq.Axis(scale=ly, side="left", label="loss", tick_format=".3g"),
+                bq.Axis(
+                    scale=ly, side="left", label="loss", tick_format=_Y_FMT, label_offset="45px"
+                ),
             ],
             height="280px",
         )

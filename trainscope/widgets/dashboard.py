@@ -161,6 +161,7 @@ class Dashboard(W.VBox):
             "events": True,
             "views": True,
             "tickets": False,
+            "diagnosis": False,
         }
         self._diag_version: tuple[int, ...] | None = None
         self._tickets: OrderedDict[str, dict[str, Any]] = OrderedDict()
@@ -473,8 +474,10 @@ class Dashboard(W.VBox):
             self._push_table()
             self._push_views()
             self._push_controls()
-        if self._slow.ready(now):
+        if self._slow.ready(now) or (self._dirty["diagnosis"] and self._heavy.ready(now)):
             self._slow.touch(now)
+            self._heavy.touch(now)
+            self._dirty["diagnosis"] = False
             self._push_diagnosis()
 
     def _note_error(self, where: str, e: BaseException) -> None:
@@ -530,6 +533,8 @@ class Dashboard(W.VBox):
     # ------------------------------------------------------------------ acknowledgements
     def _on_ticket(self, t: Ticket) -> None:
         self._remember(t)
+        if t.status != "pending":
+            self._dirty["diagnosis"] = True  # a check ran or the training changed: re-diagnose soon
         self._push_tickets_soon()
 
     def _remember(self, t: Ticket) -> None:
@@ -752,8 +757,10 @@ class Dashboard(W.VBox):
             ("act", self.act_map, "outputs"),
             ("ograd", self.grad_map, "output gradients"),
         ):
-            steps, counts = h.histograms(kind)
-            if sel is None or len(steps) == 0 or not np.any(counts[:, sel, :]):
+            steps, counts = np.zeros(0), np.zeros((0, 0))
+            if sel is not None:  # this layer only: cheap however many layers there are
+                steps, counts = h.layer_histograms(kind, sel)
+            if sel is None or len(steps) == 0 or not np.any(counts):
                 self._set_map(
                     widget,
                     None,
@@ -761,7 +768,7 @@ class Dashboard(W.VBox):
                     empty="no histograms recorded yet",
                 )
                 continue
-            img = hist_image(counts[:, sel, :])
+            img = hist_image(counts)
             self._set_map(
                 widget,
                 img,
@@ -862,8 +869,8 @@ class Dashboard(W.VBox):
             self.controls.findings = findings
             self.controls.checklist = checklist
         self._diag_cost = time.perf_counter() - t0
-        # keep the diagnosis under ~2% of wall time however slow it is
-        self._slow.interval = max(2.0, 2 * self._heavy.interval, 50 * self._diag_cost)
+        # keep the diagnosis under ~1% of wall time however slow it is
+        self._slow.interval = max(2.0, 2 * self._heavy.interval, 100 * self._diag_cost)
 
     def _findings(self) -> dict[str, Any]:
         try:
