@@ -110,7 +110,7 @@ def _snapshot(rec: Any) -> dict[str, Any]:
 def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    register_action("scale_lr", validate=_validate_scale, apply=_apply_scale, label="Scale LR")
+    register_action("ddp_test_scale_lr", validate=_validate_scale, apply=_apply_scale, label="Scale LR")
     x, y = _data()
     model = _model()
     ref_model = copy.deepcopy(model)
@@ -160,7 +160,7 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
     lrs = []
     for step in range(STEPS):
         if step == REQUEST_AT:  # every rank runs the same script: rank 1's request is refused
-            t = probe.request("scale_lr", factor=0.5)
+            t = probe.request("ddp_test_scale_lr", factor=0.5)
             tickets["main"] = (t.status, t.message)
             tickets["main_ticket"] = t
         if step == SHRINK_AT:
@@ -201,11 +201,11 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
         undo = probe.request("undo", ticket=t.id)
         result["undo_status"] = undo.status
         # a request larger than the control block: it waits one exchange while the block grows
-        big = probe.request("scale_lr", factor=1.0, note="x" * 12_000)
+        big = probe.request("ddp_test_scale_lr", factor=1.0, note="x" * 12_000)
         result["big_status"] = big.status
     else:
         result["ticket"] = {"first": tickets["main"]}
-        refused = probe.request("scale_lr", factor=2.0)
+        refused = probe.request("ddp_test_scale_lr", factor=2.0)
         result["rank1_request"] = {"status": refused.status, "message": refused.message}
     # two more sampled steps (15, 18) carry the undo and then the large request to every rank
     for step in range(STEPS, STEPS + 2 * EVERY + 1):
@@ -351,8 +351,8 @@ def test_without_a_process_group_it_is_a_plain_probe(blobs) -> None:
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     probe = DistributedProbe(model, opt, every=2)
     assert probe.world_size == 1 and probe.rank == 0 and not probe._ddp_active
-    register_action("scale_lr", validate=_validate_scale, apply=_apply_scale, label="Scale LR")
-    t = probe.request("scale_lr", factor=0.5)
+    register_action("ddp_test_scale_lr", validate=_validate_scale, apply=_apply_scale, label="Scale LR")
+    t = probe.request("ddp_test_scale_lr", factor=0.5)
     for _ in range(3):
         opt.zero_grad()
         nn.functional.cross_entropy(model(x[:16]), y[:16]).backward()
