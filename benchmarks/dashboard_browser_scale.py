@@ -18,6 +18,7 @@ Run:  .venv/bin/python benchmarks/dashboard_browser_scale.py [--scenario layers2
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import shutil
 import sys
@@ -27,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests._browser import NotebookPage, Server, browser, require_browser  # noqa: E402
+from tests._browser import NotebookPage, Server, browser, require_browser
 
 ART = Path(__file__).resolve().parents[1] / ".artifacts" / "scale"
 
@@ -76,18 +77,37 @@ OBSERVE = """() => {
 }"""
 
 
-def scenario(name: str, depth: int, width: int, every: int, steps: int, seconds: float, tab: str) -> dict[str, object]:
+def scenario(
+    name: str, depth: int, width: int, every: int, steps: int, seconds: float, tab: str
+) -> dict[str, object]:
     scratch = Path(tempfile.mkdtemp(prefix=f"trainscope-scale-{name}-"))
     nbdir = scratch / "nb"
     nbdir.mkdir()
+
+    def fill(template: str, **values: object) -> str:
+        for k, v in values.items():
+            template = template.replace("{" + k + "}", str(v))
+        return template
+
     cells = [
-        SETUP.format(depth=depth, width=width, every=every, steps=steps),
-        TRAIN.format(steps=steps, seconds=seconds),
+        fill(SETUP, depth=depth, width=width, every=every, steps=steps),
+        fill(TRAIN, steps=steps, seconds=seconds),
         REPORT,
     ]
     nb = {
-        "cells": [{"cell_type": "code", "metadata": {}, "source": c, "outputs": [], "execution_count": None} for c in cells],
-        "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
+        "cells": [
+            {
+                "cell_type": "code",
+                "metadata": {},
+                "source": c,
+                "outputs": [],
+                "execution_count": None,
+            }
+            for c in cells
+        ],
+        "metadata": {
+            "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}
+        },
         "nbformat": 4,
         "nbformat_minor": 5,
     }
@@ -98,14 +118,16 @@ def scenario(name: str, depth: int, width: int, every: int, steps: int, seconds:
             page = NotebookPage(ctx.new_page(), server, "scale.ipynb")
             page.run_cell(0, timeout=300)
             page.page.wait_for_selector(".trainscope-dashboard .trainscope-header", timeout=60_000)
-            page.page.locator(f".trainscope-dashboard .lm-TabBar-tab:has-text('{tab}')").first.click()
+            page.page.locator(
+                f".trainscope-dashboard .lm-TabBar-tab:has-text('{tab}')"
+            ).first.click()
             page.page.evaluate(OBSERVE)
             t0 = time.time()
             page.run_cell(1, wait=False)
             page.wait_cell_started(1)
             time.sleep(min(seconds * 0.6, 20))
             ART.mkdir(parents=True, exist_ok=True)
-            page.screenshot(".trainscope-dashboard", f"{name}_live.png")
+            page.screenshot(".trainscope-dashboard", f"{name}_live.png", ART)
             page.wait_cell_done(1, timeout=seconds + 600)
             wall = time.time() - t0
             done = json.loads(page.output_text(1).split("DONE", 1)[1].strip().splitlines()[0])
@@ -116,7 +138,7 @@ def scenario(name: str, depth: int, width: int, every: int, steps: int, seconds:
         server.stop()
         shutil.rmtree(scratch, ignore_errors=True)
     ups = sorted(obs["updates"])
-    gaps = [b - a for a, b in zip(ups, ups[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(ups)]
     longs = obs["long"]
     return {
         "scenario": name,

@@ -68,8 +68,8 @@ def main() -> None:
                 timeout=300,
             )
             times: dict[str, list[float]] = {"A": [], "B": []}
-            for _ in range(args.rounds):
-                for name in ("A", "B"):
+            for r in range(args.rounds):
+                for name in ("A", "B") if r % 2 == 0 else ("B", "A"):  # alternate who goes first
                     r = k.run(
                         f"print('T', json.dumps(train('{name}', {args.seconds})))", timeout=300
                     )
@@ -81,9 +81,12 @@ def main() -> None:
         finally:
             k.close()
     a, b = statistics.median(times["A"]), statistics.median(times["B"])
+    # rounds run back to back, so each round's ratio cancels most of the machine's load drift
+    paired = sorted(tb / ta for ta, tb in zip(times["A"], times["B"], strict=True))
     print(json.dumps({
         "layers": extra["layers"], "probe_ms": round(a * 1e3, 3), "probe+dashboard_ms": round(b * 1e3, 3),
-        "ratio": round(b / a, 3), "rounds": args.rounds, "dashboard_updates": extra["updates"],
+        "ratio_of_medians": round(b / a, 3), "median_paired_ratio": round(statistics.median(paired), 3),
+        "paired_ratios": [round(r, 3) for r in paired], "rounds": args.rounds, "dashboard_updates": extra["updates"],
         "delivery": extra["delivery"], "A": [round(t * 1e3, 3) for t in times["A"]], "B": [round(t * 1e3, 3) for t in times["B"]],
     }))  # fmt: skip
 

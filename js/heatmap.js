@@ -28,6 +28,21 @@ function render({ model, el }) {
   const root = h("div", { cls: "trainscope trainscope-map" }, [title, h("div", { cls: "trainscope-map-box" }, [canvas, tip])]);
   el.appendChild(root);
 
+  // the width comes from the ResizeObserver: reading clientWidth in draw() would force a layout of
+  // the whole page at every update (expensive next to a 200-row table)
+  let width = 0;
+  let pending = false;
+  /** @type {{width: number, fg: string, muted: string, bg: string} | null} */
+  let theme = null;
+  const schedule = () => {
+    if (pending) return;
+    pending = true;
+    requestAnimationFrame(() => {
+      pending = false;
+      draw();
+    });
+  };
+
   const draw = () => {
     /** @type {HeatmapSpec} */
     const spec = model.get("spec") || {};
@@ -35,7 +50,8 @@ function render({ model, el }) {
     const cols = spec.cols || 0;
     const data = bytes(model.get("values"));
     title.textContent = spec.title || "";
-    const width = Math.max(root.clientWidth || 400, 200);
+    if (!width) width = root.clientWidth || 400; // once, before the first resize event
+    width = Math.max(width, 200);
     const dpr = window.devicePixelRatio || 1;
     canvas.width = Math.round(width * dpr);
     canvas.height = Math.round(HEIGHT * dpr);
@@ -45,9 +61,17 @@ function render({ model, el }) {
     if (!ctx) return;
     ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
     ctx.clearRect(0, 0, width, HEIGHT);
-    const style = getComputedStyle(root);
-    const fg = style.getPropertyValue("--jp-ui-font-color1").trim() || "#333";
-    const muted = style.getPropertyValue("--jp-ui-font-color2").trim() || "#777";
+    if (!theme || theme.width !== width) {
+      // theme colours: read once (and after a resize), not at every update (style recalculation)
+      const style = getComputedStyle(root);
+      theme = {
+        width,
+        fg: style.getPropertyValue("--jp-ui-font-color1").trim() || "#333",
+        muted: style.getPropertyValue("--jp-ui-font-color2").trim() || "#777",
+        bg: style.getPropertyValue("--jp-layout-color2").trim() || "#f3f3f3",
+      };
+    }
+    const { fg, muted } = theme;
     ctx.font = "10px sans-serif";
     if (!rows || !cols || data.length < rows * cols) {
       ctx.fillStyle = muted;
@@ -74,7 +98,7 @@ function render({ model, el }) {
     if (!octx) return;
     octx.putImageData(img, 0, 0);
     ctx.imageSmoothingEnabled = false;
-    ctx.fillStyle = style.getPropertyValue("--jp-layout-color2").trim() || "#f3f3f3";
+    ctx.fillStyle = theme.bg;
     ctx.fillRect(MARGIN.left, MARGIN.top, pw, ph);
     ctx.drawImage(off, MARGIN.left, MARGIN.top, pw, ph);
     // highlighted column (the selected layer)
@@ -142,17 +166,26 @@ function render({ model, el }) {
   const onLeave = () => { tip.textContent = ""; };
   canvas.addEventListener("mousemove", onMove);
   canvas.addEventListener("mouseleave", onLeave);
-  const ro = typeof ResizeObserver !== "undefined" ? new ResizeObserver(() => draw()) : null;
+  const ro =
+    typeof ResizeObserver !== "undefined"
+      ? new ResizeObserver((entries) => {
+          const w = Math.round(entries[entries.length - 1].contentRect.width);
+          if (w > 0 && w !== width) {
+            width = w;
+            schedule();
+          }
+        })
+      : null;
   if (ro) ro.observe(root);
-  model.on("change:spec", draw);
-  model.on("change:values", draw);
-  requestAnimationFrame(draw);
+  model.on("change:spec", schedule);
+  model.on("change:values", schedule);
+  schedule();
   return () => {
     if (ro) ro.disconnect();
     canvas.removeEventListener("mousemove", onMove);
     canvas.removeEventListener("mouseleave", onLeave);
-    model.off("change:spec", draw);
-    model.off("change:values", draw);
+    model.off("change:spec", schedule);
+    model.off("change:values", schedule);
   };
 }
 

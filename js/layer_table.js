@@ -24,40 +24,75 @@ function render({ model, el }) {
     model.send({ kind: "select", layer: name });
   };
 
+  /** @type {{key: string, head: HTMLElement | null, body: HTMLElement | null, rows: Map<string, {tr: HTMLElement, cells: HTMLElement[]}>}} */
+  const built = { key: "", head: null, body: null, rows: new Map() };
+
+  /** @param {Column[]} columns */
+  const header = (columns) => {
+    const arrow = (/** @type {number} */ j) => (sort.column === j ? (sort.dir === "asc" ? " ▲" : " ▼") : "");
+    const head = h("tr", {}, [
+      h("th", { cls: "is-sortable", text: "#", title: "forward order (click: back to forward order)" }),
+      h("th", { cls: "is-sortable trainscope-col-name", text: `layer${arrow(-1)}` }),
+      h("th", { text: "type" }),
+      ...columns.map((c, j) => h("th", { cls: "is-sortable", title: c.title, text: c.label + arrow(j) })),
+    ]);
+    const ths = head.querySelectorAll("th");
+    ths[0].addEventListener("click", () => { sort = { column: null, dir: "desc" }; draw(); });
+    ths[1].addEventListener("click", () => { sort = nextSort(sort, -1); draw(); });
+    columns.forEach((_c, j) => ths[j + 3].addEventListener("click", () => { sort = nextSort(sort, j); draw(); }));
+    return head;
+  };
+
+  /**
+   * @param {HTMLElement} el
+   * @param {string} text
+   * @param {string} cls
+   */
+  const setCell = (el, text, cls) => {
+    if (el.textContent !== text) el.textContent = text;
+    if (el.className !== cls) el.className = cls;
+  };
+
   const draw = () => {
     /** @type {Column[]} */
     const columns = model.get("columns") || [];
     /** @type {Row[]} */
     const rows = model.get("rows") || [];
     const step = model.get("step");
-    const head = h("tr", {}, [
-      h("th", { cls: "is-sortable", text: "#", title: "forward order (click: back to forward order)" }),
-      h("th", { cls: "is-sortable trainscope-col-name", text: `layer${sort.column === -1 ? (sort.dir === "asc" ? " ▲" : " ▼") : ""}` }),
-      h("th", { text: "type" }),
-      ...columns.map((c, j) => h("th", { cls: "is-sortable", title: c.title, text: c.label + (sort.column === j ? (sort.dir === "asc" ? " ▲" : " ▼") : "") })),
-    ]);
-    const ths = head.querySelectorAll("th");
-    ths[0].addEventListener("click", () => { sort = { column: null, dir: "desc" }; draw(); });
-    ths[1].addEventListener("click", () => { sort = nextSort(sort, -1); draw(); });
-    columns.forEach((_c, j) => ths[j + 3].addEventListener("click", () => { sort = nextSort(sort, j); draw(); }));
-
-    const order = new Map(rows.map((r, i) => [r.name, i]));
-    const body = h("tbody");
-    for (const r of sortRows(rows, sort.column, sort.dir)) {
-      const tr = h("tr", { cls: `${r.name === selected ? "is-selected" : ""} ${r.nonfinite ? "has-nonfinite" : ""}`, attrs: { "data-layer": r.name } }, [
-        h("td", { cls: "trainscope-num", text: String((order.get(r.name) ?? 0) + 1) }),
-        h("td", { cls: "trainscope-col-name", text: r.name, title: `${r.name} (${r.type}, ${formatInt(r.n_params)} parameters)` }),
-        h("td", { cls: "trainscope-col-type", text: r.type }),
-        ...r.values.map((v, j) => h("td", { cls: `trainscope-num status-${r.status[j] ?? "na"}`, text: formatValue(v, columns[j] ? columns[j].fmt : "num") })),
-      ]);
-      tr.addEventListener("click", () => select(r.name));
-      body.appendChild(tr);
+    // rebuild the DOM only when the layers, the columns or the sort change; otherwise update the
+    // cells in place (200 layers x 11 cells at every update would keep the browser busy)
+    const key = JSON.stringify([rows.map((r) => r.name), columns.map((c) => c.key), sort]);
+    if (key !== built.key) {
+      built.key = key;
+      built.rows.clear();
+      built.head = header(columns);
+      built.body = h("tbody");
+      rows.forEach((r, i) => {
+        const cells = [
+          h("td", { cls: "trainscope-num", text: String(i + 1) }),
+          h("td", { cls: "trainscope-col-name", text: r.name, title: `${r.name} (${r.type}, ${formatInt(r.n_params)} parameters)` }),
+          h("td", { cls: "trainscope-col-type", text: r.type }),
+          ...columns.map(() => h("td")),
+        ];
+        const tr = h("tr", { attrs: { "data-layer": r.name } }, cells);
+        tr.addEventListener("click", () => select(r.name));
+        built.rows.set(r.name, { tr, cells });
+      });
+      scroller.replaceChildren(h("table", {}, [h("thead", {}, [built.head]), built.body]));
     }
-    const table = h("table", {}, [h("thead", {}, [head]), body]);
+    const body = /** @type {HTMLElement} */ (built.body);
+    for (const r of sortRows(rows, sort.column, sort.dir)) {
+      const ref = built.rows.get(r.name);
+      if (!ref) continue;
+      const cls = `${r.name === selected ? "is-selected" : ""} ${r.nonfinite ? "has-nonfinite" : ""}`.trim();
+      if (ref.tr.className !== cls) ref.tr.className = cls;
+      r.values.forEach((v, j) => setCell(ref.cells[j + 3], formatValue(v, columns[j] ? columns[j].fmt : "num"), `trainscope-num status-${r.status[j] ?? "na"}`));
+      if (body.lastChild !== ref.tr) body.appendChild(ref.tr); // keeps the sorted order (a move)
+    }
     const note = rows.length
       ? h("div", { cls: "trainscope-note", text: `${rows.length} layers · step ${step >= 0 ? formatInt(step) : "–"} · colours: amber = look at it, red = bad · click a header to sort, a row to select` })
       : h("div", { cls: "trainscope-empty", text: "No layer statistics yet: they appear after the first sampled training step." });
-    scroller.replaceChildren(table);
+    if (!rows.length) scroller.replaceChildren();
     const sel = rows.find((r) => r.name === selected);
     const parts = [note];
     if (sel) {

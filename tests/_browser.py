@@ -227,9 +227,9 @@ class NotebookPage:
     def text(self, selector: str) -> str:
         return str(self.page.locator(selector).first.inner_text())
 
-    def screenshot(self, selector: str, name: str) -> Path:
-        ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        path = ARTIFACTS / name
+    def screenshot(self, selector: str, name: str, folder: Path = ARTIFACTS) -> Path:
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / name
         loc = self.page.locator(selector).first
         loc.scroll_into_view_if_needed()
         loc.screenshot(path=str(path))

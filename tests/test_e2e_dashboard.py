@@ -87,6 +87,10 @@ def _live_then_click(nb: NotebookPage, tag: str) -> dict[str, float]:
     assert "applied" in nb.text(f"{DASH} .trainscope-last-ack")
     applied = _applied_step(nb, "Scale")
     nb.screenshot(DASH, f"{tag}_2_acked.png")
+    # the next curve update marks the intervention on the timeline
+    page.wait_for_selector(f"{DASH} .bqplot text:has-text('Scale learning rate @')", timeout=20_000)
+    time.sleep(1.0)
+    nb.screenshot(DASH, f"{tag}_2b_marked.png")
     return {"step_before": s1, "step_after": s2, "click_to_ack_s": ack_s, "applied_step": applied}
 
 
@@ -129,19 +133,27 @@ def _panels(nb: NotebookPage, tag: str) -> None:
     card.locator("details summary").click()
     card.locator(".trainscope-param-num_iter").fill("30")
     card.locator(".trainscope-action-lr_find").click()
-    page.wait_for_selector(f"{DASH} .trainscope-ticket.status-applied:has-text('LR finder')", timeout=60_000)
+    page.wait_for_selector(
+        f"{DASH} .trainscope-ticket.status-applied:has-text('LR finder')", timeout=60_000
+    )
     page.locator(f"{DASH} .lm-TabBar-tab:has-text('LR finder')").first.click()
     page.wait_for_selector(f"{DASH} .trainscope-lr-apply:not([disabled])", timeout=30_000)
     page.wait_for_selector(f"{DASH} .bqplot:has-text('LR range test') path.line", timeout=30_000)
     suggested = nb.text(f"{DASH} .trainscope-lr-apply >> xpath=..")
     nb.screenshot(DASH, f"{tag}_6_lr_finder.png")
     page.locator(f"{DASH} .trainscope-lr-apply").click()
-    page.wait_for_selector(f"{DASH} .trainscope-ticket.status-applied:has-text('Set learning rate')", timeout=30_000)
+    page.wait_for_selector(
+        f"{DASH} .trainscope-ticket.status-applied:has-text('Set learning rate')", timeout=30_000
+    )
     assert "suggested lr" in suggested
     page.locator(f"{DASH} .trainscope-tab-checklist").click()
     page.locator(f"{DASH} .trainscope-check[data-check='karpathy.seed'] .trainscope-btn").click()
-    page.wait_for_selector(f"{DASH} .trainscope-ticket.status-applied:has-text('Run check')", timeout=30_000)
-    page.wait_for_selector(f"{DASH} .trainscope-check.status-pass[data-check='karpathy.seed']", timeout=30_000)
+    page.wait_for_selector(
+        f"{DASH} .trainscope-ticket.status-applied:has-text('Run check')", timeout=30_000
+    )
+    page.wait_for_selector(
+        f"{DASH} .trainscope-check.status-pass[data-check='karpathy.seed']", timeout=30_000
+    )
     nb.screenshot(DASH, f"{tag}_7_checklist.png")
     page.locator(f"{DASH} .trainscope-tab-findings").click()
     nb.screenshot(DASH, f"{tag}_8_findings.png")

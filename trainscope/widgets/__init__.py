@@ -11,11 +11,13 @@ check_built()  # a clear message instead of anywidget's FileNotFoundError on an 
 
 from .api import show, watch  # noqa: E402
 from .controls import Controls  # noqa: E402
-from .curves import Curves, DepthCurves, LayerCurves, LRFinderPanel  # noqa: E402
+from .curves import Curves  # noqa: E402
 from .dashboard import Dashboard  # noqa: E402
 from .header import Header  # noqa: E402
 from .heatmap import Heatmap  # noqa: E402
 from .layer_table import LayerTable  # noqa: E402
+from .layer_views import DepthCurves, LayerCurves  # noqa: E402
+from .lr_finder_panel import LRFinderPanel  # noqa: E402
 
 __all__ = [
     "Controls",

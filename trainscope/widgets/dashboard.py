@@ -25,14 +25,12 @@ Draws once (and on :meth:`Dashboard.refresh`); actions are refused with the reas
 from __future__ import annotations
 
 import contextlib
-import importlib
 import itertools
 import math
 import threading
 import time
 import uuid
-import warnings
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
@@ -44,15 +42,19 @@ from ..actions import REGISTRY, Ticket
 from ..history import History, Update
 from ..probe import Probe
 from . import _live
+from ._acks import AckStore
 from ._health import COLUMNS, layer_rows
 from ._messages import MessageError, parse_message
+from ._panels import action_specs, checklist_payload, findings_payload, register_optional_actions
 from ._series import hist_image, jsonable_number
 from ._throttle import Throttle
 from .controls import Controls
-from .curves import Curves, DepthCurves, LayerCurves, LRFinderPanel
+from .curves import Curves
 from .header import Header
 from .heatmap import Heatmap
 from .layer_table import LayerTable
+from .layer_views import DepthCurves, LayerCurves
+from .lr_finder_panel import LRFinderPanel
 
 __all__ = ["TABS", "Dashboard"]
 
@@ -60,23 +62,6 @@ TABS = ("Curves", "Layers", "Depth", "Weights", "LR finder")
 _MAX_TICKETS = 50
 _MAX_PENDING = 100
 _ids = itertools.count(1)
-
-
-def _jsonable(v: Any) -> Any:
-    if isinstance(v, dict):
-        return {str(k): _jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple, set, frozenset)):
-        return [_jsonable(x) for x in v]
-    if isinstance(v, (bool, str)) or v is None:
-        return v
-    if isinstance(v, (int, np.integer)):
-        return int(v)
-    if isinstance(v, (float, np.floating)):
-        f = float(v)
-        return f if math.isfinite(f) else None
-    if isinstance(v, np.ndarray):
-        return _jsonable(v.tolist())
-    return str(v)
 
 
 def _error_state(error: BaseException | None) -> str | None:
@@ -150,7 +135,6 @@ class Dashboard(W.VBox):
         self._detached = False
         self._owns_probe = False  # True when watch() created the probe (detached on re-watch)
         self._lock = threading.RLock()
-        self._tk_lock = threading.Lock()
         self._light = Throttle(update_interval)
         self._curves_throttle = Throttle(max(update_interval, 0.5))  # curves: at most 2 Hz
         self._heavy = Throttle(detail_interval)
@@ -164,7 +148,7 @@ class Dashboard(W.VBox):
             "diagnosis": False,
         }
         self._diag_version: tuple[int, ...] | None = None
-        self._tickets: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._acks = AckStore(_MAX_TICKETS)
         self._seen_ids: deque[str] = deque(maxlen=1000)
         self._submitted = False
         self._cell_running = False
@@ -236,7 +220,7 @@ class Dashboard(W.VBox):
         self._delivery: _delivery.Delivery = _delivery.NoDelivery()
         self._subscriptions: list[Any] = []
         if probe is not None:
-            _register_optional_actions()
+            register_optional_actions()
             self._delivery = _delivery.get_delivery(delivery)
             for w in (
                 self.controls,
@@ -538,37 +522,12 @@ class Dashboard(W.VBox):
         self._push_tickets_soon()
 
     def _remember(self, t: Ticket) -> None:
-        d = t.as_dict()
-        spec = REGISTRY.get(t.action)
-        d["label"] = spec.label if spec is not None else t.action
-        with self._tk_lock:
-            self._tickets[t.id] = d
-            self._tickets.move_to_end(t.id)
-            while len(self._tickets) > _MAX_TICKETS:
-                self._tickets.popitem(last=False)
+        self._acks.remember(t)
         self._dirty["tickets"] = True
 
     def _refuse(self, rid: str, action: str, reason: str, key: str | None = None) -> None:
-        d: dict[str, Any] = {
-            "id": rid,
-            "action": str(action)[:64],
-            "label": str(action)[:64],
-            "params": {},
-            "source": "ui",
-            "status": "refused",
-            "message": reason,
-            "submitted_step": self.probe.step_count if self.probe is not None else None,
-            "applied_step": None,
-            "event_id": None,
-            "latency_ms": None,
-            "undoable": False,
-        }
-        key = key or rid
-        with self._tk_lock:
-            self._tickets[key] = d
-            self._tickets.move_to_end(key)
-            while len(self._tickets) > _MAX_TICKETS:
-                self._tickets.popitem(last=False)
+        step = self.probe.step_count if self.probe is not None else None
+        self._acks.refuse(rid, action, reason, step, key)
         self._dirty["tickets"] = True
         self._push_tickets_soon()
 
@@ -594,9 +553,7 @@ class Dashboard(W.VBox):
 
     def _push_tickets(self) -> None:
         self._dirty["tickets"] = False
-        with self._tk_lock:
-            items = list(reversed(self._tickets.values()))
-        self.controls.tickets = [dict(d) for d in items]
+        self.controls.tickets = self._acks.newest_first()
         self._tickets_sent = time.monotonic()
 
     # ------------------------------------------------------------------ pushes (hold the lock)
@@ -659,10 +616,7 @@ class Dashboard(W.VBox):
         eta = None
         if self.total_steps and sps and sps > 0 and step < self.total_steps:
             eta = (self.total_steps - step) / sps
-        last = None
-        with self._tk_lock:
-            if self._tickets:
-                last = next(reversed(self._tickets.values()))
+        last = self._acks.latest()
         overhead = None
         if probe is not None:
             with contextlib.suppress(Exception):
@@ -761,16 +715,14 @@ class Dashboard(W.VBox):
             if sel is not None:  # this layer only: cheap however many layers there are
                 steps, counts = h.layer_histograms(kind, sel)
             if sel is None or len(steps) == 0 or not np.any(counts):
-                self._set_map(
-                    widget,
+                widget.show(
                     None,
                     title=f"{what} of {name or '(no layer)'} over time",
                     empty="no histograms recorded yet",
                 )
                 continue
             img = hist_image(counts)
-            self._set_map(
-                widget,
+            widget.show(
                 img,
                 title=f"{what} of {name} over time",
                 col_labels=[f"step {int(s)}" for s in steps],
@@ -781,16 +733,14 @@ class Dashboard(W.VBox):
         h = self.history
         rec = h.latest
         if rec is None or rec.act_hist is None or not order:
-            self._set_map(
-                self.depth_map,
+            self.depth_map.show(
                 None,
                 title="output distribution by depth",
                 empty="no histograms recorded yet",
             )
             return
         img = hist_image(np.asarray(rec.act_hist)[order])
-        self._set_map(
-            self.depth_map,
+        self.depth_map.show(
             img,
             title=f"output distribution by depth (step {rec.step})",
             col_labels=[h.layers[i].name for i in order],
@@ -798,53 +748,13 @@ class Dashboard(W.VBox):
             highlight=order.index(sel) if sel is not None and sel in order else -1,
         )
 
-    @staticmethod
-    def _set_map(
-        widget: Heatmap,
-        img: dict[str, Any] | None,
-        *,
-        title: str,
-        empty: str = "",
-        col_labels: list[str] | None = None,
-        x_label: str = "",
-        highlight: int = -1,
-    ) -> None:
-        if img is None:
-            with widget.hold_sync():
-                widget.spec = {"title": title, "rows": 0, "cols": 0, "empty": empty}
-                widget.values = b""
-            return
-        with widget.hold_sync():
-            widget.spec = {
-                "title": title,
-                "rows": img["rows"],
-                "cols": img["cols"],
-                "row_labels": img["labels"],
-                "special": img["special"],
-                "col_labels": col_labels or [],
-                "x_label": x_label,
-                "y_label": "value (log-magnitude bins)",
-                "highlight": highlight,
-            }
-            widget.values = img["values"]
-
     def _push_controls(self) -> None:
         key = tuple((name, id(spec)) for name, spec in REGISTRY.items())
         names = [self.history.layers[i].name for i in self._order()]
         with self.controls.hold_sync():
             if key != self._registry_key:
                 self._registry_key = key
-                self.controls.actions = [
-                    {
-                        "name": s.name,
-                        "label": s.label,
-                        "description": s.description,
-                        "category": s.category,
-                        "schema": _jsonable(dict(s.schema)),
-                    }
-                    for s in REGISTRY.values()
-                    if s.name != "undo"
-                ]
+                self.controls.actions = action_specs()
             if names != self.controls.layers:
                 self.controls.layers = names
             d = (
@@ -858,97 +768,19 @@ class Dashboard(W.VBox):
     def _push_diagnosis(self, force: bool = False) -> None:
         """Findings and checklist (guarded: those modules may be absent or fail)."""
         h = self.history
-        version = (h.samples(), h.step, len(h.events), len(self._tickets))
+        version = (h.samples(), h.step, len(h.events), len(self._acks))
         if not force and version == self._diag_version:
             return
         self._diag_version = version
         t0 = time.perf_counter()
-        findings = self._findings()
-        checklist = self._checklist()
+        findings = findings_payload(self.probe, h)
+        checklist = checklist_payload(self.probe)
         with self.controls.hold_sync():
             self.controls.findings = findings
             self.controls.checklist = checklist
         self._diag_cost = time.perf_counter() - t0
         # keep the diagnosis under ~1% of wall time however slow it is
         self._slow.interval = max(2.0, 2 * self._heavy.interval, 100 * self._diag_cost)
-
-    def _findings(self) -> dict[str, Any]:
-        try:
-            if self.probe is not None:
-                items = self.probe.findings()
-            else:
-                from .. import diagnostics  # type: ignore[attr-defined]
-
-                fn = getattr(diagnostics, "diagnose", None)
-                if fn is None:
-                    return {
-                        "available": False,
-                        "message": "diagnosis of saved runs is not available",
-                        "items": [],
-                    }
-                items = fn(self.history)
-        except ImportError:
-            return {
-                "available": False,
-                "message": "diagnosis unavailable (trainscope.diagnostics is not part of this installation)",
-                "items": [],
-            }
-        except Exception as e:
-            return {
-                "available": False,
-                "message": f"diagnosis failed: {type(e).__name__}: {e}",
-                "items": [],
-            }
-        out = []
-        for f in list(items)[:50]:
-            d = f.as_dict() if hasattr(f, "as_dict") else dict(f)
-            out.append(_jsonable(d))
-        return {"available": True, "message": "", "items": out}
-
-    def _checklist(self) -> dict[str, Any]:
-        if self.probe is None:
-            return {
-                "available": False,
-                "message": "checklists run against a live probe",
-                "items": [],
-            }
-        try:
-            from ..checklists import checklist_state  # type: ignore[import-not-found]
-
-            items = checklist_state(self.probe)
-        except ImportError:
-            return {
-                "available": False,
-                "message": "checklists unavailable (trainscope.checklists is not part of this installation)",
-                "items": [],
-            }
-        except Exception as e:
-            return {
-                "available": False,
-                "message": f"checklist failed: {type(e).__name__}: {e}",
-                "items": [],
-            }
-        return {
-            "available": True,
-            "message": "",
-            "items": [_jsonable(dict(i)) for i in list(items)[:100]],
-        }
-
-
-def _register_optional_actions() -> None:
-    """Import the modules that register the built-in interventions, checks and the LR finder
-    (each is optional: the dashboard offers whatever is registered)."""
-    for name in ("trainscope.interventions", "trainscope.lr_finder", "trainscope.checklists"):
-        try:
-            importlib.import_module(name)
-        except ImportError:
-            continue
-        except Exception as e:  # a broken optional module must not break the dashboard
-            warnings.warn(
-                f"trainscope: could not load {name}: {type(e).__name__}: {e}",
-                RuntimeWarning,
-                stacklevel=3,
-            )
 
 
 class _Unsubscribe:

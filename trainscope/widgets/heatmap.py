@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import anywidget
 import traitlets as t
 
@@ -35,3 +37,33 @@ class Heatmap(anywidget.AnyWidget):
     - Type: ``bytes``
     - Default: ``b""``
     """
+
+    def show(
+        self,
+        img: dict[str, Any] | None,
+        *,
+        title: str,
+        empty: str = "",
+        col_labels: list[str] | None = None,
+        x_label: str = "",
+        highlight: int = -1,
+    ) -> None:
+        """Draw an image from :func:`~trainscope.widgets._series.hist_image` (one message);
+        ``img=None`` shows ``empty`` instead."""
+        with self.hold_sync():
+            if img is None:
+                self.spec = {"title": title, "rows": 0, "cols": 0, "empty": empty}
+                self.values = b""
+                return
+            self.spec = {
+                "title": title,
+                "rows": img["rows"],
+                "cols": img["cols"],
+                "row_labels": img["labels"],
+                "special": img["special"],
+                "col_labels": col_labels or [],
+                "x_label": x_label,
+                "y_label": "value (log-magnitude bins)",
+                "highlight": highlight,
+            }
+            self.values = img["values"]

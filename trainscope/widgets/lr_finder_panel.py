@@ -1,0 +1,127 @@
+"""The LR finder panel: the latest LR range test (a history event of kind ``"lr_find"``)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import bqplot as bq
+import ipywidgets as W
+import numpy as np
+
+from ..history import History
+from ._bq import (
+    EMPTY,
+    PALETTE,
+    Y_FMT,
+    figure,
+    set_marks,
+)
+from ._series import minmax_decimate
+
+__all__ = ["LRFinderPanel"]
+
+
+class LRFinderPanel(W.VBox):
+    """The latest LR range test (a history event of kind ``"lr_find"``) and its suggestion."""
+
+    def __init__(self, submit: Callable[[str, dict[str, Any]], Any]) -> None:
+        self._submit = submit
+        lx, ly = bq.LogScale(), bq.LinearScale()
+        unit = bq.LinearScale(min=0.0, max=1.0)
+        self.curve = bq.Lines(
+            x=EMPTY, y=EMPTY, scales={"x": lx, "y": ly}, colors=[PALETTE[0]], stroke_width=2
+        )
+        self.mark = bq.Lines(
+            x=EMPTY,
+            y=EMPTY,
+            scales={"x": lx, "y": unit},
+            colors=["#d62728"],
+            line_style="dashed",
+            stroke_width=2,
+        )
+        self.others = bq.Lines(
+            x=EMPTY,
+            y=EMPTY,
+            scales={"x": lx, "y": unit},
+            colors=["#9e9e9e"],
+            line_style="dotted",
+            stroke_width=1.2,
+        )
+        self.fig = figure(
+            "LR range test",
+            [self.curve, self.others, self.mark],
+            [
+                bq.Axis(scale=lx, label="learning rate", tick_format=".0e"),
+                bq.Axis(
+                    scale=ly, side="left", label="loss", tick_format=Y_FMT, label_offset="45px"
+                ),
+            ],
+            height="280px",
+        )
+        self.info = W.HTML(
+            "<i>No LR range test yet: run the <b>lr_find</b> action from the Interventions panel.</i>"
+        )
+        self.apply_lr = W.Button(
+            description="Apply as LR", disabled=True, tooltip="submit set_lr(lr=suggestion)"
+        )
+        self.apply_cycle = W.Button(
+            description="One-cycle with it",
+            disabled=True,
+            tooltip="submit one_cycle(max_lr=suggestion)",
+        )
+        self.apply_lr.add_class("trainscope-lr-apply")
+        self.apply_cycle.add_class("trainscope-lr-cycle")
+        self.apply_lr.on_click(lambda _b: self._click("set_lr", "lr"))
+        self.apply_cycle.on_click(lambda _b: self._click("one_cycle", "max_lr"))
+        self.suggestion: float | None = None
+        self._event_id: int | None = None
+        super().__init__([self.fig, W.HBox([self.info, self.apply_lr, self.apply_cycle])])
+
+    def _click(self, action: str, param: str) -> None:
+        if self.suggestion is not None:
+            self._submit(action, {param: self.suggestion})
+
+    def update(self, h: History, *, read_only: bool, registry: Sequence[str]) -> None:
+        ev = next((e for e in reversed(list(h.events)) if e.kind == "lr_find"), None)
+        self.apply_lr.disabled = read_only or ev is None or "set_lr" not in registry
+        self.apply_cycle.disabled = read_only or ev is None or "one_cycle" not in registry
+        if ev is None or ev.id == self._event_id:
+            return
+        self._event_id = ev.id
+        lrs = np.asarray(ev.data.get("lrs", []), dtype=np.float64)
+        losses = np.asarray(ev.data.get("losses", []), dtype=np.float64)
+        ok = (lrs > 0) & np.isfinite(lrs)
+        x, y = minmax_decimate(
+            lrs[ok], losses[ok] if len(losses) == len(lrs) else np.full(ok.sum(), np.nan)
+        )
+        set_marks(self.curve, x=x, y=y)
+        sug = ev.data.get("suggestion")
+        self.suggestion = (
+            float(sug) if isinstance(sug, (int, float)) and math.isfinite(sug) and sug > 0 else None
+        )
+        if self.suggestion is not None:
+            set_marks(
+                self.mark,
+                x=np.array([[self.suggestion] * 2], np.float32),
+                y=np.array([[0.0, 1.0]], np.float32),
+            )
+        others = {
+            k: float(v)
+            for k, v in (ev.data.get("suggestions") or {}).items()
+            if isinstance(v, (int, float)) and math.isfinite(v) and v > 0
+        }
+        if others:
+            xs = np.array([[v, v] for v in others.values()], np.float32)
+            set_marks(
+                self.others, x=xs, y=np.tile(np.array([0.0, 1.0], np.float32), (len(others), 1))
+            )
+        text = (
+            f"step {ev.step}: suggested lr <b>{self.suggestion:.3g}</b>"
+            if self.suggestion
+            else f"step {ev.step}: no suggestion"
+        )
+        if others:
+            text += " &nbsp;(" + ", ".join(f"{k}: {v:.2g}" for k, v in others.items()) + ")"
+        self.info.value = text
