@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from ._browser import NotebookPage, Server, browser, require_browser
-from ._jupyter import ROOT
+from ._jupyter import LINES, ROOT, kernel_python, write_kernelspec
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -24,8 +24,9 @@ SETUP, WATCH, TRAIN, SUMMARY = 1, 2, 4, 6
 DASH = ".trainscope-dashboard"
 
 
-def _copy_quickstart(root: Path, name: str, epochs: int) -> str:
+def _copy_quickstart(root: Path, name: str, epochs: int, kernel: str = "python3") -> str:
     nb = json.loads((ROOT / "examples" / "quickstart.ipynb").read_text())
+    nb["metadata"]["kernelspec"] = {"name": kernel, "display_name": kernel, "language": "python"}
     src = "".join(nb["cells"][SETUP]["source"])
     assert "EPOCHS, BATCH = 40, 32" in src, "the quickstart's set-up cell changed; update this test"
     nb["cells"][SETUP]["source"] = src.replace(
@@ -230,5 +231,30 @@ def test_notebook7_live_click_until_finished(scratch: Path) -> None:
             assert "'action': 'scale_lr'" in out and "'status': 'applied'" in out
             nb.screenshot(DASH, "nb7_3_finished.png")
             print(f"\n[nb7] {res}, final step {final}")
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("line", ["ik6", "ik7.3"])
+def test_jupyterlab_with_older_ipykernel_lines(scratch: Path, line: str) -> None:
+    """The same click, in JupyterLab, on a kernel of another ipykernel line."""
+    python = kernel_python(line)
+    write_kernelspec(scratch / "data", f"ts-{line}", python)
+    name = _copy_quickstart(
+        scratch / "nb", f"quickstart_{line}.ipynb", epochs=2000, kernel=f"ts-{line}"
+    )
+    server = Server("lab", scratch, scratch / "nb")
+    try:
+        with browser(scratch / "profile") as ctx:
+            nb = NotebookPage(ctx.new_page(), server, name)
+            _start_training(nb)
+            res = _live_then_click(nb, f"lab_{line}")
+            assert LINES[line][1] in nb.text(f"{DASH} .trainscope-delivery")
+            nb.interrupt()
+            nb.wait_cell_done(TRAIN, timeout=60)
+            assert "KeyboardInterrupt" in nb.output_text(TRAIN)
+            nb.run_cell(SUMMARY, timeout=60)
+            assert "'status': 'applied'" in nb.output_text(SUMMARY)
+            print(f"\n[lab {line}] {res}")
     finally:
         server.stop()
