@@ -213,15 +213,23 @@ def test_when_training_is_idle_the_automatic_check_runs_at_once(monkeypatch: pyt
     probe.detach()
 
 
-def test_diagnosis_requests_a_fresh_sample_when_the_latest_is_stale() -> None:
+def test_diagnosis_requests_a_fresh_sample_when_the_latest_is_stale(monkeypatch: pytest.MonkeyPatch) -> None:
+    from trainscope.diagnostics import diagnoser
+
     model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
     probe = _train(model, torch.optim.SGD(model.parameters(), lr=0.01), {"every": 1000}, steps=30)
     assert probe.history.latest is not None and probe.history.latest.step == 0
+    probe.findings()  # 30 steps old but recorded just now: no extra sample (keeps the budget)
+    _one_step(probe)
+    _one_step(probe)
+    probe.flush()
+    assert probe.history.latest.step == 0
+    monkeypatch.setattr(diagnoser, "REFRESH_SECONDS", 0.0)  # now old in wall time too
     probe.findings()
     _one_step(probe)  # the request is applied at this boundary: the next step is sampled
     _one_step(probe)
     probe.flush()
-    assert probe.history.latest.step == 31
+    assert probe.history.latest.step >= 32  # a fresh sample was taken after the request
     probe.detach()
 
 

@@ -109,6 +109,8 @@ class _ProbeState:
 _STATES: weakref.WeakKeyDictionary[Any, _ProbeState] = weakref.WeakKeyDictionary()
 _STATES_LOCK = threading.Lock()
 REFRESH_STEPS = 10
+REFRESH_SECONDS = 2.0
+"""...and older than this (wall time) before a diagnosis asks the probe for a fresh sample."""
 """A diagnosis asks the probe for a fresh full sample when its latest one is older than this many
 steps (the probe's own schedule may sample much more rarely on cheap steps)."""
 
@@ -221,7 +223,10 @@ def diagnose_probe(
         d.update(h, ctx, key=key)
         if refresh and probe.is_attached:
             last = h.latest.step if h.latest is not None else -(10**9)
-            if probe.step_count - last > REFRESH_STEPS:
+            age = time.time() - h.latest.time if h.latest is not None else float("inf")
+            # stale in steps AND in time: a fast loop is re-sampled at most every REFRESH_SECONDS,
+            # so asking for findings never overrides the probe's overhead budget by much
+            if probe.step_count - last > REFRESH_STEPS and age > REFRESH_SECONDS:
                 on_training_thread(probe, "sample", lambda p: p.sample_next())
     except Exception:
         if len(d.errors) < 100:
