@@ -28,9 +28,9 @@ def _copy_quickstart(root: Path, name: str, epochs: int, kernel: str = "python3"
     nb = json.loads((ROOT / "examples" / "quickstart.ipynb").read_text())
     nb["metadata"]["kernelspec"] = {"name": kernel, "display_name": kernel, "language": "python"}
     src = "".join(nb["cells"][SETUP]["source"])
-    assert "EPOCHS, BATCH = 40, 32" in src, "the quickstart's set-up cell changed; update this test"
+    assert "EPOCHS, BATCH = 600, 32" in src, "the quickstart's set-up cell changed; update this test"
     nb["cells"][SETUP]["source"] = src.replace(
-        "EPOCHS, BATCH = 40, 32", f"EPOCHS, BATCH = {epochs}, 32"
+        "EPOCHS, BATCH = 600, 32", f"EPOCHS, BATCH = {epochs}, 32"
     )
     root.mkdir(parents=True, exist_ok=True)
     (root / name).write_text(json.dumps(nb))

@@ -25,8 +25,8 @@ def test_quickstart_runs_and_stores_the_dashboard(
         "commit the notebook with outputs cleared"
     )
     setup = nb.cells[1]
-    assert "EPOCHS, BATCH = 40, 32" in setup.source
-    setup.source = setup.source.replace("EPOCHS, BATCH = 40, 32", "EPOCHS, BATCH = 3, 32")
+    assert "EPOCHS, BATCH = 600, 32" in setup.source
+    setup.source = setup.source.replace("EPOCHS, BATCH = 600, 32", "EPOCHS, BATCH = 3, 32")
     NotebookClient(
         nb,
         timeout=300,
