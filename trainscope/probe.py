@@ -39,6 +39,11 @@ import torch
 from torch import Tensor, nn
 
 from . import stats as S
+from ._hooks import Handle as _Handle
+from ._hooks import HookFn as _HookFn
+from ._hooks import Pending as _Pending
+from ._hooks import primary_tensor as _primary_tensor
+from ._params import ParamTracker
 from .actions import ActionQueue, Ticket
 from .history import LAYER_METRICS, PARAM_METRICS, History, StepRecord, Update
 from .layers import LayerInfo, Selector, classify, select_layers
@@ -71,116 +76,6 @@ class ProbeError:
     step: int
     error: str
     traceback: str
-
-
-class _Handle:
-    """Removable handle for ``on_step`` callbacks."""
-
-    def __init__(self, registry: dict[int, Any], key: int) -> None:
-        self._registry = registry
-        self._key = key
-
-    def remove(self) -> None:
-        self._registry.pop(self._key, None)
-
-    def __enter__(self) -> _Handle:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.remove()
-
-
-def _primary_tensor(out: Any) -> Tensor | None:
-    """The first floating-point tensor of a module output (tensor, tuple, list or dict)."""
-    if isinstance(out, Tensor):
-        return out if out.is_floating_point() else None
-    if isinstance(out, (tuple, list)):
-        for o in out:
-            t = _primary_tensor(o)
-            if t is not None:
-                return t
-    elif isinstance(out, dict):
-        for o in out.values():
-            t = _primary_tensor(o)
-            if t is not None:
-                return t
-    return None
-
-
-def _inert(*args: Any, **kwargs: Any) -> None:
-    """What a probe hook becomes in a copy of the model (``copy.deepcopy``, pickling)."""
-    return None
-
-
-class _HookFn:
-    """A hook callable that does not drag the probe into copies of the model.
-
-    ``copy.deepcopy(model)`` and ``torch.save(model)`` copy a module's hook dictionaries; a bound
-    method of the probe would try to copy the probe itself (and fail on its lock).  The copy of a
-    probe hook is a no-op instead: copies of a model are not probed.
-    """
-
-    __slots__ = ("fn",)
-
-    def __init__(self, fn: Callable[..., Any]) -> None:
-        self.fn = fn
-
-    # Under torch.compile the hook runs eagerly at a graph break instead of being traced: tracing
-    # it crashed Dynamo when the probe holds the compiled module (Probe(torch.compile(model))) and
-    # cost 4x the graphs otherwise (see docs/beyond.md).  The trampoline is built lazily: a
-    # class-level torch.compiler.disable would import torch._dynamo (~3 s) with trainscope.
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        if torch.compiler.is_compiling():
-            return _eager_call(self.fn, args, kwargs)
-        return self.fn(*args, **kwargs)
-
-    def __deepcopy__(self, memo: dict[int, Any]) -> Callable[..., None]:
-        return _inert
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (_inert_factory, ())
-
-
-def _inert_factory() -> Callable[..., None]:
-    return _inert
-
-
-_EAGER: list[Callable[..., Any]] = []
-
-
-def _eager_call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    """Call ``fn`` outside the graph Dynamo is tracing (a graph break; the hook runs eagerly)."""
-    if not _EAGER:
-
-        def call(f: Callable[..., Any], a: tuple[Any, ...], k: dict[str, Any]) -> Any:
-            return f(*a, **k)
-
-        _EAGER.append(torch.compiler.disable(call))  # type: ignore[no-untyped-call,unused-ignore]
-    return _EAGER[0](fn, args, kwargs)
-
-
-class _Pending:
-    """One device->host transfer: blocking on CPU, pinned + non-blocking + event on CUDA."""
-
-    def __init__(self, flat: Tensor, meta: dict[str, Any]) -> None:
-        self.meta = meta
-        self._event: Any = None
-        if flat.is_cuda:
-            host = torch.empty(flat.shape, dtype=flat.dtype, pin_memory=True)
-            host.copy_(flat, non_blocking=True)
-            self._event = torch.cuda.Event()  # type: ignore[no-untyped-call]
-            self._event.record()
-            self._host = host
-        else:
-            self._host = flat.detach().to("cpu")
-
-    def ready(self) -> bool:
-        return self._event is None or bool(self._event.query())
-
-    def result(self) -> np.ndarray:
-        if self._event is not None:
-            self._event.synchronize()
-        return self._host.numpy()
 
 
 class Probe:
@@ -323,20 +218,7 @@ class Probe:
         self.layers: list[LayerInfo] = [classify(n, m) for n, m in chosen]
         self._index = {id(m): i for i, m in enumerate(self._modules)}
         # parameters grouped by the tracked module that owns them directly
-        self._params: list[nn.Parameter] = []
-        self._param_layer: list[int] = []
-        self._param_names: list[str] = []
-        seen: set[int] = set()
-        for name, p in model.named_parameters():
-            owner = name.rsplit(".", 1)[0] if "." in name else ""
-            mod = model.get_submodule(owner) if owner else model
-            i = self._index.get(id(mod))
-            if i is None or id(p) in seen:
-                continue
-            seen.add(id(p))
-            self._params.append(p)
-            self._param_layer.append(i)
-            self._param_names.append(name)
+        self._ptrack = ParamTracker(model, self._index, len(self.layers))
         self.param_in_optimizer: dict[str, bool] = {}
         if optimizer is not None:
             owned = {id(p) for g in optimizer.param_groups for p in g["params"]}
@@ -348,7 +230,8 @@ class Probe:
                     "optimizer that trains this model."
                 )
             self.param_in_optimizer = {
-                n: id(p) in owned for n, p in zip(self._param_names, self._params, strict=True)
+                n: id(p) in owned
+                for n, p in zip(self._ptrack.names, self._ptrack.params, strict=True)
             }
 
         self.history = (
@@ -392,8 +275,6 @@ class Probe:
         self._reset_step_buffers()
         self._scalar_buf: list[tuple[int, str, Any]] = []
         self._param_rows: list[tuple[int, Tensor]] = []
-        self._grad_index: dict[tuple[int, ...], Tensor] = {}
-        self._param_layer_arr = np.asarray(self._param_layer, dtype=np.int64)
         self._eval_losses: list[Tensor] = []
         self._pending: deque[_Pending] = deque()
         self._last_flush = time.perf_counter()
@@ -408,9 +289,6 @@ class Probe:
             "train_in_eval_mode": 0,
             "eval": 0,
         }
-        self._init: list[Tensor] | None = None
-        self._snap: list[Tensor] | None = None
-        self._snap_valid = False
         self._last_channel_first = False
         self._unit_dim_cache: dict[int, int] = {}
         self.actions = ActionQueue(self)
@@ -447,9 +325,8 @@ class Probe:
             if self.loss_fn is not None:
                 handles.append(self.loss_fn.register_forward_pre_hook(_HookFn(self._loss_pre_hook)))
                 handles.append(self.loss_fn.register_forward_hook(_HookFn(self._loss_hook)))
-            if self.track_init and self._init is None:
-                with torch.no_grad():
-                    self._init = [p.detach().clone() for p in self._params]
+            if self.track_init:
+                self._ptrack.keep_init()
         except Exception:
             for h in handles:
                 h.remove()
@@ -478,7 +355,7 @@ class Probe:
         self._sample_handles = []
         self._sampling = False
         self._attached = False
-        self._snap = None
+        self._ptrack.release()
         self._reset_step_buffers()
         if _ATTACHED.get(self.model) is self:
             del _ATTACHED[self.model]
@@ -686,9 +563,9 @@ class Probe:
             self._install_sampling()
         elif not sample and self._sampling:
             self._remove_sampling()
-        self._snap_valid = False
+        self._ptrack.snap_valid = False
         if not self._optimizer_mode and self._cheap_now:
-            self._take_snapshot()  # manual mode: the update is measured from this boundary
+            self._ptrack.take_snapshot()  # manual mode: the update is measured from this boundary
 
     def _install_sampling(self) -> None:
         if not self._enabled["forward"]:
@@ -763,7 +640,7 @@ class Probe:
 
     def _first_forward_checks(self, args: tuple[Any, ...]) -> None:
         # gradients left over from the previous step (no zero_grad): norm of what is there now
-        grads = [p.grad for p in self._params if p.grad is not None]
+        grads = self._ptrack.grads()
         if grads:
             self._carried = S.norms(grads).norm()
         self._summarize_inputs(args)
@@ -864,7 +741,7 @@ class Probe:
         if g is None or g.numel() == 0:
             return
         if not self._bwd_seen:  # first output gradient of the step: no parameter gradient added yet
-            self._carried_bwd = self._grad_norm_now(g.device)
+            self._carried_bwd = self._ptrack.grad_norm(g.device, self.param_in_optimizer)
         if i not in self._bwd_seen:
             self._bwd_seen.add(i)
             self._bwd_order.append(i)
@@ -881,16 +758,6 @@ class Probe:
             self._grad_masks[i] = (
                 m if prev is None or prev.shape != m.shape else torch.maximum(prev, m)
             )
-
-    def _grad_norm_now(self, device: torch.device) -> Tensor:
-        """Norm of the gradients that the optimizer would apply, held right now (0 when none)."""
-        held = self.param_in_optimizer
-        grads = [
-            p.grad
-            for p, n in zip(self._params, self._param_names, strict=True)
-            if p.grad is not None and held.get(n, True)
-        ]
-        return S.norms(grads).norm() if grads else torch.zeros((), device=device)
 
     def _loss_pre_hook(self, module: nn.Module, args: tuple[Any, ...]) -> None:
         if self._paused or not torch.is_grad_enabled():
@@ -957,7 +824,7 @@ class Probe:
             return
         try:
             if self._cheap_now and self._enabled["params"]:
-                self._take_snapshot()
+                self._ptrack.take_snapshot()
         except Exception as e:
             self._fail("params", e)
 
@@ -967,103 +834,6 @@ class Probe:
         self._boundary()
 
     # ------------------------------------------------------------------ the step boundary
-    @torch.no_grad()
-    def _take_snapshot(self) -> None:
-        if not self._params:
-            return
-        if self._snap is None:
-            self._snap = [p.detach().clone() for p in self._params]
-        else:
-            torch._foreach_copy_(self._snap, [p.detach() for p in self._params])
-        self._snap_valid = True
-
-    @torch.no_grad()
-    def _param_row(self, *, init: bool) -> Tensor | None:
-        """Norms of every tracked parameter as one ``(4, P)`` device tensor (no sync).
-
-        Rows: weight norm, gradient norm, update norm (since the snapshot taken before the
-        optimizer step), distance from the initial parameters.  ``-1`` marks what was not
-        measured (no gradient, no snapshot, ``init`` not requested).
-        """
-        if not self._params:
-            return None
-        params = [p.detach() for p in self._params]
-        dev = params[0].device
-        row = torch.full((4, len(params)), -1.0, device=dev)
-        row[0] = S.norms(params).to(dev)
-        with_grad = [j for j, p in enumerate(self._params) if p.grad is not None]
-        if with_grad:
-            gn = S.norms([self._params[j].grad.detach() for j in with_grad]).to(dev)  # type: ignore[union-attr]
-            if len(with_grad) == len(params):
-                row[1] = gn
-            else:  # cached: building an index tensor on the device each step would copy (sync)
-                key = tuple(with_grad)
-                idx = self._grad_index.get(key)
-                if idx is None:
-                    idx = self._grad_index[key] = torch.tensor(with_grad, device=dev)
-                row[1, idx] = gn
-        if self._snap is not None and self._snap_valid:
-            torch._foreach_sub_(self._snap, params)
-            row[2] = S.norms(self._snap).to(dev)
-            self._snap_valid = False
-        if init and self._init is not None:
-            if self._snap is None:
-                self._snap = [p.clone() for p in params]
-            torch._foreach_copy_(self._snap, params)
-            torch._foreach_sub_(self._snap, self._init)
-            row[3] = S.norms(self._snap).to(dev)
-        return row
-
-    def _param_metrics(self, rows: np.ndarray) -> np.ndarray:
-        """``(K, 4, P)`` parameter rows -> ``(K, L, len(PARAM_METRICS))`` per-layer metrics."""
-        K = rows.shape[0]
-        L = len(self.layers)
-        layer = self._param_layer_arr
-        out = np.full((K, L, len(PARAM_METRICS)), np.nan)
-        has = np.bincount(layer, minlength=L) > 0
-        norms = []
-        for r in range(4):
-            v = rows[:, r, :].astype(np.float64)
-            present = ~(v < 0)  # NaN (non-finite) counts as measured
-            sq = np.zeros((K, L))
-            cnt = np.zeros((K, L))
-            np.add.at(sq.T, layer, np.where(present, v * v, 0.0).T)  # NaN-safe group sums
-            np.add.at(cnt.T, layer, present.T.astype(np.float64))
-            with np.errstate(invalid="ignore"):
-                norms.append(np.where(cnt > 0, np.sqrt(sq), np.nan))
-        weight, grad, upd, dist = norms
-        out[:, :, 0] = np.where(has, weight, np.nan)
-        out[:, :, 1] = grad
-        with np.errstate(invalid="ignore", divide="ignore"):
-            out[:, :, 2] = upd / weight
-        out[:, :, 3] = dist
-        g = rows[:, 1, :].astype(np.float64)
-        bad = (~np.isfinite(g)) & ~(g < 0)
-        nf = np.zeros((K, L))
-        np.add.at(nf.T, layer, bad.T.astype(np.float64))
-        out[:, :, 4] = np.where(np.isnan(grad), np.nan, np.where(nf > 0, -1.0, 0.0))
-        return out
-
-    @staticmethod
-    def _param_totals(rows: np.ndarray) -> dict[str, np.ndarray]:
-        """Whole-model norms per step from ``(K, 4, P)`` rows."""
-        out = {}
-        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-            w = rows[:, 0, :].astype(np.float64)
-            g = rows[:, 1, :].astype(np.float64)
-            u = rows[:, 2, :].astype(np.float64)
-            wt = np.sqrt(np.sum(np.where(w < 0, 0, w * w), axis=1))
-            out["grad_norm_total"] = np.where(
-                (g >= 0).any(axis=1) | np.isnan(g).any(axis=1),
-                np.sqrt(np.sum(np.where(g < 0, 0, g * g), axis=1)),
-                np.nan,
-            )
-            has_u = (u >= 0).any(axis=1) | np.isnan(u).any(axis=1)
-            out["update_ratio_total"] = np.where(
-                has_u, np.sqrt(np.sum(np.where(u < 0, 0, u * u), axis=1)) / wt, np.nan
-            )
-        return out
-
     def _boundary(self) -> None:
         t0 = time.perf_counter()
         if not self._attached or self._paused:
@@ -1078,7 +848,7 @@ class Probe:
                     payload = self._collect(k)
                 elif self._cheap_now and self._enabled["params"]:
                     try:
-                        row = self._param_row(init=False)
+                        row = self._ptrack.row(init=False)
                         if row is not None:
                             self._param_rows.append((k, row))
                     except Exception as e:
@@ -1160,7 +930,7 @@ class Probe:
 
         if self._enabled["params"]:
             try:
-                add("prow", self._param_row(init=True))
+                add("prow", self._ptrack.row(init=True))
             except Exception as e:
                 self._fail("params", e)
         if self._act_rows:
@@ -1276,8 +1046,8 @@ class Probe:
         shape = meta["param_shape"]
         rows = buf[off : off + int(np.prod(shape))].reshape(shape)
         steps = np.asarray(meta["param_steps"], dtype=np.int64)
-        self.history.add_param_rows(steps, self._param_metrics(rows).astype(np.float32))
-        totals = self._param_totals(rows)
+        self.history.add_param_rows(steps, self._ptrack.metrics(rows).astype(np.float32))
+        totals = self._ptrack.totals(rows)
         for j, k in enumerate(steps):
             self.history.add_scalars(
                 int(k),
@@ -1301,11 +1071,11 @@ class Probe:
         prow = self._slice(buf, meta, "prow")
         totals: dict[str, float] = {}
         if prow is not None:
-            pm = self._param_metrics(prow[None])[0]
+            pm = self._ptrack.metrics(prow[None])[0]
             for j, m in enumerate(PARAM_METRICS):
                 metrics[m] = pm[:, j]
-            self._count_nonfinite_grads(prow, metrics)
-            totals = {n: float(v[0]) for n, v in self._param_totals(prow[None]).items()}
+            self._ptrack.count_nonfinite_grads(prow, metrics)
+            totals = {n: float(v[0]) for n, v in self._ptrack.totals(prow[None]).items()}
         act = self._slice(buf, meta, "act")
         nonfinite_seen = False
         if act is not None:
@@ -1396,7 +1166,10 @@ class Probe:
         )
         # gradient left over from earlier steps (missing zero_grad): at the step's first forward
         # and at its first output gradient, before backward added anything
-        for key, name in (("carried", "grad_norm_before_forward"), ("carried_bwd", "grad_norm_before_backward")):
+        for key, name in (
+            ("carried", "grad_norm_before_forward"),
+            ("carried_bwd", "grad_norm_before_backward"),
+        ):
             c = self._slice(buf, meta, key)
             if c is not None:
                 rec.extra[name] = totals[name] = float(c.reshape(-1)[0])
@@ -1405,21 +1178,6 @@ class Probe:
             self.history.add_scalars(k, totals)
         self.history.add_record(rec)
         self.history.notify(Update(step=k, scalars=True, record=True))
-
-    def _count_nonfinite_grads(self, prow: np.ndarray, metrics: dict[str, np.ndarray]) -> None:
-        """Exact non-finite gradient counts where the gradients are still there (CPU, in-step)."""
-        g = prow[1]
-        bad = np.flatnonzero(~np.isfinite(g))
-        if not len(bad):
-            return
-        counts = np.zeros(len(self.layers))
-        for j in bad:
-            grad = self._params[int(j)].grad
-            if grad is None or grad.is_cuda:
-                return  # processed after the step (async copy): keep "-1 = at least one"
-            with torch.no_grad():
-                counts[self._param_layer[int(j)]] += float((~torch.isfinite(grad)).sum())
-        metrics["grad_nonfinite"] = np.where(counts > 0, counts, metrics["grad_nonfinite"])
 
     def _hist(
         self, buf: np.ndarray, meta: dict[str, Any], key: str, layer_key: str, summ: S.ActSummary

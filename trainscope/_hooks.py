@@ -1,0 +1,123 @@
+"""Small pieces of hook plumbing: copy-safe hook callables, handles, host transfers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = ["Handle", "HookFn", "Pending", "primary_tensor"]
+
+
+class Handle:
+    """Removable handle for callbacks kept in a dict (``remove()`` or a context manager)."""
+
+    def __init__(self, registry: dict[int, Any], key: int) -> None:
+        self._registry = registry
+        self._key = key
+
+    def remove(self) -> None:
+        self._registry.pop(self._key, None)
+
+    def __enter__(self) -> Handle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+
+def primary_tensor(out: Any) -> Tensor | None:
+    """The first floating-point tensor of a module output (tensor, tuple, list or dict)."""
+    if isinstance(out, Tensor):
+        return out if out.is_floating_point() else None
+    if isinstance(out, (tuple, list)):
+        for o in out:
+            t = primary_tensor(o)
+            if t is not None:
+                return t
+    elif isinstance(out, dict):
+        for o in out.values():
+            t = primary_tensor(o)
+            if t is not None:
+                return t
+    return None
+
+
+def _inert(*args: Any, **kwargs: Any) -> None:
+    """What a probe hook becomes in a copy of the model (``copy.deepcopy``, pickling)."""
+    return None
+
+
+def _inert_factory() -> Callable[..., None]:
+    return _inert
+
+
+class HookFn:
+    """A hook callable that does not drag the probe into copies of the model.
+
+    ``copy.deepcopy(model)`` and ``torch.save(model)`` copy a module's hook dictionaries; a bound
+    method of the probe would try to copy the probe itself (and fail on its lock).  The copy of a
+    probe hook is a no-op instead: copies of a model are not probed.
+    """
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.fn = fn
+
+    # Under torch.compile the hook runs eagerly at a graph break instead of being traced: tracing
+    # it crashed Dynamo when the probe holds the compiled module (Probe(torch.compile(model))) and
+    # cost 4x the graphs otherwise (see docs/beyond.md).  The trampoline is built lazily: a
+    # class-level torch.compiler.disable would import torch._dynamo (~3 s) with trainscope.
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if torch.compiler.is_compiling():
+            return _eager_call(self.fn, args, kwargs)
+        return self.fn(*args, **kwargs)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Callable[..., None]:
+        return _inert
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_inert_factory, ())
+
+
+_EAGER: list[Callable[..., Any]] = []
+
+
+def _eager_call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """Call ``fn`` outside the graph Dynamo is tracing (a graph break; the hook runs eagerly)."""
+    if not _EAGER:
+
+        def call(f: Callable[..., Any], a: tuple[Any, ...], k: dict[str, Any]) -> Any:
+            return f(*a, **k)
+
+        _EAGER.append(torch.compiler.disable(call))  # type: ignore[no-untyped-call,unused-ignore]
+    return _EAGER[0](fn, args, kwargs)
+
+
+class Pending:
+    """One device->host transfer: blocking on CPU, pinned + non-blocking + event on CUDA."""
+
+    def __init__(self, flat: Tensor, meta: dict[str, Any]) -> None:
+        self.meta = meta
+        self._event: Any = None
+        if flat.is_cuda:
+            host = torch.empty(flat.shape, dtype=flat.dtype, pin_memory=True)
+            host.copy_(flat, non_blocking=True)
+            self._event = torch.cuda.Event()  # type: ignore[no-untyped-call]
+            self._event.record()
+            self._host = host
+        else:
+            self._host = flat.detach().to("cpu")
+
+    def ready(self) -> bool:
+        return self._event is None or bool(self._event.query())
+
+    def result(self) -> np.ndarray:
+        if self._event is not None:
+            self._event.synchronize()
+        out: np.ndarray = self._host.numpy()
+        return out
