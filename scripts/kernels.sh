@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Prepare the extra ipykernel lines the delivery tests run against (tests/test_delivery_kernels.py).
 #
-#   bash scripts/kernels.sh            # creates .venvs/ik-6.31.0 and .venvs/ik-7.3.0 (idempotent)
+#   bash scripts/kernels.sh            # creates .venvs/ik-6.31.0, ik-7.0.1 and ik-7.3.0 (idempotent)
 #   IK_VERSIONS="7.0.1" bash scripts/kernels.sh
 #
 # Each kernel venv holds only ipykernel and its own dependencies.  torch, numpy, ipywidgets,
@@ -13,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 MAIN_PY=${MAIN_PY:-$ROOT/.venv/bin/python}
-VERSIONS=${IK_VERSIONS:-"6.31.0 7.3.0"}
+VERSIONS=${IK_VERSIONS:-"6.31.0 7.0.1 7.3.0"}
 
 if [ ! -x "$MAIN_PY" ]; then
   echo "kernels.sh: $MAIN_PY not found; create the main venv first (scripts/demo.sh or pip install -e .[dev])" >&2
