@@ -13,7 +13,8 @@ parameter-level set every step; full statistics with histograms every step; and,
 ``wandb.watch(log="all")`` (offline) and TensorBoard ``add_histogram`` of every parameter and
 gradient at the same frequencies (every step, and every 10th step like trainscope's default).
 
-Run:  python benchmarks/overhead.py [--rounds 9] [--steps 8] [--models mlp,cnn,resnet] [--json out.json]
+Run:  python benchmarks/overhead.py [--rounds 9] [--steps 10] [--models mlp,cnn,resnet]
+                                    [--groups trainscope|wandb|tensorboard] [--json out.json]
 """
 
 from __future__ import annotations
@@ -43,7 +44,9 @@ Step = Callable[[], None]
 
 # ----------------------------------------------------------------------------- models and data
 def mlp() -> nn.Module:
-    return nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10))
+    return nn.Sequential(
+        nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10)
+    )
 
 
 def cnn() -> nn.Module:
@@ -110,7 +113,9 @@ class Run:
     times: list[float] = field(default_factory=list)
 
 
-def make_run(name: str, model_kind: str, setup: Callable[[nn.Module, torch.optim.Optimizer, nn.Module], Any]) -> Run:
+def make_run(
+    name: str, model_kind: str, setup: Callable[[nn.Module, torch.optim.Optimizer, nn.Module], Any]
+) -> Run:
     torch.manual_seed(0)
     model = MODELS[model_kind]()
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
@@ -158,7 +163,9 @@ def wandb_setup(freq: int) -> Callable[..., Any] | None:
 
     def setup(model: nn.Module, opt: torch.optim.Optimizer, loss_fn: nn.Module) -> Any:
         if "run" not in _WANDB:
-            _WANDB["run"] = wandb.init(mode="offline", dir=tempfile.mkdtemp(), project="trainscope-bench")
+            _WANDB["run"] = wandb.init(
+                mode="offline", dir=tempfile.mkdtemp(), project="trainscope-bench"
+            )
         _WANDB["run"].watch(model, log="all", log_freq=freq)
         return None
 
@@ -194,8 +201,14 @@ def tensorboard_setup(freq: int) -> Callable[..., Any] | None:
     return setup
 
 
-def configurations() -> dict[str, Callable[..., Any] | None]:
-    return {
+def configurations(groups: set[str] | None = None) -> dict[str, Callable[..., Any] | None]:
+    """The configurations of the chosen groups (always with the baseline).
+
+    Groups: ``trainscope``, ``wandb``, ``tensorboard``.  Run wandb in its own invocation: its
+    offline service is a separate process that competes for the cores during every configuration
+    of the same run, which would blur all the ratios.
+    """
+    every = {
         "baseline": lambda m, o, f: None,
         "trainscope defaults (every>=10, 3% budget)": trainscope_setup(),
         "trainscope full every 10 (fixed)": trainscope_setup(every=10),
@@ -206,13 +219,23 @@ def configurations() -> dict[str, Callable[..., Any] | None]:
         "TensorBoard histograms every 10": tensorboard_setup(10),
         "TensorBoard histograms every step": tensorboard_setup(1),
     }
+    if not groups:
+        return every
+    keep = {"baseline"}
+    for name in every:
+        low = name.lower()
+        if any(g in low for g in groups):
+            keep.add(name)
+    return {k: v for k, v in every.items() if k in keep}
 
 
 # ----------------------------------------------------------------------------- the interleaved run
-def bench(model_kind: str, rounds: int, steps: int, warmup: int) -> dict[str, Any]:
+def bench(
+    model_kind: str, rounds: int, steps: int, warmup: int, groups: set[str] | None = None
+) -> dict[str, Any]:
     runs = []
     skipped = []
-    for name, setup in configurations().items():
+    for name, setup in configurations(groups).items():
         if setup is None:
             skipped.append(name)
             continue
@@ -238,26 +261,34 @@ def bench(model_kind: str, rounds: int, steps: int, warmup: int) -> dict[str, An
         "baseline_step_ms": base * 1e3,
         "ratios": {r.name: statistics.median(r.times) / base for r in runs},
         "step_ms": {r.name: statistics.median(r.times) * 1e3 for r in runs},
-        "spread": {r.name: (np.percentile(r.times, 75) - np.percentile(r.times, 25)) / base for r in runs},
+        "spread": {
+            r.name: (np.percentile(r.times, 75) - np.percentile(r.times, 25)) / base for r in runs
+        },
         "skipped": skipped,
     }
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--models", default="mlp,cnn,resnet")
     ap.add_argument("--rounds", type=int, default=9)
     ap.add_argument("--steps", type=int, default=10, help="steps per block (use a multiple of 10)")
     ap.add_argument("--warmup", type=int, default=12)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default)")
     ap.add_argument("--json", default="")
+    ap.add_argument(
+        "--groups", default="", help="comma list of trainscope, wandb, tensorboard (default: all)"
+    )
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     results = []
     for kind in args.models.split(","):
-        res = bench(kind, args.rounds, args.steps, args.warmup)
+        groups = {g.strip().lower() for g in args.groups.split(",") if g.strip()} or None
+        res = bench(kind, args.rounds, args.steps, args.warmup, groups)
         results.append(res)
         print(f"\n{kind}: baseline {res['baseline_step_ms']:.2f} ms/step", flush=True)
         for name, ratio in res["ratios"].items():
@@ -265,10 +296,18 @@ def main(argv: list[str] | None = None) -> int:
         for name in res["skipped"]:
             print(f"  {name:42s}  not installed, skipped")
     names = list(results[0]["ratios"])
-    print("\n| configuration | " + " | ".join(f"{r['model']} ({r['baseline_step_ms']:.1f} ms)" for r in results) + " |")
+    print(
+        "\n| configuration | "
+        + " | ".join(f"{r['model']} ({r['baseline_step_ms']:.1f} ms)" for r in results)
+        + " |"
+    )
     print("|---|" + "---|" * len(results))
     for n in names:
-        print(f"| {n} | " + " | ".join(f"{r['ratios'].get(n, float('nan')):.3f}x" for r in results) + " |")
+        print(
+            f"| {n} | "
+            + " | ".join(f"{r['ratios'].get(n, float('nan')):.3f}x" for r in results)
+            + " |"
+        )
     meta = {
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),

@@ -121,3 +121,24 @@ def test_dead_window_or_of_activity() -> None:
     assert m.tolist() == [False, False, True, True]
     m = h.update_units(0, np.array([0, 0, 0, 0]))  # the first sample left the window
     assert m.tolist() == [True, False, True, True]
+
+
+@pytest.mark.parametrize("shape", [(), (3, 2)])
+@pytest.mark.parametrize("chunks", [[1, 1, 5, 300, 7, 64, 1000, 3, 2000], [5000], [9, 9, 9, 9]])
+def test_extend_equals_append_one_by_one(shape: tuple[int, ...], chunks: list[int]) -> None:
+    rng = np.random.default_rng(1)
+    total = sum(chunks)
+    steps = np.cumsum(rng.integers(1, 3, total))
+    values = rng.normal(size=(total, *shape)).astype(np.float32)
+    a = Downsampled(shape, recent=64, buckets=16)
+    b = Downsampled(shape, recent=64, buckets=16)
+    for k, v in zip(steps, values, strict=True):
+        a.append(int(k), v)
+    i = 0
+    for c in chunks:
+        b.extend(steps[i : i + c], values[i : i + c])
+        i += c
+    aa, bb = a.arrays(), b.arrays()
+    assert a.total == b.total == total
+    for key in aa:
+        np.testing.assert_allclose(aa[key], bb[key], rtol=1e-6, err_msg=key)

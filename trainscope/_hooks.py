@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -63,10 +64,11 @@ class HookFn:
     probe hook is a no-op instead: copies of a model are not probed.
     """
 
-    __slots__ = ("fn",)
+    __slots__ = ("clock", "fn")
 
-    def __init__(self, fn: Callable[..., Any]) -> None:
+    def __init__(self, fn: Callable[..., Any], clock: list[float] | None = None) -> None:
         self.fn = fn
+        self.clock = clock  # when given, the time spent in the hook is added to clock[0]
 
     # Under torch.compile the hook runs eagerly at a graph break instead of being traced: tracing
     # it crashed Dynamo when the probe holds the compiled module (Probe(torch.compile(model))) and
@@ -75,7 +77,13 @@ class HookFn:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if torch.compiler.is_compiling():
             return _eager_call(self.fn, args, kwargs)
-        return self.fn(*args, **kwargs)
+        if self.clock is None:
+            return self.fn(*args, **kwargs)
+        t0 = time.perf_counter()
+        try:
+            return self.fn(*args, **kwargs)
+        finally:
+            self.clock[0] += time.perf_counter() - t0
 
     def __deepcopy__(self, memo: dict[int, Any]) -> Callable[..., None]:
         return _inert

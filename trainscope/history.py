@@ -71,7 +71,13 @@ LAYER_METRICS: tuple[str, ...] = (
     "grad_nonfinite",  # non-finite gradient elements (exact)
 )
 METRIC_INDEX = {m: i for i, m in enumerate(LAYER_METRICS)}
-PARAM_METRICS: tuple[str, ...] = ("weight_norm", "grad_norm", "update_ratio", "dist_init", "grad_nonfinite")
+PARAM_METRICS: tuple[str, ...] = (
+    "weight_norm",
+    "grad_norm",
+    "update_ratio",
+    "dist_init",
+    "grad_nonfinite",
+)
 """Parameter metrics are also recorded at every *cheap* step (``cheap_every``) in a denser series;
 :meth:`History.layer_series` serves them from there."""
 PARAM_INDEX = {m: i for i, m in enumerate(PARAM_METRICS)}
@@ -146,6 +152,70 @@ class Downsampled:
         self._r_vals[j] = value
         self._r_len += 1
         self.total += 1
+
+    def extend(self, steps: np.ndarray, values: np.ndarray) -> None:
+        """Append many points at once (same result as :meth:`append` one by one, vectorized)."""
+        steps = np.asarray(steps, dtype=np.int64)
+        values = np.asarray(values, dtype=self._r_vals.dtype).reshape((len(steps), *self.shape))
+        n = len(steps)
+        cap = len(self._r_steps)
+        if n == 0:
+            return
+        if n < 8:
+            for k, v in zip(steps, values, strict=True):
+                self.append(int(k), v)
+            return
+        # points that fall out of the ring: the oldest stored ones first, then the oldest new ones
+        overflow = self._r_len + n - cap
+        if overflow > 0:
+            old_take = min(overflow, self._r_len)
+            order = self._recent_order()
+            ev_steps = [self._r_steps[order[:old_take]]]
+            ev_vals = [self._r_vals[order[:old_take]]]
+            new_take = overflow - old_take
+            if new_take:
+                ev_steps.append(steps[:new_take])
+                ev_vals.append(values[:new_take])
+                steps, values = steps[new_take:], values[new_take:]
+            keep = order[old_take:]
+            kept_steps = self._r_steps[keep].copy()
+            kept_vals = self._r_vals[keep].copy()
+            self._to_buckets(np.concatenate(ev_steps), np.concatenate(ev_vals))
+            self._r_steps[: len(keep)] = kept_steps
+            self._r_vals[: len(keep)] = kept_vals
+            self._r_head, self._r_len = 0, len(keep)
+        m = len(steps)
+        idx = (self._r_head + self._r_len + np.arange(m)) % cap
+        self._r_steps[idx] = steps
+        self._r_vals[idx] = values
+        self._r_len += m
+        self.total += n
+
+    def _to_buckets(self, steps: np.ndarray, values: np.ndarray) -> None:
+        i = 0
+        n = len(steps)
+        while i < n:
+            if self._open_n or n - i < self._width:  # fill the open bucket point by point
+                self._to_bucket(int(steps[i]), values[i])
+                i += 1
+                continue
+            # whole buckets of the current width at once, until the bucket array is full
+            room = len(self._b_first) - self._b_len
+            nb = min((n - i) // self._width, room)
+            w = self._width
+            blk = values[i : i + nb * w].reshape((nb, w, *self.shape))
+            j = self._b_len
+            self._b_first[j : j + nb] = steps[i : i + nb * w : w]
+            self._b_last[j : j + nb] = steps[i + w - 1 : i + nb * w : w]
+            self._b_count[j : j + nb] = w
+            self._b_sum[j : j + nb] = blk.sum(axis=1, dtype=self._b_sum.dtype)
+            if self._b_min is not None and self._b_max is not None:
+                self._b_min[j : j + nb] = blk.min(axis=1)
+                self._b_max[j : j + nb] = blk.max(axis=1)
+            self._b_len += nb
+            i += nb * w
+            if self._b_len == len(self._b_first):
+                self._merge_pairs()
 
     def _to_bucket(self, step: int, value: np.ndarray) -> None:
         i = self._b_len
@@ -453,6 +523,21 @@ class History:
                 s.append(step, v)
             self.step = max(self.step, step)
 
+    def add_scalar_series(self, name: str, steps: list[int], values: list[float]) -> None:
+        """Several points of one scalar (steps ascending)."""
+        if not steps:
+            return
+        with self._lock:
+            s = self.scalars.get(name)
+            if s is None:
+                s = self.scalars[name] = Downsampled(
+                    recent=self._cfg["scalar_recent"],
+                    buckets=self._cfg["scalar_buckets"],
+                    dtype=np.float64,
+                )
+            s.extend(np.asarray(steps), np.asarray(values, dtype=np.float64))
+            self.step = max(self.step, int(steps[-1]))
+
     def add_record(self, rec: StepRecord) -> None:
         with self._lock:
             row = np.stack([rec.metrics[m] for m in LAYER_METRICS], axis=1).astype(np.float32)
@@ -574,7 +659,12 @@ class History:
 
     def memory_bytes(self) -> int:
         with self._lock:
-            total = self._layer.nbytes + self._param.nbytes + self._act_hist.nbytes + self._ograd_hist.nbytes
+            total = (
+                self._layer.nbytes
+                + self._param.nbytes
+                + self._act_hist.nbytes
+                + self._ograd_hist.nbytes
+            )
             total += sum(s.nbytes for s in self.scalars.values())
             total += sum(sum(m.nbytes for m in w) for w in self._dead_windows.values())
             return total
@@ -631,7 +721,9 @@ class History:
         """
         with self._lock:
             return {
-                "config": dict(self._cfg, dead_window=self.dead_window, max_events=self.events.maxlen),
+                "config": dict(
+                    self._cfg, dead_window=self.dead_window, max_events=self.events.maxlen
+                ),
                 "step": self.step,
                 "forward_order": list(self.forward_order),
                 "scalars": {n: s.state_dict() for n, s in self.scalars.items()},

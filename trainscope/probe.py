@@ -56,6 +56,8 @@ DEFAULT_EVERY = 10
 """Default sampling interval (optimizer steps) of the full statistics."""
 DEFAULT_BUDGET = 0.03
 """Default overhead budget (fraction of step time) when ``every`` is not given."""
+MAX_SAMPLE_GAP = 5.0
+"""Seconds of training after which the budget lets the probe take a full sample anyway."""
 
 
 @dataclass
@@ -282,7 +284,8 @@ class Probe:
         self._t_boundary: float | None = None
         self._dur_sampled: deque[float] = deque(maxlen=32)
         self._dur_plain: deque[float] = deque(maxlen=64)
-        self._boundary_cost: deque[float] = deque(maxlen=64)
+        self._hook_clock = [0.0]  # seconds spent in the permanent hooks since the last boundary
+        self._step_cost: float | None = None  # running mean of the probe's cost per plain step
         self.forward_modes = {
             "train": 0,
             "eval_in_train_mode": 0,
@@ -317,14 +320,26 @@ class Probe:
         handles: list[Any] = []
         try:
             handles.append(
-                self.model.register_forward_pre_hook(_HookFn(self._root_pre_hook), with_kwargs=True)
+                self.model.register_forward_pre_hook(
+                    _HookFn(self._root_pre_hook, self._hook_clock), with_kwargs=True
+                )
             )
             if self.optimizer is not None:
-                handles.append(self.optimizer.register_step_pre_hook(_HookFn(self._opt_pre_hook)))
+                handles.append(
+                    self.optimizer.register_step_pre_hook(
+                        _HookFn(self._opt_pre_hook, self._hook_clock)
+                    )
+                )
                 handles.append(self.optimizer.register_step_post_hook(_HookFn(self._opt_post_hook)))
             if self.loss_fn is not None:
-                handles.append(self.loss_fn.register_forward_pre_hook(_HookFn(self._loss_pre_hook)))
-                handles.append(self.loss_fn.register_forward_hook(_HookFn(self._loss_hook)))
+                handles.append(
+                    self.loss_fn.register_forward_pre_hook(
+                        _HookFn(self._loss_pre_hook, self._hook_clock)
+                    )
+                )
+                handles.append(
+                    self.loss_fn.register_forward_hook(_HookFn(self._loss_hook, self._hook_clock))
+                )
             if self.track_init:
                 self._ptrack.keep_init()
         except Exception:
@@ -470,18 +485,34 @@ class Probe:
 
     @property
     def overhead(self) -> float | None:
-        """Measured overhead as a fraction of step time (``None`` until enough steps ran)."""
-        if len(self._dur_plain) < 4:
+        """Measured overhead as a fraction of the step time without the probe.
+
+        ``(extra cost of a sampled step / interval + cost on every step) / (plain step - that
+        cost)``: the sampled-step extra is the difference of median step durations, so it holds
+        device work too; the per-step part is timed (boundary, flushes and permanent hooks).
+        ``None`` until enough steps ran.
+        """
+        parts = self._cost_parts()
+        if parts is None:
             return None
-        base = statistics.median(self._dur_plain)
-        if base <= 0:
-            return None
-        per_step = statistics.median(self._boundary_cost) if self._boundary_cost else 0.0
-        extra = 0.0
-        if len(self._dur_sampled) >= 2:
-            extra = max(statistics.median(self._dur_sampled) - base, 0.0)
+        base, extra, per_step = parts
         every = self._every_int()
         return (extra / every + per_step) / base if every else per_step / base
+
+    def _cost_parts(self) -> tuple[float, float, float] | None:
+        """``(plain step time without the probe, extra per sampled step, cost per step)``."""
+        if len(self._dur_plain) < 4:
+            return None
+        per_step = self._step_cost or 0.0
+        base = statistics.median(self._dur_plain) - per_step
+        if base <= 0:
+            return None
+        extra = 0.0
+        if len(self._dur_sampled) >= 2:
+            extra = max(
+                statistics.median(self._dur_sampled) - statistics.median(self._dur_plain), 0.0
+            )
+        return base, extra, per_step
 
     @property
     def step_time(self) -> float | None:
@@ -880,6 +911,14 @@ class Probe:
             self._forward_since_boundary = False
             with contextlib.suppress(Exception):
                 self._begin_step()
+        # the probe's own cost this step: this boundary (transfers and flushes included, callbacks
+        # and actions excluded: they are the caller's) plus the permanent hooks since the last one
+        cost = time.perf_counter() - t0 + self._hook_clock[0]
+        self._hook_clock[0] = 0.0
+        if not sampled:  # a running mean, not a median: periodic flushes must count
+            self._step_cost = (
+                cost if self._step_cost is None else 0.97 * self._step_cost + 0.03 * cost
+            )
         try:
             self.actions.apply_pending()
         except Exception as e:
@@ -889,8 +928,6 @@ class Probe:
                 cb(self)
             except Exception as e:
                 self._fail(f"callback {getattr(cb, '__name__', key)}", e)
-        if not sampled:
-            self._boundary_cost.append(time.perf_counter() - t0)
 
     def _record_optimizer_scalars(self, k: int) -> None:
         opt = self.optimizer
@@ -1023,22 +1060,29 @@ class Probe:
             self._fail("flush", e)
 
     def _process_scalars(self, buf: np.ndarray, meta: dict[str, Any]) -> None:
-        acc: dict[int, dict[str, list[float]]] = {}
-        for step, name, v in meta["scal_float"]:
-            acc.setdefault(step, {}).setdefault(name, []).append(v)
+        # name -> step -> [sum, count]: several values of one name in one step are averaged
+        acc: dict[str, dict[int, list[float]]] = {}
         off = meta["scal_offset"]
-        for j, (step, name) in enumerate(meta["scal_tensor"]):
-            acc.setdefault(step, {}).setdefault(name, []).append(float(buf[off + j]))
-        updated = False
-        for step in sorted(acc):
-            vals = {n: float(np.mean(v)) for n, v in acc[step].items()}
-            loss = vals.get("loss")
-            if loss is not None and not math.isfinite(loss) and not self._exact_nonfinite:
-                self._exact_nonfinite = True
+        tensor_vals = buf[off : off + len(meta["scal_tensor"])].tolist()
+        entries = [(k, n, v) for k, n, v in meta["scal_float"]]
+        entries += [(k, n, v) for (k, n), v in zip(meta["scal_tensor"], tensor_vals, strict=True)]
+        for step, name, v in entries:
+            cell = acc.setdefault(name, {}).get(step)
+            if cell is None:
+                acc[name][step] = [v, 1.0]
+            else:
+                cell[0] += v
+                cell[1] += 1.0
+        if not acc:
+            return
+        for name, by_step in acc.items():
+            steps = sorted(by_step)
+            values = [by_step[k][0] / by_step[k][1] for k in steps]
+            if name == "loss" and not self._exact_nonfinite and not all(map(math.isfinite, values)):
+                self._exact_nonfinite = True  # count non-finite values exactly from now on
                 self.sample_next()
-            self.history.add_scalars(step, vals)
-            updated = True
-        if updated and not meta.get("full") and not meta.get("param_steps"):
+            self.history.add_scalar_series(name, steps, values)
+        if not meta.get("full") and not meta.get("param_steps"):
             self.history.notify(Update(step=self.history.step, scalars=True))
 
     def _process_param_rows(self, buf: np.ndarray, meta: dict[str, Any]) -> None:
@@ -1234,14 +1278,17 @@ class Probe:
             return
         if len(self._dur_sampled) < 3 or len(self._dur_plain) < 8:
             return
-        base = statistics.median(self._dur_plain)
-        extra = max(statistics.median(self._dur_sampled) - base, 0.0)
-        per_step = statistics.median(self._boundary_cost) if self._boundary_cost else 0.0
-        room = self.budget * base - per_step
-        if room <= 0:
-            self.every = 10_000
+        parts = self._cost_parts()
+        if parts is None:
             return
-        self.every = int(min(max(math.ceil(extra / room), self._base_every), 10_000))
+        base, extra, per_step = parts
+        # never fewer than one full sample per MAX_SAMPLE_GAP seconds of training
+        cap = max(self._base_every, min(int(MAX_SAMPLE_GAP / base), 10_000))
+        room = self.budget * base - per_step
+        if room <= 0:  # the per-step cost alone takes the budget: sample as rarely as allowed
+            self.every = cap
+            return
+        self.every = int(min(max(math.ceil(extra / room), self._base_every), cap))
 
 
 def _fmt(v: float) -> str:
