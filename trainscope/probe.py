@@ -54,7 +54,7 @@ _ATTACHED: weakref.WeakKeyDictionary[nn.Module, Probe] = weakref.WeakKeyDictiona
 _MAX_UNITS = 1 << 16  # per-unit masks are kept for layers with at most this many units
 DEFAULT_EVERY = 10
 """Default sampling interval (optimizer steps) of the full statistics."""
-DEFAULT_BUDGET = 0.03
+DEFAULT_BUDGET = 0.02
 """Default overhead budget (fraction of step time) when ``every`` is not given."""
 MAX_SAMPLE_GAP = 5.0
 """Seconds of training after which the budget lets the probe take a full sample anyway."""
