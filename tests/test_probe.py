@@ -607,11 +607,12 @@ def test_budget_rule_grows_the_interval_when_sampling_is_expensive() -> None:
     assert Probe(model, attach=False).budget == 0.02  # the default adapts; an explicit every does not
     assert Probe(model, every=10, attach=False).budget is None
     probe._dur_plain.extend([0.010] * 16)
-    probe._dur_sampled.extend([0.030] * 8)  # 20 ms extra per sampled step
+    probe._work_plain.extend([0.008] * 16)
+    probe._work_sampled.extend([0.028] * 8)  # 20 ms extra per sampled step
     probe._adapt_interval()
     assert probe.every == 40  # 20 ms / (5% of 10 ms)
-    probe._dur_sampled.clear()
-    probe._dur_sampled.extend([0.0101] * 8)
+    probe._work_sampled.clear()
+    probe._work_sampled.extend([0.0081] * 8)
     probe._adapt_interval()
     assert probe.every == 1
 

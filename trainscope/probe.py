@@ -282,8 +282,12 @@ class Probe:
         self._last_flush = time.perf_counter()
         self.flush_interval = 0.5  # seconds between scalar flushes on unsampled steps (no sync)
         self._t_boundary: float | None = None
-        self._dur_sampled: deque[float] = deque(maxlen=32)
-        self._dur_plain: deque[float] = deque(maxlen=64)
+        self._dur_plain: deque[float] = deque(maxlen=64)  # boundary to boundary, plain steps
+        # a step's own work: first training forward -> end of the probe's boundary work, so pauses
+        # between steps (data loading, validation, a paused notebook) are never charged to sampling
+        self._t_first_fwd: float | None = None
+        self._work_sampled: deque[float] = deque(maxlen=32)
+        self._work_plain: deque[float] = deque(maxlen=64)
         self._hook_clock = [0.0]  # seconds spent in the permanent hooks since the last boundary
         self._step_cost: float | None = None  # running mean of the probe's cost per plain step
         self.forward_modes = {
@@ -508,9 +512,9 @@ class Probe:
         if base <= 0:
             return None
         extra = 0.0
-        if len(self._dur_sampled) >= 2:
+        if len(self._work_sampled) >= 2 and len(self._work_plain) >= 2:
             extra = max(
-                statistics.median(self._dur_sampled) - statistics.median(self._dur_plain), 0.0
+                statistics.median(self._work_sampled) - statistics.median(self._work_plain), 0.0
             )
         return base, extra, per_step
 
@@ -660,6 +664,7 @@ class Probe:
                 if self._eval_losses:
                     self._log_val_loss()  # belongs to the step that finished before this forward
                 self._forward_since_boundary = True
+                self._t_first_fwd = time.perf_counter()
                 if self.recent_batches.maxlen != 0:
                     self.recent_batches.append(Batch(self.step_count, args, dict(kwargs)))
                 if self._sampling and self._enabled["inputs"]:
@@ -886,7 +891,8 @@ class Probe:
                         self._fail("params", e)
                 if self._t_boundary is not None:
                     dur = t0 - self._t_boundary
-                    (self._dur_sampled if sampled else self._dur_plain).append(dur)
+                    if not sampled:
+                        self._dur_plain.append(dur)
                     self._scalar_buf.append((k, "step_time", dur))
                 self._t_boundary = t0
                 self.step_count = k + 1
@@ -913,8 +919,12 @@ class Probe:
                 self._begin_step()
         # the probe's own cost this step: this boundary (transfers and flushes included, callbacks
         # and actions excluded: they are the caller's) plus the permanent hooks since the last one
-        cost = time.perf_counter() - t0 + self._hook_clock[0]
+        t_end = time.perf_counter()
+        cost = t_end - t0 + self._hook_clock[0]
         self._hook_clock[0] = 0.0
+        if self._t_first_fwd is not None:
+            (self._work_sampled if sampled else self._work_plain).append(t_end - self._t_first_fwd)
+            self._t_first_fwd = None
         if not sampled:  # a running mean, not a median: periodic flushes must count
             self._step_cost = (
                 cost if self._step_cost is None else 0.97 * self._step_cost + 0.03 * cost
@@ -1276,7 +1286,7 @@ class Probe:
     def _adapt_interval(self) -> None:
         if self.budget is None or not isinstance(self.every, int):
             return
-        if len(self._dur_sampled) < 3 or len(self._dur_plain) < 8:
+        if len(self._work_sampled) < 3 or len(self._dur_plain) < 8:
             return
         parts = self._cost_parts()
         if parts is None:
