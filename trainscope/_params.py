@@ -81,10 +81,10 @@ class ParamTracker:
         params = [p.detach() for p in self.params]
         dev = params[0].device
         row = torch.full((4, len(params)), -1.0, device=dev)
-        row[0] = S.norms(params).to(dev)
+        row[0] = S.norms(params)
         with_grad = [j for j, p in enumerate(self.params) if p.grad is not None]
         if with_grad:
-            gn = S.norms([self.params[j].grad.detach() for j in with_grad]).to(dev)  # type: ignore[union-attr]
+            gn = S.norms([self.params[j].grad.detach() for j in with_grad])  # type: ignore[union-attr]
             if len(with_grad) == len(params):
                 row[1] = gn
             else:  # cached: building an index tensor on the device each step would copy (sync)
@@ -95,14 +95,14 @@ class ParamTracker:
                 row[1, idx] = gn
         if self.snap is not None and self.snap_valid:
             torch._foreach_sub_(self.snap, params)
-            row[2] = S.norms(self.snap).to(dev)
+            row[2] = S.norms(self.snap)
             self.snap_valid = False
         if init and self.init is not None:
             if self.snap is None:
                 self.snap = [p.clone() for p in params]
             torch._foreach_copy_(self.snap, params)
             torch._foreach_sub_(self.snap, self.init)
-            row[3] = S.norms(self.snap).to(dev)
+            row[3] = S.norms(self.snap)
         return row
 
     def grads(self) -> list[Tensor]:

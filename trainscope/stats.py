@@ -386,6 +386,8 @@ def norms(tensors: list[Tensor]) -> Tensor:
         res = torch._foreach_norm(tensors)
     except Exception:  # pragma: no cover - very old torch or exotic tensor types
         res = [torch.linalg.vector_norm(t) for t in tensors]
+    if all(r.dtype == torch.float32 for r in res):
+        return torch.stack(res)
     return torch.stack([r.to(torch.float32) for r in res])
 
 
