@@ -152,6 +152,17 @@ def _end_cell(error: BaseException | None = None) -> None:
     _live._post_run_cell(SimpleNamespace(error_in_exec=error, error_before_exec=None))
 
 
+def _newest_ticket(dash: Dashboard) -> dict[str, Any]:
+    """The newest acknowledgement the browser has (waiting up to 2 s: acks are rate-limited)."""
+    deadline = time.time() + 2
+    tickets = dash.controls.get_state()["tickets"]
+    while not tickets and time.time() < deadline:
+        time.sleep(0.02)
+        tickets = dash.controls.get_state()["tickets"]
+    assert tickets, "no acknowledgement reached the browser within 2 s"
+    return dict(tickets[0])
+
+
 def _ticket(dash: Dashboard, tid: str, status: str | None = None) -> dict[str, Any]:
     """The acknowledgement the browser has for request ``tid`` (waiting up to 2 s for
     ``status``: acks are rate-limited to one message per 50 ms)."""
@@ -321,12 +332,8 @@ def test_malformed_or_unknown_requests_are_refused_and_change_nothing(
     n_events = len(live.dash.history.events)
     _click(live.dash.controls, content)
     live.train(1)
-    tickets = live.dash.controls.get_state()["tickets"]
-    deadline = time.time() + 2
-    while not tickets and time.time() < deadline:
-        time.sleep(0.02)
-        tickets = live.dash.controls.get_state()["tickets"]
-    assert tickets[0]["status"] == "refused" and reason in tickets[0]["message"], tickets[0]
+    newest = _newest_ticket(live.dash)
+    assert newest["status"] == "refused" and reason in newest["message"], newest
     assert live.opt.param_groups[0]["lr"] == 0.1
     assert len(live.dash.history.events) == n_events
     # the model only changed by the one ordinary training step
@@ -361,10 +368,8 @@ def test_select_message_shows_the_layer(live: SimpleNamespace) -> None:
     assert live.dash.tabs.selected_index == 1
     _click(live.dash.table, {"kind": "select", "layer": "nope"})
     assert live.dash.table.selected == "2"
-    assert (
-        "no layer named 'nope'"
-        in _ticket(live.dash, live.dash.controls.tickets[0]["id"])["message"]
-    )
+    newest = _newest_ticket(live.dash)
+    assert newest["status"] == "refused" and "no layer named 'nope'" in newest["message"], newest
 
 
 def test_handlers_are_thread_safe_with_training(live: SimpleNamespace) -> None:

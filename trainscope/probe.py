@@ -1037,6 +1037,11 @@ class Probe:
         if self._carried_bwd is not None:
             add("carried_bwd", self._carried_bwd)
         meta["fwd_order"] = list(self._fwd_order)
+        if self._fwd_order and self._fwd_order != self._mask_order:
+            # here, not when the record is read: every rank of a DistributedProbe collects, only
+            # rank 0 records, and all ranks must send the same masks
+            self._mask_order = list(self._fwd_order)
+            self._mask_skip = self._redundant_masks(self._mask_order)
         meta["bwd_order"] = list(self._bwd_order)
         meta["modes"] = dict(self._step_modes)
         meta["exact_nonfinite"] = self._exact_nonfinite
@@ -1226,9 +1231,6 @@ class Probe:
             self.history.set_forward_order(fwd)
         elif fwd and set(fwd) - set(self.history.forward_order[: len(fwd)]):
             self.history.set_forward_order(fwd)
-        if fwd and fwd != self._mask_order:
-            self._mask_order = list(fwd)
-            self._mask_skip = self._redundant_masks(fwd)
         rec = StepRecord(
             step=k,
             time=meta["time"],
