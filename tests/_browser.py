@@ -88,6 +88,7 @@ class Server:
             "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
             "--ServerApp.allow_root=True",
         ]  # fmt: skip
+        self.pages: list[NotebookPage] = []  # for the failure report
         self.log = (scratch / f"jupyter-{app}.log").open("w")
         env = jupyter_env(scratch)
         self.proc = subprocess.Popen(
@@ -125,6 +126,37 @@ class Server:
                 self.proc.wait(10)
         self.log.close()
 
+    def log_tail(self, lines: int = 40) -> str:
+        with contextlib.suppress(Exception):
+            self.log.flush()
+            return "\n".join(Path(self.log.name).read_text(errors="replace").splitlines()[-lines:])
+        return "(server log unreadable)"
+
+    @contextlib.contextmanager
+    def explain_failure(self, tag: str) -> Iterator[None]:
+        """On a failure, attach what a person would look at: every open notebook's cells (prompt,
+        end of the output), the dashboard's state and activity list, the server log's end, and a
+        full-page screenshot (``.artifacts/e2e/<tag>_failure.png``).  CI prints only the test
+        output, so this is how a failure on a slower machine explains itself."""
+        try:
+            yield
+        except BaseException as e:
+            parts = [f"--- e2e failure report ({tag}) ---"]
+            for i, page in enumerate(self.pages):
+                parts.append(page.report())
+                with contextlib.suppress(Exception):
+                    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+                    shot = ARTIFACTS / f"{tag}_failure{i or ''}.png"
+                    page.page.screenshot(path=str(shot), full_page=True)
+                    parts.append(f"screenshot: {shot}")
+            parts.append(f"server log (end):\n{self.log_tail()}")
+            report = "\n".join(parts)
+            if hasattr(e, "add_note"):
+                e.add_note(report)
+            else:  # Python 3.10: pytest shows captured output of a failing test
+                print(report, file=sys.stderr)
+            raise
+
     def notebook_url(self, name: str) -> str:
         if self.app == "lab":
             return f"{self.url}/lab/tree/{name}?token={self.token}&reset"
@@ -154,6 +186,7 @@ class NotebookPage:
 
     def __init__(self, page: Any, server: Server, name: str) -> None:
         self.page = page
+        server.pages.append(self)
         page.goto(server.notebook_url(name), timeout=120_000)
         page.wait_for_function(
             "() => window.jupyterapp && window.jupyterapp.shell.currentWidget"
@@ -220,6 +253,35 @@ class NotebookPage:
                 idx,
             )
         )
+
+    def report(self) -> str:
+        """Kernel status, each code cell's prompt and end of output, the dashboard's state."""
+        try:
+            info = self.page.evaluate(
+                """() => { const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;
+                   if (!w || !w.content || !w.content.widgets) return {missing: true};
+                   const k = w.sessionContext && w.sessionContext.session && w.sessionContext.session.kernel;
+                   const q = (s) => { const e = document.querySelector(s); return e ? e.innerText : null; };
+                   return {
+                     kernel: k ? `${k.name} ${k.status}` : 'none',
+                     cells: w.content.widgets.filter(c => c.model.type === 'code').map(c => ({
+                       prompt: c.promptNode ? c.promptNode.textContent : '',
+                       out: (c.outputArea ? c.outputArea.node.innerText : '').slice(-800) })),
+                     header: q('.trainscope-dashboard .trainscope-header'),
+                     activity: q('.trainscope-dashboard .trainscope-activity'),
+                   }; }"""
+            )
+        except Exception as e:
+            return f"page: could not be read ({type(e).__name__}: {e})"
+        if info.get("missing"):
+            return "page: no notebook open"
+        lines = [f"page {self.page.url.split('?')[0]}: kernel {info['kernel']}"]
+        for c in info["cells"]:
+            out = " | ".join(line for line in c["out"].splitlines() if line.strip())
+            lines.append(f"  cell {c['prompt']}: {out[-800:]}")
+        lines.append(f"  dashboard header: {info['header']}")
+        lines.append(f"  activity: {(info['activity'] or '').replace(chr(10), ' | ')[:1500]}")
+        return "\n".join(lines)
 
     def interrupt(self) -> None:
         self.page.evaluate("() => window.jupyterapp.commands.execute('notebook:interrupt-kernel')")

@@ -49,6 +49,18 @@ def _applied_step(nb: NotebookPage, label: str) -> int:
     return int(m.group(1).replace(",", ""))
 
 
+def _wait_applied(nb: NotebookPage, label: str, timeout_s: float) -> None:
+    """Wait for the request ``label`` to show *applied*; fail at once, with its reason, if it
+    shows *failed* or *refused* instead."""
+    ticket = f"{DASH} .trainscope-ticket:has-text('{label}')"
+    nb.page.wait_for_selector(
+        f"{ticket}.status-applied, {ticket}.status-failed, {ticket}.status-refused",
+        timeout=timeout_s * 1000,
+    )
+    text = nb.text(ticket)
+    assert nb.page.locator(f"{ticket}.status-applied").count() > 0, f"{label}: {text}"
+
+
 def _start_training(nb: NotebookPage) -> None:
     nb.run_cell(SETUP, timeout=240)
     nb.run_cell(WATCH, timeout=240)
@@ -80,9 +92,7 @@ def _live_then_click(nb: NotebookPage, tag: str) -> dict[str, float]:
     card.locator(".trainscope-param-factor").fill("0.5")
     t0 = time.time()
     card.locator(".trainscope-action-scale_lr").click()
-    page.wait_for_selector(
-        f"{DASH} .trainscope-ticket.status-applied:has-text('Scale')", timeout=20_000
-    )
+    _wait_applied(nb, "Scale", 20)
     ack_s = time.time() - t0
     assert nb.cell_running(TRAIN), "the acknowledgement must arrive while training is still running"
     assert "applied" in nb.text(f"{DASH} .trainscope-last-ack")
@@ -134,24 +144,18 @@ def _panels(nb: NotebookPage, tag: str) -> None:
     card.locator("details summary").click()
     card.locator(".trainscope-param-num_iter").fill("30")
     card.locator(".trainscope-action-lr_find").click()
-    page.wait_for_selector(
-        f"{DASH} .trainscope-ticket.status-applied:has-text('LR finder')", timeout=60_000
-    )
+    _wait_applied(nb, "LR finder", 120)
     page.locator(f"{DASH} .lm-TabBar-tab:has-text('LR finder')").first.click()
     page.wait_for_selector(f"{DASH} .trainscope-lr-apply:not([disabled])", timeout=30_000)
     page.wait_for_selector(f"{DASH} .bqplot:has-text('LR range test') path.line", timeout=30_000)
     suggested = nb.text(f"{DASH} .trainscope-lr-apply >> xpath=..")
     nb.screenshot(DASH, f"{tag}_6_lr_finder.png")
     page.locator(f"{DASH} .trainscope-lr-apply").click()
-    page.wait_for_selector(
-        f"{DASH} .trainscope-ticket.status-applied:has-text('Set learning rate')", timeout=30_000
-    )
+    _wait_applied(nb, "Set learning rate", 30)
     assert "suggested lr" in suggested
     page.locator(f"{DASH} .trainscope-tab-checklist").click()
     page.locator(f"{DASH} .trainscope-check[data-check='karpathy.seed'] .trainscope-btn").click()
-    page.wait_for_selector(
-        f"{DASH} .trainscope-ticket.status-applied:has-text('Run check')", timeout=30_000
-    )
+    _wait_applied(nb, "Run check", 30)
     page.wait_for_selector(
         f"{DASH} .trainscope-check.status-pass[data-check='karpathy.seed']", timeout=30_000
     )
@@ -172,7 +176,7 @@ def test_jupyterlab_live_click_and_interrupt(scratch: Path) -> None:
     name = _copy_quickstart(scratch / "nb", "quickstart_lab.ipynb", epochs=2000)
     server = Server("lab", scratch, scratch / "nb")
     try:
-        with browser(scratch / "profile") as ctx:
+        with browser(scratch / "profile") as ctx, server.explain_failure("lab"):
             nb = NotebookPage(ctx.new_page(), server, name)
             _start_training(nb)
             nb.run_cell(SUMMARY, wait=False)  # queued behind the training cell
@@ -211,7 +215,7 @@ def test_notebook7_live_click_until_finished(scratch: Path) -> None:
     name = _copy_quickstart(scratch / "nb", "quickstart_nb7.ipynb", epochs=150)
     server = Server("notebook", scratch, scratch / "nb")
     try:
-        with browser(scratch / "profile") as ctx:
+        with browser(scratch / "profile") as ctx, server.explain_failure("nb7"):
             nb = NotebookPage(ctx.new_page(), server, name)
             _start_training(nb)
             nb.run_cell(SUMMARY, wait=False)  # queued behind the training cell
@@ -245,7 +249,7 @@ def test_jupyterlab_with_older_ipykernel_lines(scratch: Path, line: str) -> None
     )
     server = Server("lab", scratch, scratch / "nb")
     try:
-        with browser(scratch / "profile") as ctx:
+        with browser(scratch / "profile") as ctx, server.explain_failure(f"lab_{line}"):
             nb = NotebookPage(ctx.new_page(), server, name)
             _start_training(nb)
             res = _live_then_click(nb, f"lab_{line}")

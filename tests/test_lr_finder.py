@@ -269,3 +269,27 @@ def test_lr_find_action_mid_training_restores_and_reports() -> None:
     no_loss = trainscope.Probe(lin, torch.optim.SGD(lin.parameters(), lr=0.1), attach=False)
     assert no_loss.actions.submit("lr_find", {}).message.startswith("lr_find needs the loss")
     probe.detach()
+
+
+def test_lr_find_clicked_between_forward_and_loss_is_accepted() -> None:
+    """A click arrives on another thread at any moment: between a step's forward and its loss the
+    probe must still offer the previous step's complete batch (it once offered only the half
+    batch of the step in progress, with no target, and refused the click as "needs data")."""
+    torch.manual_seed(0)
+    x, y = _data()[0]
+    model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    probe = trainscope.Probe(model, opt, loss_fn=nn.CrossEntropyLoss())
+    opt.zero_grad()
+    probe.loss_fn(model(x), y).backward()
+    opt.step()
+    out = model(x)  # step 1 in progress: forward done, loss not yet computed
+    assert [b.step for b in probe.recent_batches] == [0] and probe.recent_batches[0].target is y
+    t = probe.request("lr_find", num_iter=20)
+    assert t.status == "pending", t.message
+    opt.zero_grad()
+    probe.loss_fn(out, y).backward()
+    opt.step()
+    assert t.status == "applied", t.message
+    assert [b.step for b in probe.recent_batches] == [1] and probe.recent_batches[0].target is y
+    probe.detach()

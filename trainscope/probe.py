@@ -126,6 +126,7 @@ class Probe:
     keep_batches
         How many recent training batches to keep *references* to (no copy) in
         :attr:`recent_batches`, for the checks to run on real data when ``data`` is not given.
+        A batch joins it at the boundary of its step, with the target the loss saw.
     logdir
         Also append everything recorded to this run directory (crash-safe, bounded; see
         :mod:`trainscope.runlog`), readable with ``trainscope.open(logdir)``, live from another
@@ -214,6 +215,9 @@ class Probe:
         self._exclude = exclude
         self.data = data
         self.recent_batches: deque[Batch] = deque(maxlen=max(int(keep_batches), 0))
+        # the batch of the step in progress: it joins recent_batches at the step boundary, complete
+        # (with the target the loss saw), so a reader on another thread never sees a half batch
+        self._batch_open: Batch | None = None
 
         chosen = select_layers(model, include, exclude)  # raises on patterns that match nothing
         self._modules: list[nn.Module] = [m for _, m in chosen]
@@ -623,6 +627,11 @@ class Probe:
         self._sampling = False
 
     # ------------------------------------------------------------------ per-step buffers
+    def _close_batch(self) -> None:
+        b, self._batch_open = self._batch_open, None
+        if b is not None:
+            self.recent_batches.append(b)
+
     def _reset_step_buffers(self) -> None:
         self._act_rows: list[Tensor] = []
         self._act_meta: list[tuple[int, int]] = []
@@ -668,7 +677,7 @@ class Probe:
                 self._forward_since_boundary = True
                 self._t_first_fwd = time.perf_counter()
                 if self.recent_batches.maxlen != 0:
-                    self.recent_batches.append(Batch(self.step_count, args, dict(kwargs)))
+                    self._batch_open = Batch(self.step_count, args, dict(kwargs))
                 if self._sampling and self._enabled["inputs"]:
                     self._first_forward_checks(args)
             elif self._sampling and self._inputs is None and self._enabled["inputs"]:
@@ -826,12 +835,9 @@ class Probe:
     def _loss_pre_hook(self, module: nn.Module, args: tuple[Any, ...]) -> None:
         if self._paused or not torch.is_grad_enabled():
             return
-        if (
-            self.recent_batches
-            and self.recent_batches[-1].step == self.step_count
-            and len(args) > 1
-        ):
-            self.recent_batches[-1].target = args[1]
+        b = self._batch_open
+        if b is not None and b.step == self.step_count and len(args) > 1:
+            b.target = args[1]
         if not self._sampling or self._loss_in is not None:
             return
         try:
@@ -923,6 +929,7 @@ class Probe:
                         self._dur_plain.append(dur)
                     self._scalar_buf.append((k, "step_time", dur))
                 self._t_boundary = t0
+                self._close_batch()
                 self.step_count = k + 1
                 self._forward_since_boundary = False
                 if sampled:
@@ -941,6 +948,7 @@ class Probe:
                 self._begin_step()
         except Exception as e:
             self._fail("boundary", e)
+            self._close_batch()
             self.step_count = k + 1
             self._forward_since_boundary = False
             with contextlib.suppress(Exception):
