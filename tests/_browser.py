@@ -204,11 +204,28 @@ class NotebookPage:
     )
 
     def run_cell(self, idx: int, wait: bool = True, timeout: float = 180) -> None:
-        self.page.evaluate(
-            """(idx) => { const nb = window.jupyterapp.shell.currentWidget.content;
-               nb.activeCellIndex = idx; window.jupyterapp.commands.execute('notebook:run-cell'); }""",
-            idx,
-        )
+        before = self.execution_count(idx)
+        for attempt in (1, 2):
+            self.page.evaluate(
+                """(idx) => { const nb = window.jupyterapp.shell.currentWidget.content;
+                   nb.activeCellIndex = idx; window.jupyterapp.commands.execute('notebook:run-cell'); }""",
+                idx,
+            )
+            try:  # JupyterLab shows [*] as soon as the request is queued, running or not
+                self.page.wait_for_function(
+                    """([idx, before]) => { const c = window.jupyterapp.shell.currentWidget.content.widgets[idx];
+                       return (c.promptNode && c.promptNode.textContent.includes('*'))
+                              || c.model.executionCount !== before; }""",
+                    arg=[idx, before],
+                    timeout=30_000,
+                )
+                break
+            except Exception:
+                if attempt == 2:
+                    raise AssertionError(
+                        f"cell {idx} was never queued: run-cell was issued twice, 30 s apart"
+                    ) from None
+                print(f"[e2e] cell {idx} not queued after 30 s; issuing run-cell again")
         if wait:
             self.wait_cell_done(idx, timeout)
 
