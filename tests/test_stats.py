@@ -68,6 +68,25 @@ def test_nonfinite_detected_exactly_and_counted_in_exact_mode() -> None:
     assert (exact.nan[0], exact.posinf[0], exact.neginf[0]) == (1, 1, 1)
 
 
+@pytest.mark.parametrize("n", [1_000, S._SPLIT_EXTREMA, 4 * S._SPLIT_EXTREMA])
+def test_extrema_are_exact_on_both_paths(n: int) -> None:
+    """Small tensors take aminmax, large fp32 CPU tensors amin + amax: the same answers,
+    non-contiguous layouts and non-finite values included."""
+    g = torch.Generator().manual_seed(n)
+    x = torch.randn(n // 8, 8, generator=g) * 7
+    for t in (x, x.t(), x[:, ::2]):
+        s = _summary(t)
+        assert (s.min[0], s.max[0]) == (t.min().item(), t.max().item())
+    y = x.clone()
+    y[5, 3] = math.inf
+    y[7, 1] = -math.inf
+    s = _summary(y.t())
+    assert (s.min[0], s.max[0]) == (-math.inf, math.inf) and s.nonfinite[0] == -1
+    y[2, 2] = math.nan
+    s = _summary(y)
+    assert np.isnan(s.min[0]) and np.isnan(s.max[0]) and s.nonfinite[0] == -1
+
+
 def test_histogram_codes_cover_every_value_class() -> None:
     x = torch.tensor([-math.inf, -1e9, -1.0, -1e-12, 0.0, 1e-12, 1.0, 1e9, math.inf, math.nan])
     codes = S.hist_codes(x).tolist()
