@@ -500,7 +500,10 @@ class Probe:
         ``(extra cost of a sampled step / interval + cost on every step) / (plain step - that
         cost)``: the sampled-step extra is the difference of median step durations, so it holds
         device work too; the per-step part is timed (boundary, flushes and permanent hooks).
-        ``None`` until enough steps ran.
+        ``None`` until enough steps ran.  What the probe cannot time is left out: PyTorch's
+        dispatch of the hooks and the cache effects of running Python between the user's ops.
+        That is noise on long steps but not on sub-millisecond ones, where the end-to-end cost
+        (``benchmarks/overhead.py``) is 2-3x this figure (0.5 ms MLP: 7% against 2-3%).
         """
         parts = self._cost_parts()
         if parts is None:
