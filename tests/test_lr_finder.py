@@ -288,7 +288,9 @@ def test_lr_find_clicked_between_forward_and_loss_is_accepted() -> None:
     t = probe.request("lr_find", num_iter=20)
     assert t.status == "pending", t.message
     opt.zero_grad()
-    probe.loss_fn(out, y).backward()
+    loss = probe.loss_fn(out, y)  # the batch is complete now: it replaces step 0's
+    assert [b.step for b in probe.recent_batches] == [1] and probe.recent_batches[0].target is y
+    loss.backward()
     opt.step()
     assert t.status == "applied", t.message
     assert [b.step for b in probe.recent_batches] == [1] and probe.recent_batches[0].target is y

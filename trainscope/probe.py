@@ -126,7 +126,8 @@ class Probe:
     keep_batches
         How many recent training batches to keep *references* to (no copy) in
         :attr:`recent_batches`, for the checks to run on real data when ``data`` is not given.
-        A batch joins it at the boundary of its step, with the target the loss saw.
+        A batch joins it complete: when the loss module sees its target (at the step boundary
+        without ``loss_fn``), never as a half batch whose target is still unknown.
     logdir
         Also append everything recorded to this run directory (crash-safe, bounded; see
         :mod:`trainscope.runlog`), readable with ``trainscope.open(logdir)``, live from another
@@ -215,8 +216,8 @@ class Probe:
         self._exclude = exclude
         self.data = data
         self.recent_batches: deque[Batch] = deque(maxlen=max(int(keep_batches), 0))
-        # the batch of the step in progress: it joins recent_batches at the step boundary, complete
-        # (with the target the loss saw), so a reader on another thread never sees a half batch
+        # the batch of the step in progress: it joins recent_batches once complete (the loss saw its
+        # target, or the step ended), so a reader on another thread never sees a half batch
         self._batch_open: Batch | None = None
 
         chosen = select_layers(model, include, exclude)  # raises on patterns that match nothing
@@ -841,6 +842,7 @@ class Probe:
         b = self._batch_open
         if b is not None and b.step == self.step_count and len(args) > 1:
             b.target = args[1]
+            self._close_batch()
         if not self._sampling or self._loss_in is not None:
             return
         try:
