@@ -915,6 +915,7 @@ class Probe:
             return
         k = self.step_count
         sampled = self._sampling
+        self._close_batch()  # the step's batch is complete now, whatever happens below
         try:
             with self._lock:
                 self._record_optimizer_scalars(k)
@@ -934,7 +935,6 @@ class Probe:
                         self._dur_plain.append(dur)
                     self._scalar_buf.append((k, "step_time", dur))
                 self._t_boundary = t0
-                self._close_batch()
                 self.step_count = k + 1
                 self._forward_since_boundary = False
                 if sampled:
@@ -953,7 +953,6 @@ class Probe:
                 self._begin_step()
         except Exception as e:
             self._fail("boundary", e)
-            self._close_batch()
             self.step_count = k + 1
             self._forward_since_boundary = False
             with contextlib.suppress(Exception):

@@ -96,7 +96,7 @@ HIST_LABELS: tuple[str, ...] = tuple(_label(i) for i in range(NBINS))
 # --------------------------------------------------------------------------------------------
 # The per-call summary vector.  One row per (module call, tensor); rows of one step are stacked.
 #
-# Full passes over the tensor: sum, L2 norm, aminmax (about 6x the cost of one plain sum).
+# Full passes over the tensor: sum, sum of squares, the extrema (see _extrema).
 # Everything that needs a per-element test (zeros, saturation, histogram bins) is done on a
 # fixed random subsample of at most HIST_SAMPLE elements -- exact for tensors up to that size,
 # an unbiased estimate above it (standard error of a fraction <= 0.4 percentage points).
