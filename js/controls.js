@@ -1,7 +1,7 @@
 // Controls: interventions (forms from the action registry), findings, checklist, activity list.
 // Every click sends {kind: "action", action, params, id}; Python validates, queues it for the
 // next step boundary and acknowledges it through the `tickets` trait.
-import { h } from "./lib/dom.js";
+import { h, pointerGuard } from "./lib/dom.js";
 import { collectParams, defaultParams, requestId, splitFields } from "./lib/forms.js";
 import { describeTicket, formatInt } from "./lib/format.js";
 
@@ -31,6 +31,8 @@ function render({ model, el }) {
     h("div", { cls: "trainscope-controls-side" }, [h("div", { cls: "trainscope-section-title", text: "Activity" }), activity]),
   ]);
   el.appendChild(root);
+  // live updates redraw these parts; never under a pressed mouse button (the click would be lost)
+  const guard = pointerGuard(root);
 
   /**
    * @param {string} action
@@ -232,7 +234,7 @@ function render({ model, el }) {
   };
 
   // ------------------------------------------------------------ tabs
-  const drawPanel = () => {
+  const drawTabs = () => {
     const f = model.get("findings") || {};
     const c = model.get("checklist") || {};
     const nf = (f.items || []).filter((/** @type {Finding} */ x) => x.active).length;
@@ -242,26 +244,36 @@ function render({ model, el }) {
       ["findings", `Findings${nf ? ` (${nf})` : ""}`],
       ["checklist", `Checklist${nc ? ` (${nc})` : ""}`],
     ];
+    const buttons = Array.from(tabBar.children);
+    if (buttons.length === tabs.length) {
+      // update the labels in place (the tab buttons stay the same elements)
+      tabs.forEach(([key, label], i) => {
+        const b = buttons[i];
+        if (b.textContent !== label) b.textContent = label;
+        b.classList.toggle("is-active", tab === key);
+      });
+      return;
+    }
     tabBar.replaceChildren(...tabs.map(([key, label]) => {
       const b = h("button", { cls: `trainscope-tab ${tab === key ? "is-active" : ""} trainscope-tab-${key}`, text: label });
       b.addEventListener("click", () => { tab = key; drawPanel(); });
       return b;
     }));
+  };
+  const drawPanel = () => {
+    drawTabs();
     const content = tab === "interventions" ? drawInterventions() : tab === "findings" ? drawFindings() : drawChecklist();
     panel.replaceChildren(...content);
   };
 
-  const onFindings = () => { if (tab !== "interventions") drawPanel(); else drawTabsOnly(); };
-  const drawTabsOnly = () => {
-    // keep the intervention forms (and what is typed in them) while updating the tab counts
-    const keep = Array.from(panel.childNodes);
-    drawPanel();
-    if (tab === "interventions") panel.replaceChildren(...keep);
-  };
-  const onActivity = () => drawActivity();
-  model.on("change:actions", drawPanel);
-  model.on("change:layers", drawPanel);
-  model.on("change:read_only", drawPanel);
+  // the intervention forms (and what is typed in them) are rebuilt only when the actions, the
+  // layers or read-only change; new findings only update the tab counts there
+  const onFindings = () => (tab === "interventions" ? guard.run("tabs", drawTabs) : guard.run("panel", drawPanel));
+  const onPanel = () => guard.run("panel", drawPanel);
+  const onActivity = () => guard.run("activity", drawActivity);
+  model.on("change:actions", onPanel);
+  model.on("change:layers", onPanel);
+  model.on("change:read_only", onPanel);
   model.on("change:read_only", onActivity);
   model.on("change:findings", onFindings);
   model.on("change:checklist", onFindings);
@@ -270,9 +282,10 @@ function render({ model, el }) {
   drawPanel();
   drawActivity();
   return () => {
-    model.off("change:actions", drawPanel);
-    model.off("change:layers", drawPanel);
-    model.off("change:read_only", drawPanel);
+    guard.dispose();
+    model.off("change:actions", onPanel);
+    model.off("change:layers", onPanel);
+    model.off("change:read_only", onPanel);
     model.off("change:read_only", onActivity);
     model.off("change:findings", onFindings);
     model.off("change:checklist", onFindings);

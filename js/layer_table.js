@@ -1,5 +1,5 @@
 // Layer table: every probed layer in forward order, colour coded, sortable, selectable.
-import { h } from "./lib/dom.js";
+import { h, pointerGuard } from "./lib/dom.js";
 import { formatInt, formatValue } from "./lib/format.js";
 import { nextSort, sortRows } from "./lib/sort.js";
 
@@ -16,6 +16,8 @@ function render({ model, el }) {
   const detail = h("div", { cls: "trainscope-layer-detail" });
   root.append(scroller, detail);
   el.appendChild(root);
+  // live updates never rebuild or reorder rows under a pressed mouse button (the click would be lost)
+  const guard = pointerGuard(root);
 
   /** @param {string} name */
   const select = (name) => {
@@ -81,13 +83,17 @@ function render({ model, el }) {
       scroller.replaceChildren(h("table", {}, [h("thead", {}, [built.head]), built.body]));
     }
     const body = /** @type {HTMLElement} */ (built.body);
+    let at = 0;
     for (const r of sortRows(rows, sort.column, sort.dir)) {
       const ref = built.rows.get(r.name);
       if (!ref) continue;
+      // move a row only when it is out of place (a moved row loses a click in progress)
+      const here = body.children[at] || null;
+      if (here !== ref.tr) body.insertBefore(ref.tr, here);
+      at += 1;
       const cls = `${r.name === selected ? "is-selected" : ""} ${r.nonfinite ? "has-nonfinite" : ""}`.trim();
       if (ref.tr.className !== cls) ref.tr.className = cls;
       r.values.forEach((v, j) => setCell(ref.cells[j + 3], formatValue(v, columns[j] ? columns[j].fmt : "num"), `trainscope-num status-${r.status[j] ?? "na"}`));
-      if (body.lastChild !== ref.tr) body.appendChild(ref.tr); // keeps the sorted order (a move)
     }
     const note = rows.length
       ? h("div", { cls: "trainscope-note", text: `${rows.length} layers · step ${step >= 0 ? formatInt(step) : "–"} · colours: amber = look at it, red = bad · click a header to sort, a row to select` })
@@ -106,15 +112,17 @@ function render({ model, el }) {
 
   const onSelected = () => {
     selected = model.get("selected") || "";
-    draw();
+    guard.run("draw", draw);
   };
-  model.on("change:rows", draw);
-  model.on("change:columns", draw);
+  const onData = () => guard.run("draw", draw);
+  model.on("change:rows", onData);
+  model.on("change:columns", onData);
   model.on("change:selected", onSelected);
   draw();
   return () => {
-    model.off("change:rows", draw);
-    model.off("change:columns", draw);
+    guard.dispose();
+    model.off("change:rows", onData);
+    model.off("change:columns", onData);
     model.off("change:selected", onSelected);
   };
 }

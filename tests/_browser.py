@@ -187,6 +187,15 @@ class NotebookPage:
     def __init__(self, page: Any, server: Server, name: str) -> None:
         self.page = page
         server.pages.append(self)
+        # the page's own errors, for the failure report (a widget's exception shows only here)
+        self.errors: list[str] = []
+        page.on("pageerror", lambda e: self.errors.append(f"pageerror: {e}"))
+        page.on(
+            "console",
+            lambda m: self.errors.append(f"console.{m.type}: {m.text}")
+            if m.type in ("error", "warning")
+            else None,
+        )
         page.goto(server.notebook_url(name), timeout=120_000)
         page.wait_for_function(
             "() => window.jupyterapp && window.jupyterapp.shell.currentWidget"
@@ -286,6 +295,9 @@ class NotebookPage:
                        out: (c.outputArea ? c.outputArea.node.innerText : '').slice(-800) })),
                      header: q('.trainscope-dashboard .trainscope-header'),
                      activity: q('.trainscope-dashboard .trainscope-activity'),
+                     dashboards: document.querySelectorAll('.trainscope-dashboard').length,
+                     form_errors: [...document.querySelectorAll('.trainscope-dashboard .trainscope-form-error')]
+                       .map(e => e.textContent).filter(t => t),
                    }; }"""
             )
         except Exception as e:
@@ -298,6 +310,9 @@ class NotebookPage:
             lines.append(f"  cell {c['prompt']}: {out[-800:]}")
         lines.append(f"  dashboard header: {info['header']}")
         lines.append(f"  activity: {(info['activity'] or '').replace(chr(10), ' | ')[:1500]}")
+        lines.append(f"  dashboards on the page: {info['dashboards']}; form errors: {info['form_errors']}")
+        errors = self.errors[-15:]
+        lines.append(f"  page errors/warnings ({len(self.errors)}):" + "".join(f"\n    {e[:300]}" for e in errors))
         return "\n".join(lines)
 
     def interrupt(self) -> None:

@@ -11,6 +11,7 @@ import json
 import re
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -69,8 +70,35 @@ def _start_training(nb: NotebookPage) -> None:
     nb.wait_cell_started(TRAIN)
 
 
-def _live_then_click(nb: NotebookPage, tag: str) -> dict[str, float]:
-    """The dashboard moves while the cell runs; a click is acknowledged while it still runs."""
+def _held_click(nb: NotebookPage, locator: Any, hold_s: float) -> None:
+    """A click whose button stays down for ``hold_s`` while live updates arrive (a person's
+    click is not instantaneous: a redraw between mousedown and mouseup must not lose it)."""
+    locator.scroll_into_view_if_needed()
+    box = locator.bounding_box()
+    assert box, "the element to click is not visible"
+    nb.page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    nb.page.mouse.down()
+    time.sleep(hold_s)
+    nb.page.mouse.up()
+
+
+def _wait_requested(nb: NotebookPage, label: str, timeout_s: float = 10) -> None:
+    """The click produced a request in the activity list (sending, pending or done)."""
+    try:
+        nb.page.wait_for_selector(
+            f"{DASH} .trainscope-activity .trainscope-ticket:has-text('{label}')",
+            timeout=timeout_s * 1000,
+        )
+    except Exception:
+        raise AssertionError(
+            f"the click on {label!r} produced no request in the activity list within "
+            f"{timeout_s:.0f} s (the click was lost in the page, before anything was sent)"
+        ) from None
+
+
+def _live_then_click(nb: NotebookPage, tag: str, hold_s: float = 0.0) -> dict[str, float]:
+    """The dashboard moves while the cell runs; a click is acknowledged while it still runs.
+    With ``hold_s`` the mouse button is held that long over live updates before release."""
     page = nb.page
     page.wait_for_function(
         """() => { const e = document.querySelector('.trainscope-dashboard .trainscope-step .trainscope-fact-value');
@@ -91,7 +119,12 @@ def _live_then_click(nb: NotebookPage, tag: str) -> dict[str, float]:
     card = page.locator(f"{DASH} [data-action='scale_lr']")
     card.locator(".trainscope-param-factor").fill("0.5")
     t0 = time.time()
-    card.locator(".trainscope-action-scale_lr").click()
+    button = card.locator(".trainscope-action-scale_lr")
+    if hold_s:
+        _held_click(nb, button, hold_s)
+    else:
+        button.click()
+    _wait_requested(nb, "Scale")
     _wait_applied(nb, "Scale", 20)
     ack_s = time.time() - t0
     assert nb.cell_running(TRAIN), "the acknowledgement must arrive while training is still running"
@@ -114,7 +147,8 @@ def _views(nb: NotebookPage, tag: str) -> None:
     page.wait_for_selector(f"{DASH} .trainscope-table tbody tr", timeout=30_000)
     rows = page.locator(f"{DASH} .trainscope-table tbody tr")
     assert rows.count() == 7  # 4 Linear + 3 ReLU, forward order
-    rows.nth(2).click()  # the second Linear
+    # the second Linear; the rows update several times a second under the held button
+    _held_click(nb, rows.nth(2), 1.0)
     page.wait_for_function(
         """() => [...document.querySelectorAll('.trainscope-dashboard .trainscope-map-title')]
                .some(e => e.textContent.startsWith('outputs of 2 over time'))""",
@@ -180,7 +214,8 @@ def test_jupyterlab_live_click_and_interrupt(scratch: Path) -> None:
             nb = NotebookPage(ctx.new_page(), server, name)
             _start_training(nb)
             nb.run_cell(SUMMARY, wait=False)  # queued behind the training cell
-            res = _live_then_click(nb, "lab")
+            # the findings (every ~2 s) update the panel under the held button
+            res = _live_then_click(nb, "lab", hold_s=4.0)
             _views(nb, "lab")
             _panels(nb, "lab")
             assert nb.cell_running(TRAIN), "all of this happened while the training cell ran"
