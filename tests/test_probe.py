@@ -468,6 +468,39 @@ def test_manual_steps_without_optimizer() -> None:
     assert probe.history.latest.metrics["update_ratio"][0] > 0  # type: ignore[union-attr]
 
 
+
+@pytest.mark.parametrize("with_optimizer", [True, False])
+def test_a_forced_sample_measures_the_update_too(with_optimizer: bool) -> None:
+    """``sample_next()`` from a boundary callback (how the findings panel asks for fresh data)
+    records a complete step, update/weight ratio included, not only the hooks' statistics."""
+    torch.manual_seed(0)
+    model = make_mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    probe = Probe(model, opt if with_optimizer else None, every=1000)
+    x, y = torch.randn(64, 20), torch.randint(0, 3, (64,))
+    asked: list[int] = []
+
+    def ask(p: Probe) -> None:
+        if p.step_count in (5, 9) and p.step_count not in asked:
+            asked.append(p.step_count)
+            p.sample_next()
+
+    probe.on_step(ask)
+    for _ in range(12):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+        if not with_optimizer:
+            probe.step()
+    probe.flush()
+    steps, ratios = probe.history.layer_series("update_ratio")
+    assert asked == [5, 9] and {5, 9} <= set(steps.tolist()), steps
+    linear = [i for i, m in enumerate(probe.history.layers) if m.type == "Linear"]
+    for k in (5, 9):
+        ratio = ratios[steps.tolist().index(k)][linear]
+        assert np.all(np.isfinite(ratio)) and np.all(ratio > 0), (k, ratio)
+
+
 # ------------------------------------------------------------------------- non-finite values
 class NaNAt(nn.Module):
     def __init__(self, at_step: int) -> None:

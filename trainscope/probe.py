@@ -483,6 +483,12 @@ class Probe:
         self._force_sample = True
         if self._attached and not self._sampling:
             self._install_sampling()
+        if self._attached and not self._cheap_now:
+            # a complete sample: the parameter update is measured too (the optimizer's pre-hook
+            # takes the snapshot; without an optimizer it is taken here, at the boundary)
+            self._cheap_now = True
+            if not self._optimizer_mode and not self._forward_since_boundary:
+                self._ptrack.take_snapshot()
 
     def flush(self) -> None:
         """Copy everything pending to the history now (blocks on the device if needed)."""
