@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from trainscope import stats as S
 
@@ -143,3 +144,61 @@ def test_combining_calls_equals_concatenation() -> None:
     assert s.mean[0] == pytest.approx(ab.mean().item(), rel=1e-5)
     assert s.std[0] == pytest.approx(ab.std(unbiased=False).item(), rel=1e-4)
     assert s.n[0] == ab.numel()
+
+
+def test_parameter_rows_and_per_layer_metrics_equal_a_direct_computation() -> None:
+    """ParamTracker's fused row and its grouped host metrics, against torch done by hand: layers
+    owned out of parameter order, a layer without gradients, a NaN gradient, a layer without
+    parameters."""
+    from trainscope._params import ParamTracker
+
+    torch.manual_seed(0)
+    mods = nn.ModuleList([nn.Linear(5, 4), nn.Linear(4, 3), nn.Linear(3, 2)])
+    owner = {id(mods[0]): 2, id(mods[1]): 0, id(mods[2]): 1}  # layer 3 owns nothing
+    pt = ParamTracker(mods, owner, nlayers=4)
+    pt.keep_init()
+    init = [p.detach().clone() for p in mods.parameters()]
+    rows, refs = [], []
+    for step in range(3):
+        for m in mods:
+            for p in m.parameters():
+                p.grad = torch.randn_like(p)
+        mods[1].weight.grad = None  # layer 0: no gradient for the weight,
+        mods[1].bias.grad = None  # nor the bias
+        if step == 1:
+            mods[0].weight.grad[0, 0] = float("nan")  # layer 2: a NaN gradient
+        pt.take_snapshot()
+        before = [p.detach().clone() for p in mods.parameters()]
+        with torch.no_grad():
+            for p in mods.parameters():
+                p.add_(torch.randn_like(p), alpha=0.01 * (step + 1))
+        rows.append(pt.row(init=True).numpy())  # type: ignore[union-attr]
+        now = list(mods.parameters())
+
+        def group(ts: list[torch.Tensor | None], m: int) -> float:
+            k = [2 * m, 2 * m + 1]
+            present = [ts[j] for j in k if ts[j] is not None]
+            if not present:
+                return float("nan")
+            return math.sqrt(sum(float(t.double().square().sum()) for t in present))  # type: ignore[union-attr]
+
+        ref = np.full((4, 4), np.nan)
+        for m, layer in ((0, 2), (1, 0), (2, 1)):
+            w = group([p.detach() for p in now], m)
+            ref[layer] = [
+                w,
+                group([p.grad for p in now], m),
+                group([b - p.detach() for b, p in zip(before, now, strict=True)], m) / w,
+                group([p.detach() - i for p, i in zip(now, init, strict=True)], m),
+            ]
+        refs.append(ref)
+    got = pt.metrics(np.stack(rows))
+    for k in range(3):
+        np.testing.assert_allclose(got[k, :, :4], refs[k], rtol=1e-5, equal_nan=True)
+    # non-finite gradient flags: -1 ("some") on layer 2 at step 1 only, NaN where no gradient
+    nf = got[:, :, 4]
+    assert nf[1, 2] == -1 and nf[0, 2] == 0 and nf[2, 2] == 0 and nf[1, 1] == 0
+    assert np.isnan(nf[:, 0]).all() and np.isnan(nf[:, 3]).all()
+    assert np.isnan(got[:, 3, :4]).all()  # layer 3 owns no parameters
+    tot = pt.totals(np.stack(rows))
+    assert np.isnan(tot["grad_norm_total"][1]) and np.isfinite(tot["grad_norm_total"][[0, 2]]).all()

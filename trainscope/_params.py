@@ -44,10 +44,15 @@ class ParamTracker:
             self.names.append(name)
         self.nlayers = nlayers
         self.layer_arr = np.asarray(self.layer, dtype=np.int64)
+        # host-side grouping by layer: parameters sorted by layer, one segment per owning layer
+        self._order = np.argsort(self.layer_arr, kind="stable")
+        sorted_layers = self.layer_arr[self._order]
+        starts = np.flatnonzero(np.r_[True, sorted_layers[1:] != sorted_layers[:-1]])
+        self._seg_starts = starts if len(sorted_layers) else np.zeros(0, dtype=np.int64)
+        self._seg_layer = sorted_layers[self._seg_starts] if len(sorted_layers) else self._seg_starts
         self.init: list[Tensor] | None = None  # θ₀ (one model's worth of memory)
         self.snap: list[Tensor] | None = None  # θ before the step (one more, allocated lazily)
         self.snap_valid = False
-        self._grad_index: dict[tuple[int, ...], Tensor] = {}
 
     def __len__(self) -> int:
         return len(self.params)
@@ -58,11 +63,11 @@ class ParamTracker:
         if self.init is None:
             self.init = [p.detach().clone() for p in self.params]
 
-    @torch.no_grad()
     def take_snapshot(self) -> None:
         """Remember θ now; the next :meth:`row` measures the update from here."""
         if not self.params:
             return
+        # detached tensors: no autograd recording, so no no_grad() context needed
         if self.snap is None:
             self.snap = [p.detach().clone() for p in self.params]
         else:
@@ -73,37 +78,45 @@ class ParamTracker:
         self.snap = None
         self.snap_valid = False
 
-    @torch.no_grad()
     def row(self, *, init: bool) -> Tensor | None:
-        """Norms of every tracked parameter as one ``(4, P)`` device tensor."""
+        """Norms of every tracked parameter as one ``(4, P)`` fp32 device tensor.
+
+        One fused ``_foreach_norm`` over weights, gradients and updates together and one
+        ``stack``: on a small model the per-op dispatch, not the arithmetic, is the cost.
+        """
         if not self.params:
             return None
         params = [p.detach() for p in self.params]
-        dev = params[0].device
-        row = torch.full((4, len(params)), -1.0, device=dev)
-        row[0] = S.norms(params)
-        with_grad = [j for j, p in enumerate(self.params) if p.grad is not None]
-        if with_grad:
-            gn = S.norms([self.params[j].grad.detach() for j in with_grad])  # type: ignore[union-attr]
-            if len(with_grad) == len(params):
-                row[1] = gn
-            else:  # cached: building an index tensor on the device each step would copy (sync)
-                key = tuple(with_grad)
-                idx = self._grad_index.get(key)
-                if idx is None:
-                    idx = self._grad_index[key] = torch.tensor(with_grad, device=dev)
-                row[1, idx] = gn
-        if self.snap is not None and self.snap_valid:
-            torch._foreach_sub_(self.snap, params)
-            row[2] = S.norms(self.snap)
+        P = len(params)
+        grads = [p.grad for p in self.params]
+        with_grad = [j for j, g in enumerate(grads) if g is not None]
+        tensors = params + [grads[j].detach() for j in with_grad]  # type: ignore[union-attr]
+        update = self.snap is not None and self.snap_valid
+        if update:
+            assert self.snap is not None
+            torch._foreach_sub_(self.snap, params)  # θ_before - θ_now (its norm is the update's)
+            tensors += self.snap
             self.snap_valid = False
+        dist: list[Tensor] = []
         if init and self.init is not None:
-            if self.snap is None:
-                self.snap = [p.clone() for p in params]
-            torch._foreach_copy_(self.snap, params)
-            torch._foreach_sub_(self.snap, self.init)
-            row[3] = S.norms(self.snap)
-        return row
+            dist = torch._foreach_sub(params, self.init)  # full samples only: a fresh buffer
+            tensors += dist
+        res = list(S.foreach_norms(tensors))
+        missing = S._minus_one(params[0].device)
+        vals = res[:P]
+        at = P
+        if len(with_grad) == P:
+            vals += res[at : at + P]
+        else:
+            g: list[Tensor] = [missing] * P
+            for j, r in zip(with_grad, res[at : at + len(with_grad)], strict=True):
+                g[j] = r
+            vals += g
+        at += len(with_grad)
+        vals += res[at : at + P] if update else [missing] * P
+        at += P if update else 0
+        vals += res[at : at + P] if dist else [missing] * P
+        return torch.stack(vals).view(4, P)
 
     def grads(self) -> list[Tensor]:
         return [p.grad for p in self.params if p.grad is not None]
@@ -122,30 +135,32 @@ class ParamTracker:
         """``(K, 4, P)`` rows -> ``(K, L, len(PARAM_METRICS))`` per-layer metrics."""
         K = rows.shape[0]
         L = self.nlayers
-        layer = self.layer_arr
         out = np.full((K, L, len(PARAM_METRICS)), np.nan)
-        has = np.bincount(layer, minlength=L) > 0
-        norms = []
-        for r in range(4):
-            v = rows[:, r, :].astype(np.float64)
-            present = ~(v < 0)  # NaN (non-finite) counts as measured
-            sq = np.zeros((K, L))
-            cnt = np.zeros((K, L))
-            np.add.at(sq.T, layer, np.where(present, v * v, 0.0).T)  # NaN-safe group sums
-            np.add.at(cnt.T, layer, present.T.astype(np.float64))
-            with np.errstate(invalid="ignore"):
-                norms.append(np.where(cnt > 0, np.sqrt(sq), np.nan))
-        weight, grad, upd, dist = norms
+        has = np.zeros(L, dtype=bool)
+        has[self._seg_layer] = True
+        v = rows.astype(np.float64)[:, :, self._order]  # (K, 4, P), parameters grouped by layer
+        present = ~(v < 0)  # NaN (non-finite) counts as measured
+        sq = np.zeros((K, 4, L))
+        cnt = np.zeros((K, 4, L))
+        if v.shape[2]:
+            # segment sums: a NaN stays inside its own layer's sum (a matrix product would not)
+            sq[:, :, self._seg_layer] = np.add.reduceat(np.where(present, v * v, 0.0), self._seg_starts, axis=2)
+            cnt[:, :, self._seg_layer] = np.add.reduceat(present.astype(np.float64), self._seg_starts, axis=2)
+        with np.errstate(invalid="ignore"):
+            norm = np.where(cnt > 0, np.sqrt(sq), np.nan)
+        weight, grad, upd, dist = (norm[:, r, :] for r in range(4))
         out[:, :, 0] = np.where(has, weight, np.nan)
         out[:, :, 1] = grad
         with np.errstate(invalid="ignore", divide="ignore"):
             out[:, :, 2] = upd / weight
         out[:, :, 3] = dist
-        g = rows[:, 1, :].astype(np.float64)
+        g = v[:, 1, :]
         bad = (~np.isfinite(g)) & ~(g < 0)
         nf = np.zeros((K, L))
-        np.add.at(nf.T, layer, bad.T.astype(np.float64))
-        out[:, :, 4] = np.where(np.isnan(grad), np.nan, np.where(nf > 0, -1.0, 0.0))
+        if g.shape[1]:
+            nf[:, self._seg_layer] = np.add.reduceat(bad.astype(np.float64), self._seg_starts, axis=1)
+        # -1 = "some non-finite" (count unknown here), 0 = none, NaN = no gradient at all
+        out[:, :, 4] = np.where(cnt[:, 1, :] > 0, np.where(nf > 0, -1.0, 0.0), np.nan)
         return out
 
     @staticmethod

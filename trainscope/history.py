@@ -553,9 +553,12 @@ class History:
 
     def add_param_rows(self, steps: np.ndarray, rows: np.ndarray) -> None:
         """Per-layer parameter metrics of several steps: ``rows`` is ``(K, L, len(PARAM_METRICS))``."""
+        steps = np.asarray(steps, dtype=np.int64)
         with self._lock:
-            for k, row in zip(steps, rows, strict=True):
-                self._append_param(int(k), row)
+            if self._param.total:  # each step once (a sampled step may also come via add_record)
+                keep = steps > int(self._param.last(1)[0][-1])
+                steps, rows = steps[keep], rows[keep]
+            self._param.extend(steps, rows)
             if len(steps):
                 self.step = max(self.step, int(steps[-1]))
 

@@ -1152,12 +1152,10 @@ class Probe:
         rows = buf[off : off + int(np.prod(shape))].reshape(shape)
         steps = np.asarray(meta["param_steps"], dtype=np.int64)
         self.history.add_param_rows(steps, self._ptrack.metrics(rows).astype(np.float32))
-        totals = self._ptrack.totals(rows)
-        for j, k in enumerate(steps):
-            self.history.add_scalars(
-                int(k),
-                {n: float(v[j]) for n, v in totals.items() if np.isfinite(v[j]) or np.isinf(v[j])},
-            )
+        for name, v in self._ptrack.totals(rows).items():
+            keep = ~np.isnan(v)  # finite or ±Inf
+            if keep.any():
+                self.history.add_scalar_series(name, steps[keep].tolist(), v[keep].tolist())
         if not meta.get("full"):
             self.history.notify(Update(step=int(steps[-1]), scalars=True))
 

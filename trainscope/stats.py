@@ -147,7 +147,7 @@ _MINUS_ONE: dict[torch.device, Tensor] = {}
 def _minus_one(device: torch.device) -> Tensor:
     t = _MINUS_ONE.get(device)
     if t is None:
-        t = _MINUS_ONE[device] = torch.tensor(-1.0, device=device)
+        t = _MINUS_ONE[device] = torch.tensor(-1.0, dtype=torch.float32, device=device)
     return t
 
 
@@ -399,18 +399,23 @@ def scale_histograms(counts: np.ndarray, summary: ActSummary) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 # Parameter statistics (fused over all parameters with the foreach kernels).
 # --------------------------------------------------------------------------------------------
-def norms(tensors: list[Tensor]) -> Tensor:
-    """L2 norms of a list of tensors as one fp32 device tensor (one fused kernel where possible)."""
-    if not tensors:
-        return torch.zeros(0)
+def foreach_norms(tensors: list[Tensor]) -> list[Tensor] | tuple[Tensor, ...]:
+    """L2 norm of every tensor, each a 0-d fp32 device tensor (one fused kernel where possible)."""
     res: list[Tensor] | tuple[Tensor, ...]
     try:
         res = torch._foreach_norm(tensors)
     except Exception:  # pragma: no cover - very old torch or exotic tensor types
         res = [torch.linalg.vector_norm(t) for t in tensors]
     if all(r.dtype == torch.float32 for r in res):
-        return torch.stack(res)
-    return torch.stack([r.to(torch.float32) for r in res])
+        return res
+    return [r.to(torch.float32) for r in res]
+
+
+def norms(tensors: list[Tensor]) -> Tensor:
+    """L2 norms of a list of tensors as one fp32 device tensor (one fused kernel where possible)."""
+    if not tensors:
+        return torch.zeros(0)
+    return torch.stack(list(foreach_norms(tensors)))
 
 
 def host_copy(t: Tensor) -> np.ndarray:
