@@ -92,15 +92,24 @@ class ParamTracker:
         with_grad = [j for j, g in enumerate(grads) if g is not None]
         tensors = params + [grads[j].detach() for j in with_grad]  # type: ignore[union-attr]
         update = self.snap is not None and self.snap_valid
+        dist = init and self.init is not None
+        upd_norms: list[Tensor] = []
         if update:
             assert self.snap is not None
             torch._foreach_sub_(self.snap, params)  # θ_before - θ_now (its norm is the update's)
-            tensors += self.snap
+            if dist:  # the buffer is reused for θ - θ₀ below: take the update's norms now
+                upd_norms = list(S.foreach_norms(self.snap))
+            else:
+                tensors += self.snap
             self.snap_valid = False
-        dist: list[Tensor] = []
-        if init and self.init is not None:
-            dist = torch._foreach_sub(params, self.init)  # full samples only: a fresh buffer
-            tensors += dist
+        if dist:  # full samples only; one buffer serves both (no second copy of the model)
+            assert self.init is not None
+            if self.snap is None:
+                self.snap = [p.clone() for p in params]
+            else:
+                torch._foreach_copy_(self.snap, params)
+            torch._foreach_sub_(self.snap, self.init)
+            tensors += self.snap
         res = list(S.foreach_norms(tensors))
         missing = S._minus_one(params[0].device)
         vals = res[:P]
@@ -113,8 +122,13 @@ class ParamTracker:
                 g[j] = r
             vals += g
         at += len(with_grad)
-        vals += res[at : at + P] if update else [missing] * P
-        at += P if update else 0
+        if upd_norms:
+            vals += upd_norms
+        elif update:
+            vals += res[at : at + P]
+            at += P
+        else:
+            vals += [missing] * P
         vals += res[at : at + P] if dist else [missing] * P
         return torch.stack(vals).view(4, P)
 
