@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -193,7 +194,7 @@ def test_lsuv_through_the_probe_uses_the_recent_batch_and_lands_on_the_timeline(
 def test_data_dependent_init_normalizes_every_unit() -> None:
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 10))
     x = torch.randn(64, 3, 8, 8) * 5 + 2
-    reinit_(model, "data_dependent", batch=x)
+    reinit_(model, "data_dependent", batch=x, between_layers=False)  # the within-layer step alone
     outs: dict[str, torch.Tensor] = {}
     model[0].register_forward_hook(lambda m, a, o: outs.__setitem__("conv", o))
     model[3].register_forward_hook(lambda m, a, o: outs.__setitem__("fc", o))
@@ -204,6 +205,69 @@ def test_data_dependent_init_normalizes_every_unit() -> None:
     assert torch.allclose(conv.std(dim=(0, 2, 3), unbiased=False), torch.ones(8), atol=1e-3)
     assert torch.allclose(fc.mean(0), torch.zeros(10), atol=1e-4)
     assert torch.allclose(fc.std(0, unbiased=False), torch.ones(10), atol=1e-3)
+
+
+def _rates(model: nn.Module, x: torch.Tensor, draws: int = 8) -> torch.Tensor:
+    """rms(dL/dW) / rms(W) of every Linear, L = outputs times random Gaussian gradients (averaged)."""
+    ws = [m.weight for m in model.modules() if isinstance(m, nn.Linear)]
+    out = model(x)
+    acc = torch.zeros(len(ws))
+    for _ in range(draws):
+        gs = torch.autograd.grad(out, ws, torch.randn_like(out), retain_graph=True)
+        acc += torch.stack([(g.square().mean() / w.detach().square().mean()).sqrt() for g, w in zip(gs, ws, strict=True)])
+    return acc / draws
+
+
+def test_data_dependent_between_layer_step_equalizes_the_layers_rates_of_change() -> None:
+    """Krähenbühl et al.'s between-layer step: layers of very different widths end up learning at
+    the same relative rate (their ratios spread over 1.6 decades after the within-layer step
+    alone), the output keeps unit scale, and the parameter objects and .grad are untouched."""
+    torch.manual_seed(0)
+    widths = [20, 256, 32, 512, 64, 10]
+    layers: list[nn.Module] = []
+    for a, b in itertools.pairwise(widths):
+        layers += [nn.Linear(a, b), nn.ReLU()]
+    model = nn.Sequential(*layers[:-1])
+    x = torch.randn(256, 20) * 3 + 1
+    ids = [id(p) for p in model.parameters()]
+    reinit_(model, "data_dependent", batch=x, between_layers=False)
+    alone = _rates(model, x).log10()
+    applied = reinit_(model, "data_dependent", batch=x)
+    both = _rates(model, x).log10()
+    info = applied.details["between_layers"]
+    assert float(alone.max() - alone.min()) > 1.0
+    assert float(both.max() - both.min()) < 0.1, both
+    assert info["applied"] and 1 <= info["iterations"] <= 10
+    assert info["ratio_spread_decades"][0] > 1.0 and info["ratio_spread_decades"][1] < 0.1
+    with torch.no_grad():
+        assert float(model(x).std(0).mean()) == pytest.approx(1.0, rel=0.1)
+    assert [id(p) for p in model.parameters()] == ids and all(p.grad is None for p in model.parameters())
+
+
+class _Rescaler(nn.Module):
+    """Multiplies its input by ||W||^k of another layer: breaks positive homogeneity on purpose."""
+
+    def __init__(self, ref: nn.Linear, k: float) -> None:
+        super().__init__()
+        self.ref = [ref]  # a plain list: not a submodule
+        self.k = k
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * float(self.ref[0].weight.detach().norm()) ** self.k
+
+
+def test_data_dependent_between_layer_step_is_undone_where_it_cannot_work() -> None:
+    torch.manual_seed(0)
+    first = nn.Linear(20, 64)
+    model = nn.Sequential(first, nn.ReLU(), _Rescaler(first, -3.0), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 3))
+    x = torch.randn(128, 20)
+    applied = reinit_(model, "data_dependent", batch=x)
+    info = applied.details["between_layers"]
+    assert info["applied"] is False and info["reason"].startswith("undone:")
+    # what stays is exactly the within-layer result: unit-variance units in the last layer
+    with torch.no_grad():
+        out = model(x)
+    assert torch.allclose(out.std(0, unbiased=False), torch.ones(3), atol=1e-3)
 
 
 def test_data_init_failure_restores_everything() -> None:

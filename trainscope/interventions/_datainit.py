@@ -1,11 +1,14 @@
-"""Data-driven re-initialization: LSUV (Mishkin & Matas 2016) and the within-layer data-dependent
-init of Krähenbühl et al. (2015).  Both run forward passes on one real batch in eval mode under
+"""Data-driven re-initialization: LSUV (Mishkin & Matas 2016) and the data-dependent init of
+Krähenbühl et al. (2015).  Both run forward passes on one real batch in eval mode under
 ``no_grad`` (the probe, if any, is paused), layer by layer in forward order; each forward stops
-right after the layer being calibrated."""
+right after the layer being calibrated.  The between-layer step of Krähenbühl et al. then
+backpropagates random Gaussian output gradients (``torch.autograd.grad``: no ``.grad`` is
+touched) to equalize ||dL/dW_k|| / ||W_k|| over the layers."""
 
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -98,6 +101,7 @@ def data_init(model: nn.Module, targets: list[tuple[str, nn.Module]], p: dict[st
     modes = [(m, m.training) for m in model.modules()]
     names = {id(m): n for n, m in layers}
     report: list[dict[str, Any]] = []
+    between: dict[str, Any] | None = None
     pause = probe.paused() if probe is not None else contextlib.nullcontext()
     try:
         with pause, torch.no_grad():
@@ -119,6 +123,8 @@ def data_init(model: nn.Module, targets: list[tuple[str, nn.Module]], p: dict[st
                 else:
                     entry.update(_krahenbuhl_layer(model, m, args, kwargs))
                 report.append(entry)
+            if scheme == "data_dependent" and p.get("between_layers", True):
+                between = _between_layers(model, order, names, args, kwargs)
             for entry, m in zip(report, order, strict=True):  # final check, with every layer in place
                 entry["std_after"] = round(float(_output_of(model, m, args, kwargs).std()), 4)
     except BaseException:
@@ -130,7 +136,10 @@ def data_init(model: nn.Module, targets: list[tuple[str, nn.Module]], p: dict[st
         for m, flag in modes:
             m.training = flag
     plan = [(t, t.detach().clone()) for t in params]
-    extra = {"skipped": skipped} if skipped else None
+    extra: dict[str, Any] = {"skipped": skipped} if skipped else {}
+    if between is not None:
+        extra["between_layers"] = between
+    extra = extra or None  # type: ignore[assignment]
     return commit(model, plan, optimizer, "reinit", p, report, probe, saved=saved, extra=extra)
 
 
@@ -166,3 +175,125 @@ def _krahenbuhl_layer(model: nn.Module, m: nn.Module, args: tuple[Any, ...], kwa
     if b is not None:
         b.copy_((-mu / sigma).to(b.dtype))
     return {"std_before": round(float(sigma.mean()), 4)}
+
+
+def _first_tensor(out: Any) -> Tensor | None:
+    if isinstance(out, Tensor):
+        return out
+    if isinstance(out, dict):
+        out = list(out.values())
+    if isinstance(out, (list, tuple)):
+        for o in out:
+            t = _first_tensor(o)
+            if t is not None:
+                return t
+    return None
+
+
+def _between_layers(model: nn.Module, order: list[nn.Module], names: dict[int, str], args: tuple[Any, ...],
+                    kwargs: dict[str, Any], max_iter: int = 10, tol: float = 0.05) -> dict[str, Any]:
+    """Krähenbühl et al. (2015), between-layer normalization: make the rate of change
+    ``r_k = rms(dL/dW_k) / rms(W_k)`` (L: the outputs times random Gaussian gradients) the same for
+    every layer, and the output std about 1.
+
+    Each pass scales layer k by ``sqrt(r_k / target)`` with ``target`` the geometric mean of the
+    ratios times ``output_std ** (1/K)``; a bias is also scaled by how much the layer's input scale
+    (mean |x|) moved since the last pass, so that in a positively homogeneous network (ReLU,
+    Linear / Conv, pooling) every pre-activation is only rescaled.  When the network is not
+    homogeneous (normalization layers, tanh...) and the ratios end further apart than they
+    started, the step is undone and the report says so.
+    """
+    layers = [m for m in order if _wb(m)[0].requires_grad]
+    if len(layers) < 2:
+        return {"applied": False, "reason": "fewer than two trainable Linear / Conv layers"}
+    weights = [_wb(m)[0] for m in layers]
+    before = [(t, t.detach().clone()) for m in layers for t in _wb(m) if t is not None]
+
+    def measure() -> tuple[list[float], float, dict[int, float]]:
+        scales: dict[int, float] = {}
+
+        def pre(m: nn.Module, inp: tuple[Any, ...]) -> None:
+            x = _first_tensor(inp)
+            if id(m) not in scales and x is not None:
+                scales[id(m)] = float(x.detach().abs().float().mean())
+
+        hs = [m.register_forward_pre_hook(pre) for m in layers]
+        try:
+            with torch.enable_grad():
+                out = _first_tensor(model(*args, **kwargs))
+                if out is None or not out.requires_grad:
+                    raise ValueError("data_dependent: the model's output does not depend on the chosen layers")
+                grads = torch.autograd.grad(out, weights, grad_outputs=torch.randn_like(out), allow_unused=True)
+        finally:
+            for h in hs:
+                h.remove()
+        ratios = []
+        for w, g in zip(weights, grads, strict=True):
+            if g is None:
+                raise ValueError("data_dependent: a chosen layer gets no gradient from the output")
+            ratios.append(float((g.float().square().mean() / w.float().square().mean().clamp_min(1e-30)).sqrt()))
+        flat = out.detach().float().reshape(out.shape[0], -1) if out.dim() > 1 else out.detach().float()[:, None]
+        return ratios, float(flat.std(dim=0, unbiased=False).mean()), scales
+
+    def spread(r: list[float]) -> float:
+        logs = torch.tensor(r, dtype=torch.float64).log10()
+        return float(logs.max() - logs.min())
+
+    ratios, out_std, bottom = measure()
+    first, first_spread, first_std = ratios, spread(ratios), out_std
+    it = 0
+    while it < max_iter:
+        if not all(math.isfinite(r) and r > 0 for r in ratios) or not (math.isfinite(out_std) and out_std > 0):
+            break
+        logs = [math.log(r) for r in ratios]
+        target = math.exp(sum(logs) / len(logs)) * out_std ** (1.0 / len(ratios))
+        if max(abs(lr - math.log(target)) for lr in logs) < tol and abs(math.log(out_std)) < 0.1:
+            break
+        factor = {id(m): math.sqrt(r / target) for m, r in zip(layers, ratios, strict=True)}
+        done: set[int] = set()
+
+        def rescale(m: nn.Module, inp: tuple[Any, ...], done: set[int] = done,
+                    factor: dict[int, float] = factor) -> None:
+            if id(m) in done:
+                return
+            done.add(id(m))
+            w, b = _wb(m)
+            x = _first_tensor(inp)
+            if b is not None and x is not None and bottom.get(id(m), 0.0) > 0:
+                cur = float(x.detach().abs().float().mean())
+                b.mul_(cur / bottom[id(m)])
+                bottom[id(m)] = cur
+            w.mul_(factor[id(m)])
+            if b is not None:
+                b.mul_(factor[id(m)])
+
+        hs = [m.register_forward_pre_hook(rescale) for m in layers]
+        try:
+            model(*args, **kwargs)
+        finally:
+            for h in hs:
+                h.remove()
+        it += 1
+        ratios, out_std, _ = measure()
+    final_spread = spread(ratios) if all(math.isfinite(r) and r > 0 for r in ratios) else float("inf")
+    info: dict[str, Any] = {
+        "iterations": it,
+        "ratio_spread_decades": [round(first_spread, 3), round(final_spread, 3)],
+        "output_std": [round(first_std, 4), round(out_std, 4)],
+        "ratios": {names[id(m)]: [float(f"{a:.3g}"), float(f"{b:.3g}")] for m, a, b in zip(layers, first, ratios, strict=True)},
+    }
+    if it == 0:
+        measurable = math.isfinite(first_spread)
+        info.update(applied=False, reason="the layers already change at the same rate" if measurable else
+                    "the rates could not be measured (zero or non-finite gradients)")
+        return info
+    moved = out_std / first_std if first_std > 0 else float("nan")
+    if not final_spread <= first_spread or not (0.5 <= moved <= 2.0):
+        for t, old in before:
+            t.copy_(old)
+        why = ("the layers' rates of change ended further apart" if not final_spread <= first_spread
+               else f"the output's scale moved x{moved:.3g}")
+        info.update(applied=False, reason=f"undone: {why} (the network is not positively homogeneous)")
+        return info
+    info["applied"] = True
+    return info

@@ -4,8 +4,9 @@ Schemes: ``zeros`` / ``constant`` (to demonstrate the symmetry problem: every un
 computes the same thing and receives the same gradient, so they stay identical -- a warning says
 so), ``normal`` / ``uniform`` at a given ``std``, ``xavier_uniform`` / ``xavier_normal`` (Glorot),
 ``kaiming_uniform`` / ``kaiming_normal`` (He; ``mode`` fan_in / fan_out, for the nonlinearity in
-use), ``orthogonal``, ``lsuv`` (Mishkin & Matas 2016) and ``data_dependent`` (the within-layer
-step of Krähenbühl et al. 2015).  The last two need a real batch.
+use), ``orthogonal``, ``lsuv`` (Mishkin & Matas 2016) and ``data_dependent`` (Krähenbühl et al.
+2015: every unit normalized on the batch, then -- ``between_layers`` -- each layer rescaled so that
+all layers change at the same relative rate).  The last two need a real batch.
 
 What is re-initialized: in each chosen module (or every module inside a chosen container), the
 weight matrices -- direct parameters whose name starts with ``weight`` and that have 2 or more
@@ -48,6 +49,8 @@ REINIT_SCHEMA: dict[str, dict[str, Any]] = {
     "tol": {"type": "float", "min": 0.0, "min_open": True, "max": 1.0, "max_open": True, "default": 0.1,
             "help": "lsuv: accept |std - 1| below this"},
     "max_iter": {"type": "int", "min": 1, "max": 100, "default": 10, "help": "lsuv: rescaling passes per layer"},
+    "between_layers": {"type": "bool", "default": True,
+                       "help": "data_dependent: then equalize how fast the layers learn (the between-layer step)"},
 }
 
 _ACT_MAP: list[tuple[type[nn.Module], str]] = [
