@@ -18,6 +18,8 @@ from trainscope.widgets._series import (
     jsonable_number,
     mean_decimate,
     minmax_decimate,
+    nice_ticks,
+    tick_format,
 )
 from trainscope.widgets._throttle import Throttle
 
@@ -168,3 +170,20 @@ def test_history_layer_histograms_equal_the_full_copy() -> None:
         assert np.array_equal(s_i, steps) and np.array_equal(c_i, full[:, i, :])
     with pytest.raises(KeyError):
         h.layer_histograms("weights", 0)
+
+
+@pytest.mark.parametrize(
+    ("lo", "hi"),
+    [(6.48e-6, 6.64e-6), (0.2731, 0.2735), (0.0, 1.0), (0.95, 0.97), (-2.0, 2.0), (1e5, 3e5), (3.0, 3000.0)],
+)
+def test_tick_format_tells_adjacent_ticks_apart_in_few_characters(lo: float, hi: float) -> None:
+    """The LR finder's loss axis on a memorized model spans 6.48e-6 .. 6.64e-6: its labels used to
+    read 0.00000664 and be clipped.  d3's "~g" / "~e" are Python's "g" / "e" with zeros trimmed."""
+    ticks = nice_ticks(lo, hi)
+    fmt = tick_format(ticks)
+    spec = fmt.replace("~", "")
+    labels = [format(float(t), spec) for t in ticks]
+    assert len(set(labels)) == len(labels), (fmt, labels)
+    assert all(len(x) <= 9 for x in labels), (fmt, labels)
+    if max(abs(lo), abs(hi)) < 1e-3 or max(abs(lo), abs(hi)) >= 1e5:
+        assert fmt.endswith("e")

@@ -10,7 +10,7 @@ import ipywidgets as W
 import numpy as np
 
 from ..history import History
-from ._series import log_ticks, nice_ticks
+from ._series import log_ticks, nice_ticks, tick_format
 
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
 _RESERVED = {"loss", "val_loss", "lr", "momentum", "step_time", "epoch"}
@@ -77,8 +77,9 @@ def set_marks(mark: Any, **values: Any) -> None:
             setattr(mark, k, v)
 
 
-def set_ticks(axis: bq.Axis, values: np.ndarray, *, log: bool) -> None:
-    """Round tick values over the finite range of ``values`` (small figures only)."""
+def set_ticks(axis: bq.Axis, values: np.ndarray, *, log: bool, fit_format: bool = False) -> None:
+    """Round tick values over the finite range of ``values`` (small figures only); with
+    ``fit_format`` also a label format that tells those ticks apart (:func:`tick_format`)."""
     v = np.asarray(values, dtype=np.float64)
     v = v[np.isfinite(v)]
     if not len(v):
@@ -90,6 +91,10 @@ def set_ticks(axis: bq.Axis, values: np.ndarray, *, log: bool) -> None:
     )
     if len(ticks) and not np.array_equal(np.asarray(axis.tick_values, dtype=np.float64), ticks):
         axis.tick_values = ticks
+    if fit_format and not log and len(ticks):
+        fmt = tick_format(ticks)
+        if axis.tick_format != fmt:
+            axis.tick_format = fmt
 
 
 def pad_lines(lines: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:

@@ -168,6 +168,21 @@ def nice_ticks(lo: float, hi: float, n: int = 4) -> np.ndarray:
     return np.round(ticks / step) * step
 
 
+def tick_format(ticks: np.ndarray) -> str:
+    """A d3 number format that tells adjacent ``ticks`` apart, short: as many significant digits
+    as the step between ticks needs (at least 3), exponent notation below 1e-3 and from 1e5."""
+    t = np.unique(np.asarray(ticks, dtype=np.float64))
+    t = t[np.isfinite(t)]
+    m = float(np.max(np.abs(t))) if len(t) else 0.0
+    if m == 0.0:
+        return ".3~g"
+    step = float(np.min(np.diff(t))) if len(t) > 1 else m
+    digits = int(np.clip(math.floor(math.log10(m)) - math.floor(math.log10(step)) + 1, 1, 7))
+    if m < 1e-3 or m >= 1e5:
+        return f".{max(digits - 1, 1)}~e"
+    return f".{max(digits, 3)}~g"
+
+
 def log_ticks(lo: float, hi: float, n: int = 4) -> np.ndarray:
     """Round ticks for a log axis: decades, or 1-2-5 within one or two decades."""
     if not (math.isfinite(lo) and math.isfinite(hi)) or lo <= 0 or hi <= 0:

@@ -272,7 +272,7 @@ class Curves(W.HBox):
         set_marks(self.metric_lines, x=X, y=Y, labels=labels, colors=colors)
         self.metrics_fig.title = "metrics"
         set_ticks(self._m_xaxis, X, log=False)
-        set_ticks(self._m_yaxis, Y, log=False)
+        set_ticks(self._m_yaxis, Y, log=False, fit_format=True)
 
     def _draw_lr(self, histories: Sequence[History], force: bool) -> None:
         lines, labels = [], []

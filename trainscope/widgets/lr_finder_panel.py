@@ -17,6 +17,7 @@ from ._bq import (
     Y_FMT,
     figure,
     set_marks,
+    set_ticks,
 )
 from ._series import minmax_decimate
 
@@ -49,14 +50,15 @@ class LRFinderPanel(W.VBox):
             line_style="dotted",
             stroke_width=1.2,
         )
+        self._yaxis = bq.Axis(
+            scale=ly, side="left", label="loss", tick_format=Y_FMT, label_offset="45px"
+        )
         self.fig = figure(
             "LR range test",
             [self.curve, self.others, self.mark],
             [
                 bq.Axis(scale=lx, label="learning rate", tick_format=".0e"),
-                bq.Axis(
-                    scale=ly, side="left", label="loss", tick_format=Y_FMT, label_offset="45px"
-                ),
+                self._yaxis,
             ],
             height="280px",
         )
@@ -97,6 +99,7 @@ class LRFinderPanel(W.VBox):
             lrs[ok], losses[ok] if len(losses) == len(lrs) else np.full(ok.sum(), np.nan)
         )
         set_marks(self.curve, x=x, y=y)
+        set_ticks(self._yaxis, y, log=False, fit_format=True)  # a memorized loss spans 1e-7
         sug = ev.data.get("suggestion")
         self.suggestion = (
             float(sug) if isinstance(sug, (int, float)) and math.isfinite(sug) and sug > 0 else None
