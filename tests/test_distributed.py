@@ -359,3 +359,20 @@ def test_without_a_process_group_it_is_a_plain_probe(blobs) -> None:
         opt.step()
     assert t.status == "applied" and t.applied_step == 1
     assert probe.history.samples() == 2 and probe.ddp_stats["collectives"] == 0
+
+
+@pytest.mark.slow  # two spawned gloo processes: ~7 s alone, more on a busy machine
+def test_the_exchange_that_grows_the_control_block_still_combines_both_ranks(ddp_run) -> None:
+    """The large request makes step 15's exchange grow the control block for the next one; rank
+    0 must still read rank 1's data where it was written (at this exchange's offset): the combined
+    model-input statistics equal those of the whole batch of both ranks."""
+    x, _ = _data()
+    rec = ddp_run[0]["recorded"]
+    for step in (15, 18):
+        batch = x[step % STEPS]  # both ranks' halves
+        a = rec[step]
+        assert a["ddp"] == {"world_size": 2, "ranks_combined": [0, 1]}, step
+        assert a["inputs"]["numel"] == batch.numel()
+        assert a["inputs"]["mean"] == pytest.approx(float(batch.mean()), rel=1e-5, abs=1e-6)
+        assert a["inputs"]["std"] == pytest.approx(float(batch.std(unbiased=False)), rel=1e-4)
+        assert a["inputs"]["max"] == pytest.approx(float(batch.max()), rel=1e-6)

@@ -354,10 +354,11 @@ class DistributedProbe(Probe):
         self.ddp_stats["bytes"] += C
         try:
             grid = out.view(W, C)
-            ctrls = [self._read_ctrl(row) for row in grid[:, : self._ctrl_cap].cpu().numpy()]
+            ctrl_cap = self._ctrl_cap  # this exchange's layout: _agree may grow the caps for the next
+            ctrls = [self._read_ctrl(row) for row in grid[:, :ctrl_cap].cpu().numpy()]
             self._agree(ctrls)
             if self.rank == 0:
-                result = self._combine(payload, keys, tensors, grid, ctrls)
+                result = self._combine(payload, keys, tensors, grid[:, ctrl_cap:], ctrls)
             else:
                 result = {
                     "step": k,
@@ -492,15 +493,17 @@ class DistributedProbe(Probe):
         payload: dict[str, Any],
         keys: list[str],
         local: dict[str, Tensor],
-        grid: Tensor,
+        data_rows: Tensor,
         ctrls: list[dict[str, Any]],
     ) -> dict[str, Any]:
+        """Rank 0: merge every rank's statistics; ``data_rows[r]`` is rank r's data block, laid out
+        with the caps of this exchange (not the grown ones ``_agree`` just set for the next)."""
         dev = next(iter(local.values())).device if local else self._coll_device
         others: list[tuple[dict[str, Any], dict[str, Tensor]]] = []
         for r, c in enumerate(ctrls):
             if r == 0 or c.get("omitted") or c.get("step") != payload["step"]:
                 continue
-            row = grid[r, self._ctrl_cap :]
+            row = data_rows[r]
             data: dict[str, Tensor] = {}
             off = 0
             for key, n, shape in c["keys"]:
