@@ -40,7 +40,7 @@ function render({ model, el }) {
       fact("loss", formatValue(s.loss), "trainscope-loss"),
       s.val_loss !== null && s.val_loss !== undefined ? fact("val", formatValue(s.val_loss)) : null,
       s.lr !== null && s.lr !== undefined ? fact("lr", formatValue(s.lr, "sci")) : null,
-      fact("probe overhead", s.overhead === null || s.overhead === undefined ? "–" : formatPercent(s.overhead), "", "the probe's own timed work as a share of step time; PyTorch's dispatch of its hooks and cache effects are not in it (on sub-millisecond steps the end-to-end cost is 2-3x this: README, Overhead)"),
+      fact("probe overhead", s.overhead === null || s.overhead === undefined ? "–" : formatPercent(s.overhead), "", "the probe's own timed work as a share of step time; PyTorch's dispatch of its hooks and cache effects are not in it (on sub-millisecond steps the end-to-end cost is about twice this: README, Overhead)"),
       s.ui_overhead !== null && s.ui_overhead !== undefined ? fact("dashboard", formatPercent(s.ui_overhead), "", "time the dashboard spends at step boundaries, as a share of wall time") : null,
     ];
     const deliveryBadge = s.delivery
