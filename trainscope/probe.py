@@ -515,8 +515,8 @@ class Probe:
         ``None`` until enough steps ran.  What the probe cannot time is left out: PyTorch's
         dispatch of the hooks and the cache effects of running Python between the user's ops.
         That is noise on long steps but not on sub-millisecond ones, where the end-to-end cost
-        is about twice this figure (CPU-time A/B, 41 rounds: a 0.27 ms MLP 12% against 5.7%, a
-        0.5 ms MLP 7.4% against 3.4%).  The per-step part is averaged over 2 s windows, so the
+        is about twice this figure (``benchmarks/overhead_estimate.py``: a 0.27 ms MLP 12.6%
+        against 5.5%, a 0.54 ms MLP 6.6% against 3.4%).  The per-step part is averaged over 2 s windows, so the
         flushes every 0.5 s count in proportion and the reading does not jump after each one.
         """
         parts = self._cost_parts()
