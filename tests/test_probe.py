@@ -556,6 +556,7 @@ def test_internal_error_is_recorded_warned_once_and_training_continues(
             opt.step()
     ours = [x for x in w if "trainscope" in str(x.message)]
     assert len(ours) == 1 and "stats exploded" in str(ours[0].message)
+    assert "switched off" in str(ours[0].message)  # "inputs" is a part that can be switched off
     assert {e.where for e in probe.errors} == {
         "inputs",
         "forward",

@@ -587,12 +587,14 @@ class Probe:
                     where, self.step_count, f"{type(exc).__name__}: {exc}", traceback.format_exc()
                 )
             )
-        if where in self._enabled:
+        switched_off = where in self._enabled
+        if switched_off:
             self._enabled[where] = False
         self._warn_once(  # once per probe: later failures are listed in probe.errors
             "internal-error",
-            f"an internal error in the probe's {where} code was caught and that part is switched "
-            f"off; training continues. ({type(exc).__name__}: {exc}) Details: probe.errors",
+            f"an internal error in the probe's {where} code was caught and "
+            + ("that part is switched off" if switched_off else "that step's record is incomplete")
+            + f"; training continues. ({type(exc).__name__}: {exc}) Details: probe.errors",
         )
         if where in ("forward", "backward", "boundary"):
             self._reset_step_buffers()
