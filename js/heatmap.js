@@ -125,16 +125,23 @@ function render({ model, el }) {
       ctx.fillStyle = special[r] ? "#d62728" : fg;
       ctx.fillText(labels[r] || "", MARGIN.left - 4, y);
     }
-    // x labels: first, middle, last
+    // x labels: first and last column, and the axis label between them (or the middle column's
+    // label when there is none): columns are records in order, so a middle column's label would
+    // suggest an even scale the steps do not have
     const xl = spec.col_labels || [];
     ctx.fillStyle = fg;
     ctx.textBaseline = "top";
-    const picks = cols > 2 ? [0, Math.floor(cols / 2), cols - 1] : [...Array(cols).keys()];
+    const picks = spec.x_label ? (cols > 1 ? [0, cols - 1] : [0]) : cols > 2 ? [0, Math.floor(cols / 2), cols - 1] : [...Array(cols).keys()];
     picks.forEach((c, k) => {
       ctx.textAlign = k === 0 ? "left" : k === picks.length - 1 ? "right" : "center";
       const x = k === 0 ? MARGIN.left : k === picks.length - 1 ? MARGIN.left + pw : MARGIN.left + ((c + 0.5) * pw) / cols;
       ctx.fillText(String(xl[c] ?? c), x, MARGIN.top + ph + 5);
     });
+    if (spec.x_label && cols > 1) {
+      ctx.textAlign = "center";
+      ctx.fillStyle = muted;
+      ctx.fillText(spec.x_label, MARGIN.left + pw / 2, MARGIN.top + ph + 5);
+    }
     ctx.save();
     ctx.translate(10, MARGIN.top + ph / 2);
     ctx.rotate(-Math.PI / 2);

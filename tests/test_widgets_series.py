@@ -174,7 +174,16 @@ def test_history_layer_histograms_equal_the_full_copy() -> None:
 
 @pytest.mark.parametrize(
     ("lo", "hi"),
-    [(6.48e-6, 6.64e-6), (0.2731, 0.2735), (0.0, 1.0), (0.95, 0.97), (-2.0, 2.0), (1e5, 3e5), (3.0, 3000.0)],
+    [
+        (6.48e-6, 6.64e-6),
+        (1.648e-6, 1.731e-6),
+        (0.2731, 0.2735),
+        (0.0, 1.0),
+        (0.95, 0.97),
+        (-2.0, 2.0),
+        (1e5, 3e5),
+        (3.0, 3000.0),
+    ],
 )
 def test_tick_format_tells_adjacent_ticks_apart_in_few_characters(lo: float, hi: float) -> None:
     """The LR finder's loss axis on a memorized model spans 6.48e-6 .. 6.64e-6: its labels used to
@@ -184,6 +193,8 @@ def test_tick_format_tells_adjacent_ticks_apart_in_few_characters(lo: float, hi:
     spec = fmt.replace("~", "")
     labels = [format(float(t), spec) for t in ticks]
     assert len(set(labels)) == len(labels), (fmt, labels)
+    for x, t in zip(labels, ticks, strict=True):  # exact: 1.725e-6 is not written 1.73e-6
+        assert float(x) == pytest.approx(float(t), rel=1e-9, abs=1e-12 * max(abs(lo), abs(hi))), (fmt, labels)
     assert all(len(x) <= 9 for x in labels), (fmt, labels)
     if max(abs(lo), abs(hi)) < 1e-3 or max(abs(lo), abs(hi)) >= 1e5:
         assert fmt.endswith("e")

@@ -177,7 +177,11 @@ def tick_format(ticks: np.ndarray) -> str:
     if m == 0.0:
         return ".3~g"
     step = float(np.min(np.diff(t))) if len(t) > 1 else m
-    digits = int(np.clip(math.floor(math.log10(m)) - math.floor(math.log10(step)) + 1, 1, 7))
+    # the fewest significant digits that write every tick exactly (2.5e-8 steps need one more)
+    digits = next(
+        (d for d in range(1, 8) if all(abs(float(f"{v:.{d - 1}e}") - v) <= 1e-6 * step for v in t)),
+        7,
+    )
     if m < 1e-3 or m >= 1e5:
         return f".{max(digits - 1, 1)}~e"
     return f".{max(digits, 3)}~g"

@@ -726,7 +726,7 @@ class Dashboard(W.VBox):
                 img,
                 title=f"{what} of {name} over time",
                 col_labels=[f"step {int(s)}" for s in steps],
-                x_label="step",
+                x_label=f"{len(steps)} records in order (steps not to scale)",
             )
 
     def _push_depth_map(self, order: list[int], sel: int | None) -> None:
