@@ -516,8 +516,9 @@ class Probe:
         dispatch of the hooks and the cache effects of running Python between the user's ops.
         That is noise on long steps but not on sub-millisecond ones, where the end-to-end cost
         is about twice this figure (``benchmarks/overhead_estimate.py``: a 0.27 ms MLP 12.6%
-        against 5.5%, a 0.54 ms MLP 6.6% against 3.4%).  The per-step part is averaged over 2 s windows, so the
-        flushes every 0.5 s count in proportion and the reading does not jump after each one.
+        against 5.5%, a 0.54 ms MLP 6.6% against 3.4%).  The per-step part is averaged over
+        2 s windows, so the flushes every 0.5 s count in proportion and the reading does not
+        jump after each one.
         """
         parts = self._cost_parts()
         if parts is None:
