@@ -543,7 +543,7 @@ class History:
             row = np.stack([rec.metrics[m] for m in LAYER_METRICS], axis=1).astype(np.float32)
             self._layer.append(rec.step, row)
             prow = np.stack([rec.metrics[m] for m in PARAM_METRICS], axis=1).astype(np.float32)
-            self._append_param(rec.step, prow)
+            self._extend_param(np.array([rec.step], dtype=np.int64), prow[None])
             if rec.act_hist is not None:
                 self._act_hist.append(rec.step, rec.act_hist)
             if rec.ograd_hist is not None:
@@ -555,17 +555,15 @@ class History:
         """Per-layer parameter metrics of several steps: ``rows`` is ``(K, L, len(PARAM_METRICS))``."""
         steps = np.asarray(steps, dtype=np.int64)
         with self._lock:
-            if self._param.total:  # each step once (a sampled step may also come via add_record)
-                keep = steps > int(self._param.last(1)[0][-1])
-                steps, rows = steps[keep], rows[keep]
-            self._param.extend(steps, rows)
+            self._extend_param(steps, rows)
             if len(steps):
                 self.step = max(self.step, int(steps[-1]))
 
-    def _append_param(self, step: int, row: np.ndarray) -> None:
-        if self._param.total and step <= int(self._param.last(1)[0][-1]):
-            return  # each step once (a sampled step may also arrive through add_record)
-        self._param.append(step, row)
+    def _extend_param(self, steps: np.ndarray, rows: np.ndarray) -> None:
+        if self._param.total:  # each step once (a sampled step may also arrive through add_record)
+            keep = steps > int(self._param.last(1)[0][-1])
+            steps, rows = steps[keep], rows[keep]
+        self._param.extend(steps, rows)
 
     def update_units(self, layer: int, active: np.ndarray) -> np.ndarray:
         """Add one sample's per-unit activity flags; returns the dead mask over the window."""

@@ -30,7 +30,7 @@ export function h(tag, opts = {}, children = []) {
  * (the latest per key) and runs right after the click has been dispatched.
  * @param {HTMLElement} el
  * @param {number} [maxHoldMs] a held pointer defers redraws at most this long
- * @returns {{run: (key: string, fn: () => void) => void, held: () => boolean, dispose: () => void}}
+ * @returns {{run: (key: string, fn: () => void) => void, dispose: () => void}}
  */
 export function pointerGuard(el, maxHoldMs = 10000) {
   let pressed = false;
@@ -63,7 +63,6 @@ export function pointerGuard(el, maxHoldMs = 10000) {
       if (pressed) pending.set(key, fn);
       else fn();
     },
-    held: () => pressed,
     dispose() {
       el.removeEventListener("pointerdown", onDown, true);
       pending.clear();

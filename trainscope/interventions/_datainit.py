@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
+from .._hooks import primary_tensor
 from ._base import Applied
 from ._state import probe_batch, split_batch
 from .init import commit
@@ -34,6 +36,17 @@ def _wb(m: nn.Module) -> tuple[Tensor, Tensor | None]:
     return w, b if isinstance(b, Tensor) else None
 
 
+@contextlib.contextmanager
+def _hooked(modules: list[nn.Module], fn: Any, *, pre: bool = False) -> Iterator[None]:
+    """``fn`` as a forward (or forward pre-) hook of every module, removed however the block ends."""
+    hs = [m.register_forward_pre_hook(fn) if pre else m.register_forward_hook(fn) for m in modules]
+    try:
+        yield
+    finally:
+        for h in hs:
+            h.remove()
+
+
 def _output_of(model: nn.Module, layer: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Tensor:
     """Run the model until ``layer`` has produced its (first) output, and return that output."""
     got: list[Tensor] = []
@@ -43,13 +56,8 @@ def _output_of(model: nn.Module, layer: nn.Module, args: tuple[Any, ...], kwargs
             got.append(out.detach())
         raise _Stop
 
-    h = layer.register_forward_hook(hook)
-    try:
+    with _hooked([layer], hook), contextlib.suppress(_Stop):
         model(*args, **kwargs)
-    except _Stop:
-        pass
-    finally:
-        h.remove()
     if not got:
         raise ValueError(f"{type(layer).__name__} layer was not called by model(batch) (or did not return a tensor)")
     return got[0].float()
@@ -63,12 +71,8 @@ def _forward_order(model: nn.Module, layers: list[nn.Module], args: tuple[Any, .
         if id(m) in ids and m not in seen:
             seen.append(m)
 
-    hs = [m.register_forward_hook(hook) for m in layers]
-    try:
+    with _hooked(layers, hook):
         model(*args, **kwargs)
-    finally:
-        for h in hs:
-            h.remove()
     return seen
 
 
@@ -139,8 +143,7 @@ def data_init(model: nn.Module, targets: list[tuple[str, nn.Module]], p: dict[st
     extra: dict[str, Any] = {"skipped": skipped} if skipped else {}
     if between is not None:
         extra["between_layers"] = between
-    extra = extra or None  # type: ignore[assignment]
-    return commit(model, plan, optimizer, "reinit", p, report, probe, saved=saved, extra=extra)
+    return commit(model, plan, optimizer, "reinit", p, report, probe, saved=saved, extra=extra or None)
 
 
 def _lsuv_layer(model: nn.Module, m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
@@ -177,17 +180,8 @@ def _krahenbuhl_layer(model: nn.Module, m: nn.Module, args: tuple[Any, ...], kwa
     return {"std_before": round(float(sigma.mean()), 4)}
 
 
-def _first_tensor(out: Any) -> Tensor | None:
-    if isinstance(out, Tensor):
-        return out
-    if isinstance(out, dict):
-        out = list(out.values())
-    if isinstance(out, (list, tuple)):
-        for o in out:
-            t = _first_tensor(o)
-            if t is not None:
-                return t
-    return None
+def _measurable(ratios: list[float]) -> bool:
+    return all(math.isfinite(r) and r > 0 for r in ratios)
 
 
 def _between_layers(model: nn.Module, order: list[nn.Module], names: dict[int, str], args: tuple[Any, ...],
@@ -213,20 +207,15 @@ def _between_layers(model: nn.Module, order: list[nn.Module], names: dict[int, s
         scales: dict[int, float] = {}
 
         def pre(m: nn.Module, inp: tuple[Any, ...]) -> None:
-            x = _first_tensor(inp)
+            x = primary_tensor(inp)
             if id(m) not in scales and x is not None:
                 scales[id(m)] = float(x.detach().abs().float().mean())
 
-        hs = [m.register_forward_pre_hook(pre) for m in layers]
-        try:
-            with torch.enable_grad():
-                out = _first_tensor(model(*args, **kwargs))
-                if out is None or not out.requires_grad:
-                    raise ValueError("data_dependent: the model's output does not depend on the chosen layers")
-                grads = torch.autograd.grad(out, weights, grad_outputs=torch.randn_like(out), allow_unused=True)
-        finally:
-            for h in hs:
-                h.remove()
+        with _hooked(layers, pre, pre=True), torch.enable_grad():
+            out = primary_tensor(model(*args, **kwargs))
+            if out is None or not out.requires_grad:
+                raise ValueError("data_dependent: the model's output does not depend on the chosen layers")
+            grads = torch.autograd.grad(out, weights, grad_outputs=torch.randn_like(out), allow_unused=True)
         ratios = []
         for w, g in zip(weights, grads, strict=True):
             if g is None:
@@ -243,7 +232,7 @@ def _between_layers(model: nn.Module, order: list[nn.Module], names: dict[int, s
     first, first_spread, first_std = ratios, spread(ratios), out_std
     it = 0
     while it < max_iter:
-        if not all(math.isfinite(r) and r > 0 for r in ratios) or not (math.isfinite(out_std) and out_std > 0):
+        if not _measurable(ratios) or not (math.isfinite(out_std) and out_std > 0):
             break
         logs = [math.log(r) for r in ratios]
         target = math.exp(sum(logs) / len(logs)) * out_std ** (1.0 / len(ratios))
@@ -258,7 +247,7 @@ def _between_layers(model: nn.Module, order: list[nn.Module], names: dict[int, s
                 return
             done.add(id(m))
             w, b = _wb(m)
-            x = _first_tensor(inp)
+            x = primary_tensor(inp)
             if b is not None and x is not None and bottom.get(id(m), 0.0) > 0:
                 cur = float(x.detach().abs().float().mean())
                 b.mul_(cur / bottom[id(m)])
@@ -267,15 +256,11 @@ def _between_layers(model: nn.Module, order: list[nn.Module], names: dict[int, s
             if b is not None:
                 b.mul_(factor[id(m)])
 
-        hs = [m.register_forward_pre_hook(rescale) for m in layers]
-        try:
+        with _hooked(layers, rescale, pre=True):
             model(*args, **kwargs)
-        finally:
-            for h in hs:
-                h.remove()
         it += 1
         ratios, out_std, _ = measure()
-    final_spread = spread(ratios) if all(math.isfinite(r) and r > 0 for r in ratios) else float("inf")
+    final_spread = spread(ratios) if _measurable(ratios) else float("inf")
     info: dict[str, Any] = {
         "iterations": it,
         "ratio_spread_decades": [round(first_spread, 3), round(final_spread, 3)],
