@@ -202,3 +202,16 @@ def test_parameter_rows_and_per_layer_metrics_equal_a_direct_computation() -> No
     assert np.isnan(got[:, 3, :4]).all()  # layer 3 owns no parameters
     tot = pt.totals(np.stack(rows))
     assert np.isnan(tot["grad_norm_total"][1]) and np.isfinite(tot["grad_norm_total"][[0, 2]]).all()
+
+
+def test_subsample_is_the_same_fixed_sample_on_every_layout() -> None:
+    """Contiguous tensors are gathered with index_select, others with take (a reshape would copy
+    the whole tensor): both must give the same elements in the same logical order."""
+    x = torch.randn(8, 16, 20, 20)
+    idx = S._sample_index(x.numel(), x.device)
+    assert torch.equal(S.subsample(x), x.reshape(-1)[idx])
+    y = x.permute(0, 2, 3, 1)  # non-contiguous
+    assert not y.is_contiguous()
+    assert torch.equal(S.subsample(y), y.reshape(-1)[idx])
+    small = torch.randn(10, 10)
+    assert torch.equal(S.subsample(small), small.reshape(-1))

@@ -154,7 +154,12 @@ def _minus_one(device: torch.device) -> Tensor:
 def subsample(x: Tensor) -> Tensor:
     """The fixed subsample of ``x`` (all of it when small), flattened, fp32."""
     n = x.numel()
-    sub = x.reshape(-1) if n <= HIST_SAMPLE else torch.take(x, _sample_index(n, x.device))
+    if n <= HIST_SAMPLE:
+        sub = x.reshape(-1)
+    elif x.is_contiguous():  # index_select: half the time of take on CPU (15 against 28 us)
+        sub = torch.index_select(x.view(-1), 0, _sample_index(n, x.device))
+    else:  # take reads the logical order in place; a reshape would copy the whole tensor
+        sub = torch.take(x, _sample_index(n, x.device))
     return sub if sub.dtype == torch.float32 else sub.float()
 
 
