@@ -453,6 +453,27 @@ def test_log_attribution_and_tensor_values() -> None:
         probe.log(x="high")  # type: ignore[arg-type]
 
 
+def test_logged_values_of_one_step_are_averaged_whatever_their_type_and_order() -> None:
+    """The scalar buffer is columnar (one stack per name at a flush); mixing floats and tensors of
+    several dtypes, repeating a step and buffering an earlier step after a later one (as a late
+    val_loss is) must still give one mean per step, in step order."""
+    probe = Probe(nn.Linear(3, 1))  # manual steps; nothing flushes before probe.flush()
+    probe._put_scalar(1, "m", torch.tensor(10.0, dtype=torch.float64))
+    probe._put_scalar(0, "m", 1.0)
+    probe._put_scalar(1, "m", torch.tensor(20.0, dtype=torch.float16))
+    probe._put_scalar(0, "m", torch.tensor(3.0))
+    probe._put_scalar(0, "m", 5.0)
+    probe.log(other=torch.tensor(7.0))
+    probe.flush()
+    s = probe.history.scalar("m")
+    assert s["first"].tolist() == [0, 1]
+    assert s["mean"].tolist() == pytest.approx([3.0, 15.0])
+    assert probe.history.scalar("other")["mean"].tolist() == [7.0]
+    probe._put_scalar(2, "m", float("nan"))
+    probe.flush()
+    assert math.isnan(probe.history.scalar("m")["mean"][-1])
+
+
 def test_manual_steps_without_optimizer() -> None:
     model = nn.Linear(3, 1)
     probe = Probe(model, every=1)

@@ -523,9 +523,11 @@ class History:
                 s.append(step, v)
             self.step = max(self.step, step)
 
-    def add_scalar_series(self, name: str, steps: list[int], values: list[float]) -> None:
+    def add_scalar_series(
+        self, name: str, steps: list[int] | np.ndarray, values: list[float] | np.ndarray
+    ) -> None:
         """Several points of one scalar (steps ascending)."""
-        if not steps:
+        if len(steps) == 0:
             return
         with self._lock:
             s = self.scalars.get(name)
