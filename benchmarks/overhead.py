@@ -12,9 +12,12 @@ lengthened to keep a 2% overhead budget); full statistics every 10 steps, fixed;
 parameter-level set every step; full statistics with histograms every step; and, where installed,
 ``wandb.watch(log="all")`` (offline) and TensorBoard ``add_histogram`` of every parameter and
 gradient at the same frequencies (every step, and every 10th step like trainscope's default).
+Two *floors* write the bare tensor ops of a measurement by hand, with nothing around them: the
+cheap set's (snapshot, subtraction, fused norms) and the four full passes behind exact activation
+and output-gradient mean / std / min / max.  No probe that records those numbers can cost less.
 
 Run:  python benchmarks/overhead.py [--rounds 9] [--steps 10] [--models mlp,cnn,resnet]
-                                    [--groups trainscope|wandb|tensorboard] [--json out.json]
+                                    [--groups trainscope|floor|wandb|tensorboard] [--json out.json]
 """
 
 from __future__ import annotations
@@ -201,10 +204,70 @@ def tensorboard_setup(freq: int) -> Callable[..., Any] | None:
     return setup
 
 
+# ----------------------------------------------------------------------------- floors
+# What the measurements themselves cost, written by hand with nothing around them: no probe, no
+# bookkeeping, no transfers.  A probe that records the same numbers cannot cost less than these,
+# so they tell how far a target is from what the arithmetic and its dispatch allow on this machine.
+def floor_cheap_setup(model: nn.Module, opt: torch.optim.Optimizer, loss_fn: nn.Module) -> Any:
+    """Exact per-parameter weight, gradient and update norms every step: a snapshot copy before
+    the optimizer step, a subtraction and one fused norm over weights, gradients and updates
+    after it, one stack (the cheap set's device work, and nothing else)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    snap = [p.detach().clone() for p in params]
+    kept: list[torch.Tensor] = []
+
+    def pre(*_: Any) -> None:
+        with torch.no_grad():
+            torch._foreach_copy_(snap, params)
+
+    def post(*_: Any) -> None:
+        with torch.no_grad():
+            torch._foreach_sub_(snap, params)
+            grads = [p.grad for p in params]
+            kept.append(torch.stack(torch._foreach_norm(params + grads + snap)))
+            if len(kept) >= 1000:
+                kept.clear()
+
+    opt.register_step_pre_hook(pre)
+    opt.register_step_post_hook(post)
+    return None
+
+
+def floor_full_setup(model: nn.Module, opt: torch.optim.Optimizer, loss_fn: nn.Module) -> Any:
+    """The four full passes behind exact mean, std, min and max (sum, sum of squares, amin,
+    amax) over every leaf module's output and output gradient, every step; no subsample, no
+    histogram, no dead-unit masks, no parameter norms."""
+    kept: list[torch.Tensor] = []
+
+    def reduce(t: torch.Tensor) -> None:
+        v = t.detach().reshape(-1)
+        kept.append(torch.stack([v.sum(), torch.dot(v, v), v.amin(), v.amax()]))
+
+    def on_grad(g: torch.Tensor) -> None:
+        with torch.no_grad():
+            reduce(g)
+
+    def fwd(module: nn.Module, args: Any, out: Any) -> None:
+        if isinstance(out, torch.Tensor) and out.is_floating_point():
+            with torch.no_grad():
+                reduce(out)
+            if out.requires_grad:
+                out.register_hook(on_grad)
+
+    def post(*_: Any) -> None:
+        kept.clear()
+
+    for m in model.modules():
+        if not list(m.children()):
+            m.register_forward_hook(fwd)
+    opt.register_step_post_hook(post)
+    return None
+
+
 def configurations(groups: set[str] | None = None) -> dict[str, Callable[..., Any] | None]:
     """The configurations of the chosen groups (always with the baseline).
 
-    Groups: ``trainscope``, ``wandb``, ``tensorboard``.  Run wandb in its own invocation: its
+    Groups: ``trainscope``, ``floor``, ``wandb``, ``tensorboard``.  Run wandb in its own invocation: its
     offline service is a separate process that competes for the cores during every configuration
     of the same run, which would blur all the ratios.
     """
@@ -214,6 +277,8 @@ def configurations(groups: set[str] | None = None) -> dict[str, Callable[..., An
         "trainscope full every 10 (fixed)": trainscope_setup(every=10),
         "trainscope cheap set every step": trainscope_setup(every=10**9, cheap_every=1),
         "trainscope full + histograms every step": trainscope_setup(every=1),
+        "floor: cheap-set tensor ops alone, every step": floor_cheap_setup,
+        "floor: full-pass reductions alone, every step": floor_full_setup,
         "wandb.watch(log=all) every 10": wandb_setup(10),
         "wandb.watch(log=all) every step": wandb_setup(1),
         "TensorBoard histograms every 10": tensorboard_setup(10),
@@ -280,7 +345,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default)")
     ap.add_argument("--json", default="")
     ap.add_argument(
-        "--groups", default="", help="comma list of trainscope, wandb, tensorboard (default: all)"
+        "--groups",
+        default="",
+        help="comma list of trainscope, floor, wandb, tensorboard (default: all)",
     )
     args = ap.parse_args(argv)
     if args.threads:
