@@ -92,16 +92,16 @@ class ParamTracker:
         self.snap_valid = False
 
     def row(self, *, init: bool) -> Tensor | None:
-        with _no_grad():
-            return self._row(init)
-
-    def _row(self, init: bool) -> Tensor | None:
         """Norms of every tracked parameter as one ``(4, P)`` fp32 device tensor.
 
         One fused ``_foreach_norm`` over weights, gradients and updates together and one
         ``stack``: on a small model the per-op dispatch, not the arithmetic, is the cost (so the
         parameters go in as they are, under ``no_grad``, without a ``detach`` each).
         """
+        with _no_grad():
+            return self._row(init)
+
+    def _row(self, init: bool) -> Tensor | None:
         params = self.params
         if not params:
             return None

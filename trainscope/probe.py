@@ -1116,17 +1116,21 @@ class Probe:
         scal_tensor: list[tuple[str, list[int], int]] = []
         scal_values: list[Tensor] = []
         for name, (steps, vals) in self._scalar_buf.items():
-            tens = [v for v in vals if isinstance(v, Tensor)]
-            if len(tens) < len(vals):
-                fl = [(k, v) for k, v in zip(steps, vals, strict=True) if not isinstance(v, Tensor)]
-                scal_float.append((name, [k for k, _ in fl], [v for _, v in fl]))
+            tsteps: list[int] = []
+            tens: list[Tensor] = []
+            fsteps: list[int] = []
+            fvals: list[float] = []
+            for k, v in zip(steps, vals, strict=True):
+                if isinstance(v, Tensor):
+                    tsteps.append(k)
+                    tens.append(v)
+                else:
+                    fsteps.append(k)
+                    fvals.append(v)
+            if fvals:
+                scal_float.append((name, fsteps, fvals))
             if not tens:
                 continue
-            tsteps = (
-                steps
-                if len(tens) == len(vals)
-                else [k for k, v in zip(steps, vals, strict=True) if isinstance(v, Tensor)]
-            )
             try:
                 t = torch.stack(tens)
             except RuntimeError:  # mixed dtypes or devices
