@@ -98,6 +98,55 @@ def test_histogram_codes_cover_every_value_class() -> None:
     assert codes[2] == 2 * S.ZERO - codes[6]  # symmetric
 
 
+def _reference_bin(v: float) -> int:
+    """The documented bin of one value, from the definition (float64 arithmetic)."""
+    if math.isnan(v):
+        return S.NAN
+    if v == 0:
+        return S.ZERO
+    if math.isinf(v):
+        return S.POS_INF if v > 0 else S.NEG_INF
+    m = math.floor(S.BINS_PER_DECADE * (math.log10(abs(v)) - S.LOG_MIN))
+    m = min(max(m, 0), S.NMAG - 1)
+    return S.ZERO + (m + 1 if v > 0 else -(m + 1))
+
+
+def test_histogram_codes_match_the_definition_and_are_exact_on_edges() -> None:
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(20_000, generator=g) * torch.exp(torch.randn(20_000, generator=g) * 9)
+    got = S.hist_codes(x).tolist()
+    ref = [_reference_bin(v) for v in x.double().tolist()]
+    assert got == ref
+    # the fp32 edges themselves: an element equal to an edge opens its bin (positive side) and
+    # closes it (negative side: |x| in [e_k, e_k+1) either way); one ulp below stays below
+    e = torch.from_numpy(S._MAG_EDGES[1:-1].astype(np.float32))
+    below = torch.nextafter(e, torch.zeros_like(e))
+    k = torch.arange(1, S.NMAG)
+    assert S.hist_codes(e).tolist() == (S.ZERO + 1 + k).tolist()
+    assert S.hist_codes(below).tolist() == (S.ZERO + k).tolist()
+    assert S.hist_codes(-e).tolist() == (S.ZERO - 1 - k).tolist()
+    assert S.hist_codes(-below).tolist() == (S.ZERO - k).tolist()
+    sub = torch.tensor([1e-45, -1e-45, 3.4e38, -3.4e38, -0.0])
+    assert S.hist_codes(sub).tolist() == [S.ZERO + 1, S.ZERO - 1, S.POS_INF - 1, 1, S.ZERO]
+
+
+def test_histogram_bins_a_random_part_of_the_subsample() -> None:
+    """Large tensors: the binned part is the random head of the fixed subsample (not its first
+    elements in memory order); small ones: an even stride of all elements."""
+    x = torch.arange(200_000, dtype=torch.float32)
+    idx = S._sample_index(x.numel(), x.device)
+    head = idx[: S.HIST_BIN_SAMPLE]
+    assert torch.equal(head, head.sort().values) and head.max() > 150_000 and head.min() < 50_000
+    assert len(set(idx.tolist())) == S.HIST_SAMPLE
+    _, h = S.summarize(x, hist=True)
+    assert h is not None and int(h.sum()) == S.HIST_BIN_SAMPLE
+    expect = torch.bincount(S.hist_codes(x[head]), minlength=S.NBINS)
+    assert torch.equal(h, expect)
+    y = torch.linspace(-5, 5, 10_000)
+    _, hy = S.summarize(y, hist=True)
+    assert hy is not None and int(hy.sum()) == len(range(0, 10_000, 3))
+
+
 def test_histogram_scaled_counts_sum_to_numel_and_keep_nonfinite() -> None:
     x = torch.randn(100_000)
     x[:1000] = 0.0

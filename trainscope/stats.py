@@ -106,7 +106,7 @@ ACT_FIELDS: tuple[str, ...] = (
     "sumsq",  # sum of squares (BLAS dot for contiguous fp32, else vector_norm**2)
     "min",
     "max",
-    "sub_zero",  # exact zeros in the subsample
+    "sub_nonzero",  # non-zero elements of the subsample (count_nonzero: one op, no bool temporary)
     "sub_sat",  # saturated elements in the subsample (bounded activations), -1 where not applicable
     "nan",  # exact counts over the whole tensor in exact_nonfinite mode, -1 otherwise
     "posinf",
@@ -124,7 +124,9 @@ def _sample_index(numel: int, device: torch.device) -> Tensor:
 
     Drawn once per (size, device) from a private generator, so the user's RNG streams are never
     touched (training stays bit-identical), and random rather than strided, so that the subsample
-    cannot alias with a channel or feature period.  Sorted, for memory locality.
+    cannot alias with a channel or feature period.  Two sorted runs, for memory locality: the
+    first ``HIST_BIN_SAMPLE`` indices are themselves a random subset, so the histogram bins a
+    contiguous prefix of the subsample (no strided copy).
     """
     key = (numel, device)
     idx = _index_cache.get(key)
@@ -134,7 +136,9 @@ def _sample_index(numel: int, device: torch.device) -> Tensor:
             gen = torch.Generator(device="cpu")
             gen.manual_seed(0x7A15C0DE)
             _generators[device] = gen
-        idx = torch.randperm(numel, generator=gen)[:HIST_SAMPLE].sort().values.to(device)
+        perm = torch.randperm(numel, generator=gen)[:HIST_SAMPLE]
+        head, tail = perm[:HIST_BIN_SAMPLE], perm[HIST_BIN_SAMPLE:]
+        idx = torch.cat([head.sort().values, tail.sort().values]).to(device)
         if len(_index_cache) > 256:
             _index_cache.clear()
         _index_cache[key] = idx
@@ -163,32 +167,55 @@ def subsample(x: Tensor) -> Tensor:
     return sub if sub.dtype == torch.float32 else sub.float()
 
 
-def hist_codes(x: Tensor) -> Tensor:
-    """Bin index (``0 .. NBINS-1``) of every element of a 1-D fp32 tensor.
+_BOUNDARIES: dict[torch.device, Tensor] = {}
 
-    Pure elementwise arithmetic (no search): magnitude bin ``m = floor(3·(log10|x| + 10))``
-    clamped to ``[0, NMAG-1]``, signed around the zero bin, ±Inf moved one bin further out and
-    NaN to its own bin.
+
+def _boundaries(device: torch.device) -> Tensor:
+    """The 99 sorted fp32 boundaries ``B`` for which ``bucketize(x, B)`` (the number of
+    boundaries below ``x``) is the bin index of ``x``.
+
+    ``-Inf`` -> 0; negative magnitude bins ``(-e[k+1], -e[k]]``; ``-smallest subnormal`` and ``0``
+    bracket the zero bin; positive bins ``[e[k], e[k+1])`` (each edge lowered by one ulp, so an
+    element equal to an edge opens its bin); ``fp32 max`` separates the outermost finite bin from
+    ``+Inf``; and NaN, which compares below nothing, lands after the last boundary (bin 99).
     """
-    sign = x.sign()  # -1, 0, 1 (±Inf keep their sign), NaN
-    mag = x.abs().log10_().sub_(LOG_MIN).mul_(BINS_PER_DECADE).floor_().clamp_(0, NMAG - 1).add_(1)
-    codes = mag.mul_(sign)  # 0 for zeros (log10(0) = -inf clamps to bin 0, times sign 0)
-    codes.add_(torch.isinf(x).float().mul_(sign)).add_(ZERO)  # ±Inf: one step past the last bin
-    return torch.nan_to_num_(codes, nan=float(NAN)).long()
+    b = _BOUNDARIES.get(device)
+    if b is None:
+        f32 = np.float32
+        e = _MAG_EDGES[1:-1].astype(f32)  # the 47 inner edges, 1e-9.67 .. 1e5.67
+        tiny = f32(np.finfo(f32).smallest_subnormal)
+        neg = np.concatenate([[-np.inf], -e[::-1], [-tiny, 0.0]])
+        pos = np.concatenate([np.nextafter(e, f32(0)), [np.finfo(f32).max, np.inf]])
+        arr = np.concatenate([neg, pos]).astype(f32)
+        b = _BOUNDARIES[device] = torch.from_numpy(arr).to(device)
+    return b
+
+
+def hist_codes(x: Tensor) -> Tensor:
+    """Bin index (``0 .. NBINS-1``, int64) of every element of a 1-D fp32 tensor.
+
+    One ``bucketize`` against fixed boundaries (:func:`_boundaries`): magnitude bins
+    ``[10^(-10+k/3), 10^(-10+(k+1)/3))`` with the fp32 edges exact, signed around the zero bin,
+    values below 1e-10 in the innermost and finite values above 1e6 in the outermost bins, ±Inf
+    one bin further out, NaN in its own bin.  (It replaced a chain of ~16 elementwise ops around
+    ``log10``, which also rounded values on an edge into the wrong bin.)
+    """
+    return torch.bucketize(x if x.is_contiguous() else x.contiguous(), _boundaries(x.device))
 
 
 def _count_bins(codes: Tensor) -> Tensor:
+    """Counts per bin (``NBINS``, int64) of bin indices."""
     if codes.is_cuda and torch.are_deterministic_algorithms_enabled():
         # bincount has no deterministic CUDA kernel; a sort + searchsorted count is exact and is.
         srt = codes.sort().values
         bounds = torch.arange(NBINS + 1, device=codes.device)
-        return torch.searchsorted(srt, bounds).diff().float()
-    return torch.bincount(codes, minlength=NBINS).float()
+        return torch.searchsorted(srt, bounds).diff()
+    return torch.bincount(codes, minlength=NBINS)
 
 
 def histogram(x: Tensor) -> Tensor:
     """Histogram counts (``NBINS``, fp32) of the fixed subsample of ``x`` (not rescaled)."""
-    return _count_bins(hist_codes(subsample(x)))
+    return _count_bins(hist_codes(subsample(x))).float()
 
 
 _SPLIT_EXTREMA = 1 << 15
@@ -226,7 +253,7 @@ def summarize(
     hist: bool = False,
 ) -> tuple[Tensor, Tensor | None]:
     """Summary vector (``ACT_FIELDS``, fp32, on ``x.device``) of one tensor, and optionally its
-    subsample histogram (``NBINS`` counts).
+    subsample histogram (``NBINS`` int64 counts).
 
     ``bounds = (center, half_range, threshold)`` enables the saturation count: an element is
     saturated when ``|x - center| >= threshold`` (e.g. ``(0, 1, 0.98)`` for tanh).
@@ -235,29 +262,31 @@ def summarize(
     mn, mx = _extrema(x)
     sub = subsample(x)
     neg = _minus_one(x.device)
-    parts = [
-        x.sum(dtype=f32),
-        _sumsq(x),
-        mn.to(f32),
-        mx.to(f32),
-        (sub == 0).sum().to(f32),
-    ]
+    # stack promotes: the int64 count and bf16/fp16 extrema become fp32 (exact: counts <= 2^14)
+    parts = [x.sum(dtype=f32), _sumsq(x), mn, mx, torch.count_nonzero(sub)]
     if bounds is not None:
         center, _half, thr = bounds
-        parts.append(((sub - center).abs_() >= thr).sum().to(f32))
+        parts.append(((sub - center).abs_() >= thr).sum())
     else:
         parts.append(neg)
     if exact_nonfinite:
-        parts.append(torch.isnan(x).sum().to(f32))
-        parts.append((x == math.inf).sum().to(f32))
-        parts.append((x == -math.inf).sum().to(f32))
+        parts.append(torch.isnan(x).sum())
+        parts.append((x == math.inf).sum())
+        parts.append((x == -math.inf).sum())
     else:
         parts += [neg, neg, neg]
     h = None
     if hist:
-        step = -(-sub.numel() // HIST_BIN_SAMPLE)  # the subsample is random: a stride keeps it so
-        h = _count_bins(hist_codes(sub[::step] if step > 1 else sub))
-    return torch.stack(parts), h
+        n = sub.numel()
+        if x.numel() > HIST_SAMPLE:  # a gathered subsample: its head is a random subset
+            part = sub[:HIST_BIN_SAMPLE]
+        elif n > HIST_BIN_SAMPLE:  # all of a small tensor: an even stride of it
+            part = sub[:: -(-n // HIST_BIN_SAMPLE)]
+        else:
+            part = sub
+        h = _count_bins(hist_codes(part))
+    row = torch.stack(parts)
+    return (row if row.dtype == f32 else row.float()), h
 
 
 @torch.no_grad()
@@ -322,7 +351,7 @@ def finalize_summaries(
     ss = total(r[:, _F["sumsq"]])
     sub_counts = np.minimum(np.asarray(numel, dtype=np.float64), HIST_SAMPLE)
     sub_n = total(sub_counts)
-    sub_zero = total(r[:, _F["sub_zero"]])
+    sub_zero = sub_n - total(r[:, _F["sub_nonzero"]])
     mn = np.full(L, np.inf)
     mx = np.full(L, -np.inf)
     with np.errstate(invalid="ignore"):  # NaN propagates: a NaN anywhere makes the layer NaN
