@@ -264,3 +264,23 @@ def test_subsample_is_the_same_fixed_sample_on_every_layout() -> None:
     assert torch.equal(S.subsample(y), y.reshape(-1)[idx])
     small = torch.randn(10, 10)
     assert torch.equal(S.subsample(small), small.reshape(-1))
+
+
+def test_statistics_record_no_graph_and_restore_grad_mode() -> None:
+    x = torch.randn(40, 30, requires_grad=True)
+    y = x * 2  # a non-leaf, as a module output is
+    row, h = S.summarize(y, hist=True)
+    assert not row.requires_grad and row.grad_fn is None and h is not None and torch.is_grad_enabled()
+    with torch.no_grad():
+        S.summarize(y)
+        assert not torch.is_grad_enabled()
+    assert torch.is_grad_enabled()
+
+    @S.without_grad
+    def boom(t: torch.Tensor) -> None:
+        assert not torch.is_grad_enabled()
+        raise ValueError("inside")
+
+    with pytest.raises(ValueError, match="inside"):
+        boom(y)
+    assert torch.is_grad_enabled()

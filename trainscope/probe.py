@@ -716,7 +716,7 @@ class Probe:
             self._carried = S.norms(grads).norm()
         self._summarize_inputs(args)
 
-    @torch.no_grad()
+    @S.without_grad
     def _summarize_inputs(self, args: tuple[Any, ...]) -> None:
         x = _primary_tensor(args)
         if x is None:
@@ -799,7 +799,7 @@ class Probe:
             return 1 if (self._last_channel_first and t.dim() >= 3) else t.dim() - 1
         return 1 if t.dim() >= 4 else t.dim() - 1
 
-    @torch.no_grad()
+    @S.without_grad
     def _on_forward(self, i: int, output: Any) -> None:
         t = _primary_tensor(output)
         if t is None or t.numel() == 0:
@@ -828,7 +828,7 @@ class Probe:
         if t.requires_grad and self._enabled["backward"]:
             t.register_hook(self._grad_hooks[i])  # type: ignore[no-untyped-call]
 
-    @torch.no_grad()
+    @S.without_grad
     def _on_grad(self, i: int, g: Tensor) -> None:
         if g is None or g.numel() == 0:
             return
@@ -870,7 +870,7 @@ class Probe:
         except Exception as e:
             self._fail("inputs", e)
 
-    @torch.no_grad()
+    @S.without_grad
     def _summarize_loss_inputs(self, module: nn.Module, args: tuple[Any, ...]) -> None:
         if not args or not isinstance(args[0], Tensor):
             return

@@ -20,8 +20,11 @@ mode, which the probe switches on once non-finite values have been seen (see ``P
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ParamSpec, TypeVar
 
 import numpy as np
 import torch
@@ -39,6 +42,7 @@ __all__ = [
     "host_copy",
     "subsample",
     "summarize",
+    "without_grad",
 ]
 
 # --------------------------------------------------------------------------------------------
@@ -114,6 +118,31 @@ ACT_FIELDS: tuple[str, ...] = (
 )
 _F = {name: i for i, name in enumerate(ACT_FIELDS)}
 NFIELDS = len(ACT_FIELDS)
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def without_grad(fn: Callable[_P, _R]) -> Callable[_P, _R]:
+    """``@torch.no_grad()`` for the per-tensor path: the same switch, at a fraction of the cost.
+
+    ``torch.no_grad()`` as a decorator builds and clones a context manager on every call (~3 us);
+    the probe calls its statistics ~130 times per sampled step on a 30-module model, nested.  This
+    checks the thread-local grad mode and only flips it when it is on.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        if not torch.is_grad_enabled():
+            return fn(*args, **kwargs)
+        torch._C._set_grad_enabled(False)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            torch._C._set_grad_enabled(True)
+
+    return wrapper
+
 
 _generators: dict[torch.device, torch.Generator] = {}
 _index_cache: dict[tuple[int, torch.device], Tensor] = {}
@@ -244,7 +273,7 @@ def _sumsq(x: Tensor) -> Tensor:
     return norm.square()
 
 
-@torch.no_grad()
+@without_grad
 def summarize(
     x: Tensor,
     *,
@@ -289,7 +318,7 @@ def summarize(
     return (row if row.dtype == f32 else row.float()), h
 
 
-@torch.no_grad()
+@without_grad
 def unit_mask(x: Tensor, unit_dim: int, *, positive: bool, nonneg: bool = False) -> Tensor:
     """Per-unit activity of ``x`` along ``unit_dim`` (fp32 0/1 flags on the device).
 
