@@ -217,6 +217,27 @@ def test_transformer_block_including_attention() -> None:
     assert probe.errors == []
 
 
+def test_float64_model_is_measured_not_dropped() -> None:
+    """A double-precision model: every statistic in fp32, equal to a float64 reference (the sum of
+    squares once refused to narrow and the probe switched itself off)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 32), nn.Tanh(), nn.Linear(32, 3)).double()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    probe = Probe(model, opt, every=1)
+    x = torch.randn(20, 6, dtype=torch.float64)
+    with torch.no_grad():
+        h = model[1](model[0](x))  # the Tanh output, before the step changes the weights
+    opt.zero_grad()
+    model(x).square().mean().backward()
+    opt.step()
+    probe.flush()
+    assert probe.errors == []
+    m = probe.history.latest.metrics  # type: ignore[union-attr]
+    tanh = probe.history.layer_names.index("1")
+    assert m["act_std"][tanh] == pytest.approx(float(h.std(unbiased=False)), rel=1e-5)
+    assert m["act_abs_max"][tanh] == pytest.approx(float(h.abs().max()), rel=1e-6)
+
+
 def test_conv_units_and_dead_channels() -> None:
     model = nn.Sequential(nn.Conv2d(1, 6, 3), nn.ReLU(), nn.Flatten(), nn.Linear(6 * 6 * 6, 2))
     with torch.no_grad():

@@ -284,3 +284,23 @@ def test_statistics_record_no_graph_and_restore_grad_mode() -> None:
     with pytest.raises(ValueError, match="inside"):
         boom(y)
     assert torch.is_grad_enabled()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("contiguous", [True, False])
+def test_summary_of_every_float_dtype_is_fp32_and_right(dtype: torch.dtype, contiguous: bool) -> None:
+    g = torch.Generator().manual_seed(7)
+    base = (torch.randn(300, 120, generator=g) * 3).to(dtype)
+    x = base if contiguous else base.t()
+    x[0, 0] = 0.0
+    row, h = S.summarize(x, bounds=(0.0, 1.0, 0.98), exact_nonfinite=True, hist=True)
+    assert row.dtype == torch.float32 and h is not None
+    ref = x.double()
+    r = row.double()
+    tol = 1e-5 if dtype in (torch.float32, torch.float64) else 1e-2
+    assert float(r[0]) == pytest.approx(float(ref.sum()), rel=tol, abs=tol * float(ref.abs().sum()))
+    assert float(r[1]) == pytest.approx(float(ref.square().sum()), rel=tol)
+    assert (float(r[2]), float(r[3])) == (float(ref.min()), float(ref.max()))
+    sub = S.subsample(x)
+    assert int(r[4]) == int((sub != 0).sum()) and int(r[5]) == int((sub.abs() >= 0.98).sum())
+    assert r[6:].tolist() == [0.0, 0.0, 0.0]
