@@ -62,9 +62,11 @@ class LRFinderPanel(W.VBox):
             ],
             height="280px",
         )
-        self.info = W.HTML(
-            "<i>No LR range test yet: run the <b>lr_find</b> action from the Interventions panel.</i>"
+        # text only (never HTML): the summary holds names read from a run directory
+        self.info = W.Label(
+            "No LR range test yet: run the LR finder from the Interventions panel (group: lr)."
         )
+        self.info.add_class("trainscope-lr-info")
         self.apply_lr = W.Button(
             description="Apply as LR", disabled=True, tooltip="submit set_lr(lr=suggestion)"
         )
@@ -121,10 +123,10 @@ class LRFinderPanel(W.VBox):
                 self.others, x=xs, y=np.tile(np.array([0.0, 1.0], np.float32), (len(others), 1))
             )
         text = (
-            f"step {ev.step}: suggested lr <b>{self.suggestion:.3g}</b>"
+            f"step {ev.step:,}: suggested lr {self.suggestion:.3g}"
             if self.suggestion
-            else f"step {ev.step}: no suggestion"
+            else f"step {ev.step:,}: no suggestion"
         )
         if others:
-            text += " &nbsp;(" + ", ".join(f"{k}: {v:.2g}" for k, v in others.items()) + ")"
+            text += "  (" + ", ".join(f"{k}: {v:.2g}" for k, v in others.items()) + ")"
         self.info.value = text
