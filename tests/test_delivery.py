@@ -159,7 +159,18 @@ def test_pump_is_throttled_and_main_thread_only(loop: Any) -> None:
         k.close()
 
 
-def test_ctrl_c_is_held_until_a_message_is_safely_handled() -> None:
+@pytest.fixture
+def sigint_default():
+    """Ctrl-C raises KeyboardInterrupt during the test, whatever the suite was started with: a
+    shell starts background jobs (``pytest ... &``) with SIGINT ignored.  Restored afterwards."""
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
+def test_ctrl_c_is_held_until_a_message_is_safely_handled(sigint_default) -> None:
     with pytest.raises(KeyboardInterrupt), _delivery._interrupts_held():
         os.kill(os.getpid(), signal.SIGINT)
         for _ in range(1000):  # the signal arrives here, but is held
@@ -167,3 +178,15 @@ def test_ctrl_c_is_held_until_a_message_is_safely_handled() -> None:
         reached = True
     assert reached
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_held_ctrl_c_stays_ignored_where_sigint_is_ignored() -> None:
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with _delivery._interrupts_held():
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(1000):
+                pass
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN  # restored, nothing raised
+    finally:
+        signal.signal(signal.SIGINT, old)
