@@ -113,6 +113,8 @@ class Kernel:
         self.kc.wait_for_ready(timeout=120)
         self._iopub: dict[str, list[dict[str, Any]]] = {}
         self._idle: set[str] = set()
+        # every status message in arrival order: (state, parent msg_id, parent msg_type)
+        self.statuses: list[tuple[str, str | None, str | None]] = []
 
     def close(self) -> None:
         self.kc.stop_channels()
@@ -129,6 +131,10 @@ class Kernel:
         except queue.Empty:
             return
         pid = m["parent_header"].get("msg_id")
+        if m["msg_type"] == "status":
+            self.statuses.append(
+                (m["content"]["execution_state"], pid, m["parent_header"].get("msg_type"))
+            )
         if pid is None:
             return
         self._iopub.setdefault(pid, []).append(m)
@@ -202,6 +208,12 @@ class Kernel:
             "comm_msg", {"comm_id": comm_id, "data": {"method": "custom", "content": content}}
         )
         self.kc.shell_channel.send(msg)
+
+    def drain(self, seconds: float) -> None:
+        """Read IOPub for ``seconds`` (statuses and outputs are recorded)."""
+        end = time.time() + seconds
+        while time.time() < end:
+            self._drain(0.05)
 
     def count_outputs(self, needle: str) -> int:
         """How many stream outputs, over every message seen so far, contain ``needle``."""

@@ -186,3 +186,30 @@ def test_interrupt_leaves_the_kernel_usable(kernel_factory, line: str) -> None:
     # the dashboard shows the interruption (final flush on error)
     state = k.run("print('STATE', json.dumps(scope.header.state['run_state']))").value("STATE")
     assert state == "interrupted"
+
+
+@pytest.mark.parametrize("line", list(LINES))
+def test_kernel_reads_busy_while_the_cell_runs_after_a_click(kernel_factory, line: str) -> None:
+    """A click handled during the cell publishes its own busy / idle; the kernel's latest status
+    (what JupyterLab's indicator shows) must still be *busy* until the cell ends."""
+    k = kernel_factory(line)
+    info = _setup(k)
+    train = k.submit(TRAIN.replace("{seconds}", "4"))
+    k.wait_for_text(train, "TRAINING STARTED")
+    time.sleep(0.5)
+    k.send_comm(
+        info["comm"],
+        {"kind": "action", "action": "scale_lr_test", "params": {"factor": 0.5}, "id": "click-s"},
+    )
+    k.drain(1.5)  # the click was handled; the cell still runs (4 s)
+    clicks = [s for s in k.statuses if s[2] == "comm_msg"]
+    assert ("idle", "comm_msg") in [(s[0], s[2]) for s in clicks], (
+        f"{line}: the click's comm_msg was not handled during the cell: {k.statuses[-8:]}"
+    )
+    assert k.statuses[-1][:2] == ("busy", train), (
+        f"{line}: the kernel reads {k.statuses[-1][0]!r} while the training cell runs "
+        f"(last statuses: {k.statuses[-6:]})"
+    )
+    tr = k.result(train, timeout=120)
+    assert tr.status == "ok", tr.text
+    assert k.statuses[-1][:2] == ("idle", train)
