@@ -5,7 +5,8 @@ This is the fallback for frontends where no click-delivery strategy works while 
 usual, and the probe applies clicked actions at the next step boundary, on the training thread.
 
 Trade-offs (also in ``docs/dashboard.md``): Ctrl-C / "interrupt kernel" does not reach the thread
-(use :meth:`BackgroundRun.stop`, which stops at the next step boundary of a watched model); prints
+(use :meth:`BackgroundRun.stop`, which stops at the next step boundary of a watched model -- any
+attached probe's step, or any optimizer step, whatever else is subscribed); prints
 from the thread may appear in whichever cell is executing at the time (ipykernel 7); the loop
 shares the GIL with the UI; and the user must not start a second loop on the same model meanwhile.
 
@@ -14,7 +15,9 @@ Stdlib only: the Jupyter layer registers itself through :func:`add_finish_hook`.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import sys
 import threading
 import time
 import traceback
@@ -82,6 +85,9 @@ class BackgroundRun:
         self.finished: float | None = None
         self._stop = threading.Event()
         self._stop_raised = False
+        self._arm_lock = threading.Lock()
+        self._armed = False
+        self._stop_handles: list[Any] = []
         self._done = threading.Event()
         self._thread = threading.Thread(
             target=self._run, args=(args, kwargs), name=name, daemon=True
@@ -100,6 +106,7 @@ class BackgroundRun:
         finally:
             self.finished = time.time()
             _RUNS.pop(threading.get_ident(), None)
+            self._disarm()
             for hook in list(_FINISH_HOOKS):
                 with contextlib.suppress(Exception):
                     hook(self)
@@ -130,6 +137,47 @@ class BackgroundRun:
         ``probe.step()`` calls); otherwise the function has to check :func:`stop_requested`.
         """
         self._stop.set()
+        self._arm()
+
+    # the stop check at step boundaries: installed by stop(), removed when the run ends
+    def _arm(self) -> None:
+        """Check for the stop at every step boundary of the loop: a callback on every attached
+        probe (``probe.on_step``) and a global optimizer step hook (for a probe created after
+        ``stop()`` or a loop without one).  Both run on the training thread after the step is
+        complete, and do nothing on any other thread."""
+        with self._arm_lock:
+            if self._armed or self._done.is_set():
+                return
+            self._armed = True
+            handles: list[Any] = []
+            probe_mod = sys.modules.get("trainscope.probe")
+            attached = getattr(probe_mod, "_ATTACHED", None)
+            if attached is not None:
+                for probe in list(attached.values()):
+                    with contextlib.suppress(Exception):
+                        handles.append(probe.on_step(self._check_here))
+            optim_mod = sys.modules.get("torch.optim.optimizer")
+            register = getattr(optim_mod, "register_optimizer_step_post_hook", None)
+            if register is not None:
+                with contextlib.suppress(Exception):
+                    handles.append(register(self._check_after_optimizer_step))
+            self._stop_handles = handles
+
+    def _disarm(self) -> None:
+        with self._arm_lock:
+            handles, self._stop_handles = self._stop_handles, []
+            self._armed = True  # a stop() after the end installs nothing
+        for h in handles:
+            with contextlib.suppress(Exception):
+                h.remove()
+
+    def _check_here(self, *_: Any) -> None:
+        if threading.get_ident() == self._thread.ident and self._stop.is_set():
+            self._stop_raised = True
+            raise StopTraining(f"stopped by {self.name}.stop()")
+
+    def _check_after_optimizer_step(self, *_: Any) -> None:
+        self._check_here()
 
     def join(self, timeout: float | None = None) -> Any:
         """Wait for the run; return its result or re-raise its exception (not for ``stop()``)."""
@@ -186,5 +234,32 @@ def fit_in_background(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> B
     global _counter
     _counter += 1
     run = BackgroundRun(fn, args, kwargs, name=f"trainscope-fit-{_counter}")
+    _LIVE[:] = [r for r in _LIVE if not r.done]
+    _LIVE.append(run)
     run._thread.start()
     return run
+
+
+_LIVE: list[BackgroundRun] = []  # started runs not yet seen finished (pruned at each start)
+EXIT_TIMEOUT = 10.0
+"""Seconds the interpreter waits at exit for a running background loop to stop."""
+
+
+def _stop_all_at_exit() -> None:
+    """Stop every running background loop before the interpreter shuts down: a daemon thread
+    left inside torch while Python finalizes aborts the process ("terminate called without an
+    active exception")."""
+    runs = [r for r in _LIVE if r.running]
+    for r in runs:
+        r.stop()
+    deadline = time.monotonic() + EXIT_TIMEOUT
+    for r in runs:
+        if not r._done.wait(max(deadline - time.monotonic(), 0.0)):
+            print(
+                f"trainscope: {r.name} did not reach a step boundary within {EXIT_TIMEOUT:.0f} s "
+                "of exit; it is abandoned (the loop never stepped a watched model or optimizer)",
+                file=sys.stderr,
+            )
+
+
+atexit.register(_stop_all_at_exit)

@@ -6,6 +6,7 @@ the writer, the reader and the tests share one codec.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
@@ -84,11 +85,16 @@ def fsync_dir(path: str) -> None:
 def atomic_write(path: str, data: bytes, *, fsync: bool = True) -> None:
     """Write ``data`` to ``path`` so that readers see either the old file or the whole new one."""
     tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        if fsync:
-            f.flush()
-            os.fsync(f.fileno())
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
+    except BaseException:  # a full disk must not leave a partial temporary file behind
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
     os.replace(tmp, path)
     if fsync:
         fsync_dir(os.path.dirname(os.path.abspath(path)))

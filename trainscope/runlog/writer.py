@@ -4,17 +4,22 @@ The writer subscribes to the history.  Its callback runs on the thread that reco
 training thread) and only *collects* what is new -- a few small array copies, no I/O; a background
 thread encodes and appends it to the current segment every ``flush_interval`` seconds, and
 compacts the directory when the segment grows past its budget.  Nothing here syncs a device or
-raises into the training loop: an I/O error (disk full, directory removed) is recorded in
-:attr:`RunWriter.errors`, reported once as a ``RuntimeWarning``, and the writer stops.
+raises into the training loop: an I/O error (disk full, directory removed, file too large) is
+recorded in :attr:`RunWriter.errors` (and in ``probe.errors`` of the probe that owns the writer),
+reported once as a ``RuntimeWarning``, and the writer stops for good: it unsubscribes from the
+history and drops what it had queued, so a failed writer holds no memory however long training
+goes on; a half-written record is cut off, so what was written stays readable.
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import platform
 import threading
 import time
+import traceback
 import warnings
 import weakref
 from collections.abc import Callable
@@ -145,12 +150,13 @@ class RunWriter:
 
     # ------------------------------------------------------------------ collecting (training thread)
     def _on_update(self, update: Update) -> None:
-        if not self._closed:
+        if not (self._closed or self._failed):
             self._collect()
 
     def _collect(self) -> None:
         with self.history.lock, self._lock:
-            self._extract_locked()
+            if not self._failed:
+                self._extract_locked()
 
     def _extract_locked(self) -> None:
         """Queue everything the history holds that is not queued yet (history lock held)."""
@@ -347,11 +353,30 @@ class RunWriter:
         self.stats["compactions"] += 1
 
     def _fail(self, e: BaseException) -> None:
+        """Stop for good after an I/O error: hold no data any more, keep what was written
+        readable, and say so once (``errors``, the owning probe's ``errors``, one warning)."""
+        first = not self._failed
         self._failed = True
-        self.errors.append(f"{type(e).__name__}: {e}")
+        with self._lock:
+            self._queue = []  # nothing will ever drain it
+        sub = getattr(self, "_sub", None)
+        if sub is not None:  # no more updates: nothing is collected for it any more
+            sub.remove()
+        if self._fd is not None:
+            with contextlib.suppress(OSError):  # cut off a half-written record
+                os.ftruncate(self._fd, self._seg_bytes)
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = None
+        if not first:
+            return
+        msg = f"{type(e).__name__}: {e}"
+        self.errors.append(msg)
+        _tell_owner(self, msg)
         warnings.warn(
             f"trainscope: writing the run directory {self.path!r} failed and stopped "
-            f"({type(e).__name__}: {e}); training continues. Details: writer.errors",
+            f"({msg}); training continues, and what was written before stays readable. "
+            "Details: writer.errors",
             RuntimeWarning,
             stacklevel=2,
         )
@@ -400,6 +425,28 @@ class RunWriter:
                 os.close(self._fd)
         except Exception:
             pass
+
+
+def _tell_owner(writer: RunWriter, msg: str) -> None:
+    """Add a failure to ``probe.errors`` of the attached probe whose ``run_writer`` this is."""
+    import sys
+
+    mod = sys.modules.get("trainscope.probe")
+    attached = getattr(mod, "_ATTACHED", None)
+    if attached is None:
+        return
+    try:
+        for probe in list(attached.values()):
+            if getattr(probe, "run_writer", None) is writer:
+                errors = probe.errors
+                if len(errors) < 1000:
+                    errors.append(
+                        mod.ProbeError(  # type: ignore[union-attr]
+                            "logdir", int(probe.step_count), msg, traceback.format_exc()
+                        )
+                    )
+    except Exception:  # pragma: no cover - reporting must never fail the writer thread
+        pass
 
 
 def _unlink(path: str) -> None:
