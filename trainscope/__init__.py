@@ -110,18 +110,31 @@ def show(source: Any, **kwargs: Any) -> Any:
     return _show(source, **kwargs)
 
 
-def open(path: Any, *, follow: bool | str = "auto", interval: float = 0.5) -> Any:
-    """Open a saved run directory (``Probe(..., logdir=path)``) into a History-backed run.
+def open(
+    path: Any, *, follow: bool | str = "auto", interval: float = 0.5, display: bool = True
+) -> Any:
+    """Open a saved run directory (``Probe(..., logdir=path)``) and, in a notebook, show it.
 
     ``path`` may be one run directory (returns a :class:`~trainscope.runlog.Run`), a list of them,
     or a directory of runs (a :class:`~trainscope.runlog.RunSet`, overlaid).  A run still being
-    written by another process is followed live (``follow="auto"``).  In Jupyter, displaying the
-    result shows the dashboard read-only; ``run.history`` is an ordinary :class:`History`.
+    written by another process is followed live (``follow="auto"``).
+
+    In Jupyter (or IPython) the read-only dashboard is displayed at once, whether the result is
+    assigned (``run = trainscope.open(...)``) or not, and only once; ``display=False`` opts out
+    (display it later with ``run.show()`` or a cell ending in ``run``).  In a plain script
+    nothing is displayed.  ``run.history`` is an ordinary :class:`History`.
     Not in ``__all__``: ``from trainscope import *`` must not shadow the built-in ``open``.
     """
+    import sys
+
     from .runlog import open_run
 
-    return open_run(path, follow=follow, interval=interval)
+    run = open_run(path, follow=follow, interval=interval)
+    if display and "IPython" in sys.modules:  # a script that never imported IPython: nothing to show
+        from .widgets.api import show_run
+
+        show_run(run)
+    return run
 
 
 def fit_in_background(fn: Any, /, *args: Any, **kwargs: Any) -> Any:

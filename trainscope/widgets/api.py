@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Sequence
+from types import FrameType
 from typing import Any
 
 from torch import nn
@@ -13,7 +15,7 @@ from ..probe import Probe
 from . import _live
 from .dashboard import Dashboard
 
-__all__ = ["show", "watch"]
+__all__ = ["show", "show_run", "watch"]
 
 _DASHBOARD_KW = (
     "delivery",
@@ -25,14 +27,81 @@ _DASHBOARD_KW = (
 )
 
 
-def _display(widget: Any) -> None:
-    """Display in a notebook; in a plain script (no IPython) there is nothing to show."""
+def _display(obj: Any) -> bool:
+    """Display ``obj`` in IPython / Jupyter, once per cell: a call that displays what it returns
+    (``watch()``, ``show()``, ``open()``) leaves nothing for the cell's automatic display of its
+    last expression to show again, so ``trainscope.watch(model)`` on its own line and
+    ``scope = trainscope.watch(model)`` both show one dashboard.  In a plain script (no IPython)
+    there is nothing to show.  Returns whether it displayed."""
+    ip = _ipython()
+    if ip is None:
+        return False
+    from IPython.display import display
+
+    display(obj)
+    _not_again_in_this_cell(obj, ip)
+    return True
+
+
+def _ipython() -> Any:
     with contextlib.suppress(ImportError):
         from IPython import get_ipython
+
+        return get_ipython()
+    return None
+
+
+def _not_again_in_this_cell(obj: Any, ip: Any) -> None:
+    """Give ``obj`` an instance ``_ipython_display_`` that skips the displayhook's call in the
+    cell that is running now (the value was just displayed) and displays as usual otherwise:
+    from a later cell, or an explicit ``display()`` / ``trainscope.show()``."""
+    count = ip.execution_count
+    old = obj.__dict__.get("_ipython_display_")
+
+    def _ipython_display_() -> None:
+        if ip.execution_count == count and _in_displayhook():
+            return
         from IPython.display import display
 
-        if get_ipython() is not None:
-            display(widget)
+        mine = obj.__dict__.pop("_ipython_display_", None)  # display it the way its class does
+        try:
+            display(obj)
+        finally:
+            if mine is not None:
+                obj.__dict__["_ipython_display_"] = mine
+
+    if old is not None and getattr(old, "__qualname__", "").startswith(
+        "_not_again_in_this_cell"
+    ):
+        obj.__dict__.pop("_ipython_display_")
+    try:
+        obj.__dict__["_ipython_display_"] = _ipython_display_
+    except (AttributeError, TypeError):  # no instance dict: it may show twice, nothing worse
+        pass
+
+
+def _in_displayhook() -> bool:
+    """Whether IPython's displayhook (the automatic ``Out[n]`` display of a cell's last
+    expression) is on the call stack, as opposed to an explicit ``display()``."""
+    try:
+        from IPython.core.displayhook import DisplayHook
+    except ImportError:
+        return False
+    f: FrameType | None = sys._getframe(1)
+    for _ in range(30):
+        if f is None:
+            return False
+        if f.f_code.co_name == "__call__" and isinstance(f.f_locals.get("self"), DisplayHook):
+            return True
+        f = f.f_back
+    return False
+
+
+def show_run(run: Any) -> bool:
+    """Display a saved run (a :class:`~trainscope.runlog.Run` or ``RunSet``) the way displaying
+    it as a cell's value does (its read-only dashboard), once per cell; what
+    :func:`trainscope.open` does in a notebook.  Returns whether it displayed."""
+    return _display(run)
 
 
 def watch(
