@@ -2,8 +2,8 @@
 // Every click sends {kind: "action", action, params, id}; Python validates, queues it for the
 // next step boundary and acknowledges it through the `tickets` trait.
 import { h, pointerGuard } from "./lib/dom.js";
-import { collectParams, defaultParams, requestId, splitFields } from "./lib/forms.js";
-import { describeTicket, formatInt } from "./lib/format.js";
+import { categoryTitle, choiceLabel, collectParams, defaultParams, fieldLabel, paramSummary, recommended, requestId, splitFields } from "./lib/forms.js";
+import { describeTicket, formatDuration, formatInt } from "./lib/format.js";
 
 /** @typedef {import("./lib/model_types.js").ActionSpec} ActionSpec */
 /** @typedef {import("./lib/model_types.js").TicketView} TicketView */
@@ -22,6 +22,10 @@ function render({ model, el }) {
   const forms = new Map();
   /** @type {Map<string, {id: string, label: string, status: string, message: string}>} */
   const local = new Map();
+  /** @type {Set<string>} categories the user opened (they stay open over redraws) */
+  const openCats = new Set();
+  /** @type {Set<string>} layer pickers showing the parameter-free modules too */
+  const showAllLayers = new Set();
 
   const tabBar = h("div", { cls: "trainscope-tabs" });
   const panel = h("div", { cls: "trainscope-panel" });
@@ -53,6 +57,62 @@ function render({ model, el }) {
   };
 
   // ------------------------------------------------------------ interventions
+  /**
+   * Layers to act on: a compact dropdown of checkboxes in forward order; modules without
+   * parameters (activations, pooling...) are behind "show all" unless already chosen.
+   * @param {string} action
+   * @param {string} name
+   * @param {Record<string, any>} values
+   * @param {boolean} allowAll
+   */
+  const layerPicker = (action, name, values, allowAll) => {
+    const layers = model.get("layers") || [];
+    const nparams = model.get("layer_params") || [];
+    const key = `${action}.${name}`;
+    const chosen = () => {
+      const v = values[name];
+      return v === "all" ? ["all"] : Array.isArray(v) ? v.map(String) : v ? [String(v)] : [];
+    };
+    const summary = h("summary", { cls: "trainscope-picker-summary" });
+    const describe = () => {
+      const c = chosen();
+      summary.textContent = c.includes("all") ? "all layers" : c.length === 0 ? "choose layers" : c.length <= 2 ? c.join(", ") : `${c.slice(0, 2).join(", ")} +${c.length - 2}`;
+    };
+    const list = h("div", { cls: "trainscope-picker-list" });
+    const drawList = () => {
+      const c = chosen();
+      const rows = [];
+      if (allowAll) rows.push(["all", "all layers", true]);
+      let hidden = 0;
+      layers.forEach((/** @type {string} */ l, /** @type {number} */ i) => {
+        const free = (nparams[i] ?? 1) === 0;
+        if (free && !showAllLayers.has(key) && !c.includes(l)) { hidden += 1; return; }
+        rows.push([l, free ? `${l} (no parameters)` : l, !free]);
+      });
+      list.replaceChildren(...rows.map(([value, text, strong]) => {
+        const cb = /** @type {HTMLInputElement} */ (h("input", { attrs: { type: "checkbox", value: String(value) } }));
+        cb.checked = c.includes(String(value));
+        cb.addEventListener("change", () => {
+          let next = chosen().filter((x) => x !== "all");
+          if (value === "all") next = cb.checked ? ["all"] : [];
+          else if (cb.checked) next.push(String(value));
+          else next = next.filter((x) => x !== value);
+          values[name] = next.includes("all") ? "all" : next;
+          describe();
+          drawList();
+        });
+        return h("label", { cls: `trainscope-picker-item ${strong ? "" : "is-free"}` }, [cb, h("span", { text: String(text) })]);
+      }), ...(hidden ? [(() => {
+        const more = h("button", { cls: "trainscope-linklike", text: `show ${hidden} module${hidden > 1 ? "s" : ""} without parameters` });
+        more.addEventListener("click", (e) => { e.preventDefault(); showAllLayers.add(key); drawList(); });
+        return more;
+      })()] : []));
+    };
+    describe();
+    drawList();
+    return /** @type {HTMLElement} */ (h("details", { cls: "trainscope-picker" }, [summary, list]));
+  };
+
   /** @param {ActionSpec} spec */
   const actionCard = (spec) => {
     const layers = model.get("layers") || [];
@@ -62,25 +122,24 @@ function render({ model, el }) {
     /** @param {string} name */
     const field = (name) => {
       const p = spec.schema[name];
-      /** @type {HTMLInputElement | HTMLSelectElement} */
+      /** @type {HTMLElement} */
       let input;
       if (p.type === "bool") {
         const cb = /** @type {HTMLInputElement} */ (h("input", { attrs: { type: "checkbox" } }));
         cb.checked = Boolean(values[name]);
         cb.addEventListener("change", () => { values[name] = cb.checked; });
         input = cb;
-      } else if (p.type === "choice" || p.type === "layer" || p.type === "layers") {
-        let options = p.type === "choice" ? (p.choices || []).map(String) : layers.slice();
-        if (p.type === "layers" && p.default === "all") options = ["all", ...options];
-        const blank = (p.nullable || (!p.required && (p.default === null || p.default === undefined))) && p.type !== "layers";
-        const optionEls = options.map((o) => h("option", { text: o, attrs: { value: o } }));
+      } else if (p.type === "layers") {
+        input = layerPicker(spec.name, name, values, p.default === "all");
+      } else if (p.type === "choice" || p.type === "layer") {
+        const options = p.type === "choice" ? (p.choices || []).map(String) : layers.slice();
+        const blank = p.nullable || (!p.required && (p.default === null || p.default === undefined));
+        const optionEls = options.map((o) => h("option", { text: p.type === "choice" ? choiceLabel(o) : o, attrs: { value: o } }));
         if (blank) optionEls.unshift(h("option", { text: "(default)", attrs: { value: "" } }));
-        const sel = /** @type {HTMLSelectElement} */ (h("select", p.type === "layers" ? { attrs: { multiple: "", size: "3" } } : {}, optionEls));
+        const sel = /** @type {HTMLSelectElement} */ (h("select", {}, optionEls));
         const current = values[name];
-        for (const opt of Array.from(sel.options)) opt.selected = Array.isArray(current) ? current.includes(opt.value) : String(current ?? "") === opt.value;
-        sel.addEventListener("change", () => {
-          values[name] = p.type === "layers" ? Array.from(sel.selectedOptions).map((o) => o.value) : sel.value;
-        });
+        for (const opt of Array.from(sel.options)) opt.selected = String(current ?? "") === opt.value;
+        sel.addEventListener("change", () => { values[name] = sel.value; });
         input = sel;
       } else {
         const numeric = p.type === "int" || p.type === "float";
@@ -90,12 +149,12 @@ function render({ model, el }) {
         input = inp;
       }
       input.classList.add(`trainscope-param-${name}`);
-      return h("label", { cls: "trainscope-field", title: p.help || "" }, [h("span", { text: name }), input]);
+      return h("label", { cls: "trainscope-field", title: `${name}${p.help ? `: ${p.help}` : ""}` }, [h("span", { text: fieldLabel(name, p) }), input]);
     };
     const { main, more } = splitFields(spec.schema);
     const fields = main.map(field);
     const extra = more.length ? h("details", { cls: "trainscope-more" }, [h("summary", { text: `${more.length} more option${more.length > 1 ? "s" : ""}` }), h("div", { cls: "trainscope-fields" }, more.map(field))]) : null;
-    const button = /** @type {HTMLButtonElement} */ (h("button", { cls: `trainscope-btn trainscope-action-${spec.name}`, text: spec.label, title: spec.description }));
+    const button = /** @type {HTMLButtonElement} */ (h("button", { cls: `trainscope-btn trainscope-btn-secondary trainscope-action-${spec.name}`, text: spec.label, title: spec.description }));
     button.disabled = Boolean(model.get("read_only"));
     button.addEventListener("click", () => {
       const r = collectParams(spec.schema, values);
@@ -127,11 +186,51 @@ function render({ model, el }) {
     }
     const parts = [];
     if (ro) parts.push(h("div", { cls: "trainscope-readonly", text: ro }));
+    else parts.push(recommendBox);
     if (!actions.length) parts.push(h("div", { cls: "trainscope-empty", text: "No interventions are registered." }));
+    if (byCat.size) parts.push(h("div", { cls: "trainscope-section-title", text: ro ? "Interventions (not available here)" : "All interventions" }));
     for (const [cat, list] of byCat) {
-      parts.push(h("div", { cls: "trainscope-category" }, [h("div", { cls: "trainscope-section-title", text: cat }), h("div", { cls: "trainscope-cards" }, list.map(actionCard))]));
+      const det = /** @type {HTMLDetailsElement} */ (h("details", { cls: "trainscope-category", attrs: { "data-category": cat } }, [
+        h("summary", { cls: "trainscope-category-summary" }, [
+          h("b", { text: categoryTitle(cat) }),
+          h("span", { cls: "trainscope-muted", text: ` ${list.map((/** @type {ActionSpec} */ a) => a.label).join(" · ")}` }),
+        ]),
+        h("div", { cls: "trainscope-cards" }, list.map(actionCard)),
+      ]));
+      det.open = openCats.has(cat);
+      det.addEventListener("toggle", () => { if (det.open) openCats.add(cat); else openCats.delete(cat); });
+      parts.push(det);
     }
     return parts;
+  };
+
+  // the top suggestion of the diagnosis, as one prominent button with its parameters spelled out
+  const recommendBox = h("div", { cls: "trainscope-recommend" });
+  const drawRecommend = () => {
+    const f = model.get("findings") || {};
+    const rec = recommended(f.items || []);
+    if (!rec) {
+      recommendBox.replaceChildren(h("div", { cls: "trainscope-recommend-none" }, [
+        h("b", { text: "Nothing to fix right now. " }),
+        h("span", { cls: "trainscope-muted", text: f.available === false ? (f.message || "diagnosis unavailable") : "When the diagnosis finds a problem, its fix appears here as one click; every intervention is below." }),
+      ]));
+      return;
+    }
+    const { finding, fix } = rec;
+    const b = /** @type {HTMLButtonElement} */ (h("button", { cls: `trainscope-btn trainscope-btn-primary trainscope-recommend-btn trainscope-suggest-${fix.action}`, text: fix.label || fix.action }));
+    b.disabled = Boolean(model.get("read_only"));
+    b.addEventListener("click", () => send(fix.action, fix.params || {}, fix.label || fix.action));
+    const params = paramSummary(fix.params || {});
+    recommendBox.replaceChildren(
+      h("div", { cls: "trainscope-section-title", text: "Recommended" }),
+      h("div", { cls: "trainscope-recommend-row" }, [
+        b,
+        h("div", { cls: "trainscope-recommend-why" }, [
+          h("div", {}, [h("span", { cls: `trainscope-badge severity-${finding.severity}`, text: finding.severity }), h("span", { text: ` ${finding.title}` })]),
+          params ? h("div", { cls: "trainscope-muted", text: `with ${params}` }) : null,
+        ]),
+      ]),
+    );
   };
 
   // ------------------------------------------------------------ findings
@@ -157,7 +256,7 @@ function render({ model, el }) {
               return chip;
             }))
           : null,
-        it.interventions && it.interventions.length
+        it.active && it.interventions && it.interventions.length
           ? h("div", { cls: "trainscope-suggested" }, it.interventions.map((iv) => {
               const b = /** @type {HTMLButtonElement} */ (h("button", { cls: `trainscope-btn trainscope-suggest-${iv.action}`, text: iv.label || iv.action }));
               b.disabled = ro;
@@ -218,9 +317,12 @@ function render({ model, el }) {
         b.addEventListener("click", () => send("undo", { ticket: full.id }, `Undo ${full.label}`));
         undo = b;
       }
-      const text = t.status === "sending" ? t.message : describeTicket(full);
-      return h("div", { cls: `trainscope-ticket status-${t.status}`, attrs: { "data-ticket": t.id } }, [
-        h("span", { cls: `trainscope-badge status-${t.status}`, text: t.status }),
+      /** @type {{id?: string, seconds?: number}} */
+      const busy = model.get("busy") || {};
+      const running = t.status === "pending" && busy.id === t.id;
+      const text = t.status === "sending" ? t.message : running ? `running for ${formatDuration(busy.seconds)} – training is paused until it finishes` : describeTicket(full);
+      return h("div", { cls: `trainscope-ticket status-${t.status} ${running ? "is-running" : ""}`, attrs: { "data-ticket": t.id } }, [
+        h("span", { cls: `trainscope-badge status-${running ? "running" : t.status}`, text: running ? "running" : t.status }),
         h("span", { cls: "trainscope-ticket-label", text: ` ${t.label} ` }),
         h("span", { cls: "trainscope-ticket-text", text }),
         full.latency_ms !== null && full.latency_ms !== undefined && full.status === "applied" ? h("span", { cls: "trainscope-muted", text: ` (${Math.round(full.latency_ms)} ms)` }) : null,
@@ -263,12 +365,17 @@ function render({ model, el }) {
   const drawPanel = () => {
     drawTabs();
     const content = tab === "interventions" ? drawInterventions() : tab === "findings" ? drawFindings() : drawChecklist();
+    panel.classList.toggle("is-interventions", tab === "interventions");
     panel.replaceChildren(...content);
   };
 
   // the intervention forms (and what is typed in them) are rebuilt only when the actions, the
   // layers or read-only change; new findings only update the tab counts there
-  const onFindings = () => (tab === "interventions" ? guard.run("tabs", drawTabs) : guard.run("panel", drawPanel));
+  const onFindings = () => {
+    guard.run("recommend", drawRecommend);
+    if (tab === "interventions") guard.run("tabs", drawTabs);
+    else guard.run("panel", drawPanel);
+  };
   const onPanel = () => guard.run("panel", drawPanel);
   const onActivity = () => guard.run("activity", drawActivity);
   model.on("change:actions", onPanel);
@@ -279,6 +386,9 @@ function render({ model, el }) {
   model.on("change:checklist", onFindings);
   model.on("change:tickets", onActivity);
   model.on("change:delivery", onActivity);
+  model.on("change:busy", onActivity);
+  model.on("change:layer_params", onPanel);
+  drawRecommend();
   drawPanel();
   drawActivity();
   return () => {
@@ -291,6 +401,8 @@ function render({ model, el }) {
     model.off("change:checklist", onFindings);
     model.off("change:tickets", onActivity);
     model.off("change:delivery", onActivity);
+    model.off("change:busy", onActivity);
+    model.off("change:layer_params", onPanel);
   };
 }
 

@@ -14,13 +14,29 @@ function fact(label, value, cls = "", title = "") {
   return h("span", { cls: `trainscope-fact ${cls}`, title }, [h("span", { cls: "trainscope-fact-label", text: label }), h("span", { cls: "trainscope-fact-value", text: value })]);
 }
 
-/** @param {HeaderState} s */
-function stateClass(s) {
+/**
+ * What the run is doing, in words a user reads at a glance (the raw state is in the tooltip).
+ * @param {HeaderState} s
+ * @returns {{text: string, cls: string, title: string}}
+ */
+export function runState(s) {
   const r = s.run_state || "";
-  if (r.startsWith("running")) return "is-running";
-  if (r.startsWith("error") || r === "interrupted" || r.startsWith("failed")) return "is-error";
-  if (r === "finished" || r.startsWith("stopped")) return "is-done";
-  return "is-idle";
+  const step = formatInt(s.step);
+  if (s.busy) {
+    return {
+      text: `training paused: ${s.busy.label} (${formatDuration(s.busy.seconds)})`,
+      cls: "is-paused",
+      title: `${s.busy.label} runs on the training thread; training continues after it`,
+    };
+  }
+  if (r.startsWith("running")) {
+    const bg = r.includes("background");
+    return { text: bg ? "training running (background)" : "training running", cls: "is-running", title: `the training ${bg ? "thread" : "cell"} is running; the dashboard updates live (step ${step})` };
+  }
+  if (r === "idle") return { text: "finished", cls: "is-done", title: `the training cell ended at step ${step}; run it again to continue` };
+  if (r === "finished" || r.startsWith("stopped")) return { text: r, cls: "is-done", title: `step ${step}` };
+  if (r.startsWith("error") || r === "interrupted" || r.startsWith("failed")) return { text: r, cls: "is-error", title: `the training cell ended at step ${step}` };
+  return { text: r || "…", cls: "is-idle", title: "" };
 }
 
 /** @type {import("@anywidget/types").Render<import("./lib/model_types.js").HeaderModel>} */
@@ -32,35 +48,44 @@ function render({ model, el }) {
     /** @type {HeaderState} */
     const s = model.get("state") || {};
     const d = s.delivery || { name: "none", live: false, note: "" };
+    const active = Boolean(s.cell_running || s.busy || (s.run_state || "").startsWith("running"));
     const facts = [
       fact("step", formatInt(s.step) + (s.total_steps ? ` / ${formatInt(s.total_steps)}` : ""), "trainscope-step"),
       s.epoch !== null && s.epoch !== undefined ? fact("epoch", String(s.epoch)) : null,
-      s.steps_per_s ? fact("speed", `${formatValue(s.steps_per_s)} steps/s`) : null,
+      s.steps_per_s ? fact("speed", `${s.steps_per_s >= 10 ? formatInt(s.steps_per_s) : formatValue(s.steps_per_s)} steps/s`) : null,
       s.eta_s !== null && s.eta_s !== undefined ? fact("ETA", formatDuration(s.eta_s)) : null,
       fact("loss", formatValue(s.loss), "trainscope-loss"),
       s.val_loss !== null && s.val_loss !== undefined ? fact("val", formatValue(s.val_loss)) : null,
       s.lr !== null && s.lr !== undefined ? fact("lr", formatValue(s.lr, "sci")) : null,
-      fact("probe overhead", s.overhead === null || s.overhead === undefined ? "–" : formatPercent(s.overhead), "", "the probe's own timed work as a share of step time; PyTorch's dispatch of its hooks and cache effects are not in it (on sub-millisecond steps the end-to-end cost is about twice this: README, Overhead)"),
-      s.ui_overhead !== null && s.ui_overhead !== undefined ? fact("dashboard", formatPercent(s.ui_overhead), "", "time the dashboard spends at step boundaries, as a share of wall time") : null,
+      fact("probe overhead", s.overhead === null || s.overhead === undefined ? "–" : formatPercent(s.overhead), "trainscope-minor", "the probe's own timed work as a share of step time; PyTorch's dispatch of its hooks and cache effects are not in it (on sub-millisecond steps the end-to-end cost is about twice this: README, Overhead)"),
+      s.ui_overhead !== null && s.ui_overhead !== undefined ? fact("dashboard", formatPercent(s.ui_overhead), "trainscope-minor", "time the dashboard spends at step boundaries, as a share of wall time") : null,
     ];
-    const deliveryBadge = s.delivery
-      ? h("span", {
-          cls: `trainscope-badge trainscope-delivery ${d.live ? "is-live" : "is-deferred"}`,
-          title: d.note,
-          text: d.live ? `clicks: live (${d.name})` : d.name === "read-only" ? "read-only" : "clicks apply after this cell",
-        })
-      : null;
+    // how clicks reach the loop matters while it runs; the mechanism is in the tooltip
+    let deliveryBadge = null;
+    if (d.name === "read-only") {
+      deliveryBadge = h("span", { cls: "trainscope-badge trainscope-delivery is-deferred", title: "a saved run: there is no training to act on", text: "read-only", attrs: { "data-delivery": d.name } });
+    } else if (s.delivery && active) {
+      deliveryBadge = h("span", {
+        cls: `trainscope-badge trainscope-delivery ${d.live ? "is-live" : "is-deferred"}`,
+        title: d.live
+          ? `Clicks take effect at the next step of the running loop (delivery: ${d.name}; ${d.note}).`
+          : `Jupyter holds clicks until this cell finishes (delivery: ${d.name}; ${d.note}).`,
+        text: d.live ? "clicks act live" : "clicks wait for this cell",
+        attrs: { "data-delivery": d.name },
+      });
+    }
     const deferredWarning = s.cell_running && s.delivery && !d.live && d.name !== "read-only"
       ? h("span", { cls: "trainscope-warning", text: "Jupyter holds clicks until this cell finishes; they will apply at the next step after it." })
       : null;
     const ack = s.last_ack
-      ? h("span", { cls: `trainscope-last-ack status-${s.last_ack.status}`, text: `${s.last_ack.label}: ${describeTicket(s.last_ack)}` })
+      ? h("span", { cls: `trainscope-last-ack status-${s.last_ack.status}`, text: `last action: ${s.last_ack.label} – ${s.last_ack.status}${s.last_ack.applied_step !== null && s.last_ack.applied_step !== undefined && s.last_ack.status === "applied" ? ` at step ${formatInt(s.last_ack.applied_step)}` : ""}` })
       : null;
+    const st = runState(s);
     const rows = [
       h("div", { cls: "trainscope-header-row" }, [
         h("span", { cls: "trainscope-brand", text: "trainscope" }),
         h("span", { cls: "trainscope-title", text: s.title || "" }),
-        h("span", { cls: `trainscope-badge trainscope-state ${stateClass(s)}`, text: s.run_state || "…" }),
+        h("span", { cls: `trainscope-badge trainscope-state ${st.cls}`, title: st.title, text: st.text, attrs: { "data-state": s.run_state || "" } }),
         ...facts,
         deliveryBadge,
         s.errors ? h("span", { cls: "trainscope-badge is-error", title: "internal probe errors (training was not affected): probe.errors", text: `${s.errors} probe errors` }) : null,

@@ -272,9 +272,10 @@ def test_click_is_queued_then_applied_at_the_next_step(
     ev = [e for e in live.dash.history.events if e.kind == "intervention"]
     assert ev and ev[-1].step == 11 and ev[-1].data["ticket"] == "c1"
     _end_cell()
-    assert live.dash.curves.event_lines.visible and list(live.dash.curves.event_labels.text) == [
-        "Scale (test) @11"
-    ]
+    c = live.dash.curves
+    assert c.event_lines.visible and list(c.event_numbers.text) == ["1"]
+    assert list(c.event_marks.names) == ["1. Scale (test) at step 11"]
+    assert c.marks_list.value == "1: Scale (test) @ 11"
     assert "applied" in json.dumps(live.dash.header.state["last_ack"])
     # undo, from the activity list
     _click(

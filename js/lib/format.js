@@ -1,7 +1,20 @@
 // Pure formatting helpers (no DOM): numbers, percentages, durations, ticket texts.
 
 /**
- * A number as short text: 4 significant digits, scientific outside [1e-3, 1e4).
+ * Scientific notation without padding zeros: 1e-4, 2.5e-3, 1.23e5 (never "1.00e-4" or "9.98e0").
+ * @param {number} v
+ * @param {number} digits significant digits
+ * @returns {string}
+ */
+function sci(v, digits) {
+  const [m, e] = v.toExponential(digits - 1).split("e");
+  const mant = m.includes(".") ? m.replace(/0+$/, "").replace(/\.$/, "") : m;
+  return `${mant}e${e.replace("+", "")}`;
+}
+
+/**
+ * A number as short text: 4 significant digits (3 for "sci"), scientific only outside
+ * [1e-3, 1e4): 9.98, 13.7, 0.05, 1e-4, 1.23e5.
  * null/undefined -> "–" (not applicable); "inf" / "-inf" strings (JSON has no Infinity) pass through.
  * @param {number | string | null | undefined} v
  * @param {"num" | "pct" | "sci"} [fmt]
@@ -15,8 +28,9 @@ export function formatValue(v, fmt = "num") {
   if (fmt === "pct") return formatPercent(v);
   if (v === 0) return "0";
   const a = Math.abs(v);
-  if (fmt === "sci" || a < 1e-3 || a >= 1e4) return v.toExponential(2).replace("e+", "e");
-  return String(Number(v.toPrecision(4)));
+  const digits = fmt === "sci" ? 3 : 4;
+  if (a < 1e-3 || a >= 1e4) return sci(v, 3);
+  return String(Number(v.toPrecision(digits)));
 }
 
 /**
@@ -59,6 +73,15 @@ export function formatInt(n) {
 }
 
 /**
+ * Step numbers inside a message from Python ("undone at step 17957") with thousands separators.
+ * @param {string} text
+ * @returns {string}
+ */
+export function groupSteps(text) {
+  return text.replace(/\b(steps? )(\d{4,})\b/g, (_m, w, n) => `${w}${formatInt(Number(n))}`);
+}
+
+/**
  * One line describing where a request stands.
  * @param {{status: string, message?: string, applied_step?: number | null, latency_ms?: number | null}} t
  * @returns {string}
@@ -69,16 +92,16 @@ export function describeTicket(t) {
       return "pending: applies at the next step";
     case "applied": {
       const at = t.applied_step === null || t.applied_step === undefined ? "" : ` at step ${formatInt(t.applied_step)}`;
-      const msg = t.message && !t.message.startsWith("applied at step") ? ` – ${t.message}` : "";
+      const msg = t.message && !t.message.startsWith("applied at step") ? ` – ${groupSteps(t.message)}` : "";
       return `applied${at}${msg}`;
     }
     case "undone":
-      return t.message || "undone";
+      return groupSteps(t.message || "undone");
     case "refused":
-      return `refused: ${t.message || "no reason given"}`;
+      return `refused: ${groupSteps(t.message || "no reason given")}`;
     case "failed":
-      return `failed: ${t.message || "no reason given"}`;
+      return `failed: ${groupSteps(t.message || "no reason given")}`;
     default:
-      return t.message || t.status;
+      return groupSteps(t.message || t.status);
   }
 }

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { describeTicket, formatDuration, formatInt, formatPercent, formatValue } from "./format.js";
+import { describeTicket, formatDuration, formatInt, formatPercent, formatValue, groupSteps } from "./format.js";
 
 describe("formatValue", () => {
   it("keeps four significant digits in the plain range", () => {
@@ -10,7 +10,14 @@ describe("formatValue", () => {
   it("switches to scientific notation outside [1e-3, 1e4)", () => {
     expect(formatValue(0.000123)).toBe("1.23e-4");
     expect(formatValue(123456)).toBe("1.23e5");
-    expect(formatValue(0.5, "sci")).toBe("5.00e-1");
+    expect(formatValue(0.0001)).toBe("1e-4");
+    expect(formatValue(0.00025, "sci")).toBe("2.5e-4");
+  });
+  it("writes plain numbers in the plain range, also for sci columns (9.98, not 9.98e0)", () => {
+    expect(formatValue(9.98, "sci")).toBe("9.98");
+    expect(formatValue(13.7, "sci")).toBe("13.7");
+    expect(formatValue(0.05, "sci")).toBe("0.05");
+    expect(formatValue(0.107, "sci")).toBe("0.107");
   });
   it("shows missing and non-finite values distinctly", () => {
     expect(formatValue(null)).toBe("–");
@@ -49,5 +56,9 @@ describe("describeTicket", () => {
     expect(describeTicket({ status: "applied", applied_step: 5, message: "lr is now 0.01" })).toBe("applied at step 5 – lr is now 0.01");
     expect(describeTicket({ status: "refused", message: "lr must be > 0" })).toBe("refused: lr must be > 0");
     expect(describeTicket({ status: "failed", message: "" })).toBe("failed: no reason given");
+    expect(describeTicket({ status: "undone", message: "undone at step 17957" })).toBe("undone at step 17,957");
+  });
+  it("groups the thousands of step numbers in messages, nothing else", () => {
+    expect(groupSteps("loss 2.3 at step 12345, 1500 examples, steps 1569")).toBe("loss 2.3 at step 12,345, 1500 examples, steps 1,569");
   });
 });

@@ -105,3 +105,67 @@ export function requestId() {
   counter += 1;
   return `b${Date.now().toString(36)}-${counter}-${Math.floor(Math.random() * 1e6).toString(36)}`;
 }
+
+/** @type {Record<string, string>} */
+const CATEGORY_TITLES = { init: "Initialization", regularization: "Regularization", lr: "Learning rate", optimizer: "Optimizer", run: "Run: snapshots, rollback, stopping", checks: "Checks", timeline: "Timeline" };
+
+/**
+ * A category's heading (registry categories are short identifiers).
+ * @param {string} cat
+ * @returns {string}
+ */
+export function categoryTitle(cat) {
+  return CATEGORY_TITLES[cat] || (cat ? cat.charAt(0).toUpperCase() + cat.slice(1).replace(/_/g, " ") : "Other");
+}
+
+/**
+ * A choice value as words: "kaiming_normal" -> "kaiming normal" (the value sent stays the same).
+ * @param {string} v
+ * @returns {string}
+ */
+export function choiceLabel(v) {
+  return String(v).replace(/_/g, " ");
+}
+
+/**
+ * A parameter's label from its schema: the help text's first phrase (its "scheme: " prefix
+ * and any parenthesised or ";" tail dropped), else the name in words.  The raw name stays in the
+ * tooltip.
+ * @param {string} name
+ * @param {ParamSpec} spec
+ * @returns {string}
+ */
+export function fieldLabel(name, spec) {
+  const help = (spec && spec.help ? String(spec.help) : "").split(/[;(]/)[0].replace(/^[\w ,/]+?: /, "").trim();
+  const words = name.replace(/_/g, " ");
+  if (!help || help.length > 32) return words;
+  return help;
+}
+
+/**
+ * Parameters as one short line: "scheme lsuv, layers all".
+ * @param {Record<string, any>} params
+ * @returns {string}
+ */
+export function paramSummary(params) {
+  return Object.entries(params || {})
+    .map(([k, v]) => `${k.replace(/_/g, " ")} ${Array.isArray(v) ? v.join(", ") : typeof v === "string" ? choiceLabel(v) : String(v)}`)
+    .join(", ");
+}
+
+/** @type {Record<string, number>} */
+const SEVERITY_RANK = { error: 0, warning: 1, info: 2 };
+
+/**
+ * The fix to lead with: the first suggested intervention of the most severe active finding
+ * (the diagnosis orders a finding's own suggestions; this only picks the first).
+ * @template {{severity: string, active: boolean, interventions?: Array<{action: string, params?: Record<string, any>, label?: string}>}} F
+ * @param {F[]} findings
+ * @returns {{finding: F, fix: {action: string, params?: Record<string, any>, label?: string}} | null}
+ */
+export function recommended(findings) {
+  const active = (findings || []).filter((f) => f.active && f.interventions && f.interventions.length);
+  if (!active.length) return null;
+  const best = active.reduce((a, b) => ((SEVERITY_RANK[b.severity] ?? 3) < (SEVERITY_RANK[a.severity] ?? 3) ? b : a));
+  return { finding: best, fix: /** @type {any} */ (best.interventions)[0] };
+}

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { coerceParam, collectParams, defaultParams, requestId, splitFields } from "./forms.js";
+import { categoryTitle, choiceLabel, coerceParam, collectParams, defaultParams, fieldLabel, paramSummary, recommended, requestId, splitFields } from "./forms.js";
 
 const schema = {
   lr: { type: "float", min: 0, min_open: true, max: 10, log: true, required: true, default: 0.001 },
@@ -58,5 +58,37 @@ describe("splitFields / requestId", () => {
     const ids = new Set(Array.from({ length: 200 }, () => requestId()));
     expect(ids.size).toBe(200);
     for (const id of ids) expect(id).toMatch(/^[A-Za-z0-9_.:-]{1,64}$/);
+  });
+});
+
+describe("labels for people", () => {
+  it("labels a field with its help's first phrase, the name when there is none", () => {
+    expect(fieldLabel("lr", { type: "float", help: "new learning rate (other param groups keep their ratio)" })).toBe("new learning rate");
+    expect(fieldLabel("T_0", { type: "int", help: "cosine_restarts: steps of the first cycle" })).toBe("steps of the first cycle");
+    expect(fieldLabel("p", { type: "float", help: "drop probability" })).toBe("drop probability");
+    expect(fieldLabel("max_norm", { type: "float" })).toBe("max norm");
+    expect(fieldLabel("x", { type: "float", help: "a very long explanation that would not fit in a form label" })).toBe("x");
+  });
+  it("writes identifiers as words", () => {
+    expect(choiceLabel("kaiming_normal")).toBe("kaiming normal");
+    expect(categoryTitle("lr")).toBe("Learning rate");
+    expect(categoryTitle("my_things")).toBe("My things");
+    expect(paramSummary({ scheme: "lsuv", layers: ["fc1", "fc2"], factor: 0.5 })).toBe("scheme lsuv, layers fc1, fc2, factor 0.5");
+  });
+});
+
+describe("recommended", () => {
+  const fix = (action) => ({ action, params: {}, label: action });
+  it("leads with the first fix of the most severe active finding", () => {
+    const items = [
+      { severity: "warning", active: true, interventions: [fix("lr_find")] },
+      { severity: "error", active: false, interventions: [fix("old")] },
+      { severity: "error", active: true, interventions: [fix("reinit"), fix("switch_optimizer")] },
+    ];
+    expect(recommended(items)?.fix.action).toBe("reinit");
+  });
+  it("recommends nothing when no active finding has a fix", () => {
+    expect(recommended([{ severity: "error", active: true, interventions: [] }, { severity: "warning", active: false, interventions: [fix("a")] }])).toBeNull();
+    expect(recommended([])).toBeNull();
   });
 });

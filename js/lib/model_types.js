@@ -8,7 +8,8 @@
  *   overhead?: number | null, ui_overhead?: number | null, loss?: number | string | null,
  *   val_loss?: number | string | null, lr?: number | string | null, delivery?: Delivery,
  *   cell_running?: boolean, last_ack?: LastAck | null, errors?: number, layers?: number,
- *   samples?: number}} HeaderState
+ *   samples?: number, busy?: Busy | null}} HeaderState
+ * @typedef {{id: string, action: string, label: string, seconds: number}} Busy
  * @typedef {{state: HeaderState}} HeaderModel
  *
  * @typedef {{key: string, label: string, fmt: "num" | "pct" | "sci", title: string}} Column
@@ -34,7 +35,8 @@
  * @typedef {{actions: ActionSpec[], tickets: TicketView[],
  *   findings: {available?: boolean, message?: string, items?: Finding[]},
  *   checklist: {available?: boolean, message?: string, items?: ChecklistItem[]},
- *   layers: string[], read_only: string, delivery: Delivery | {}}} ControlsModel
+ *   layers: string[], layer_params: number[], read_only: string, delivery: Delivery | {},
+ *   busy: Busy | {}}} ControlsModel
  */
 
 export {};

@@ -80,3 +80,21 @@ class Controls(anywidget.AnyWidget):
     - Type: ``dict``
     - Default: ``{}``
     """
+
+    busy = t.Dict().tag(sync=True)
+    """
+    The request that holds the training loop right now (applied on the training thread, e.g. an
+    LR sweep or a check): ``{"id", "action", "label", "seconds"}``; ``{}`` when none.
+
+    - Type: ``dict``
+    - Default: ``{}``
+    """
+
+    layer_params: t.List[int] = t.List().tag(sync=True)
+    """
+    Number of parameters of each layer in :attr:`layers` (same order): layer pickers offer the
+    layers with parameters first (``0``: a parameter-free module such as an activation).
+
+    - Type: ``list[int]``
+    - Default: ``[]``
+    """

@@ -161,6 +161,9 @@ class Dashboard(W.VBox):
         self._ui_seconds = 0.0
         self._tickets_sent = -math.inf
         self._timer: threading.Timer | None = None
+        self._boundary = time.monotonic()  # the last step boundary seen (training thread)
+        self._watchdog: threading.Thread | None = None
+        self._busy: dict[str, Any] | None = None  # an action holding the training loop
         self._registry_key: tuple[Any, ...] = ()
         self._table_step = -2
         self._view_keys: dict[str, Any] = {}
@@ -173,6 +176,7 @@ class Dashboard(W.VBox):
         self._title = meta_title if probe is not None else f"{meta_title} (saved run)"
         self.header = Header()
         self.curves = Curves(len(histories), names)
+        self.curves.lock = self._lock  # its log toggle may be handled in a kernel subshell
         self.table = LayerTable(columns=COLUMNS)
         self.act_map = Heatmap(layout=W.Layout(width="100%"))
         self.grad_map = Heatmap(layout=W.Layout(width="100%"))
@@ -228,6 +232,7 @@ class Dashboard(W.VBox):
                 self.tabs,
                 self.lr_finder.apply_lr,
                 self.lr_finder.apply_cycle,
+                self.curves.log_toggle,
             ):
                 self._delivery.route(w)
             self._subscriptions = [
@@ -425,6 +430,7 @@ class Dashboard(W.VBox):
             if not self._cell_running:  # first step of this cell
                 self._cell_running = True
                 self._cell_error = self._bg_status = None
+                self._start_watchdog()
             self._delivery.pump()
         else:
             self._bg_seen = time.monotonic()
@@ -440,7 +446,70 @@ class Dashboard(W.VBox):
                 self._note_error("update", e)
             finally:
                 self._lock.release()
+        if self._busy is not None:
+            self._busy = None  # the action that held the loop is done: say so at once
+            self._push_busy()
+        self._boundary = time.monotonic()
         self._ui_seconds += time.perf_counter() - t0
+
+    # ------------------------------------------------------------------ long actions
+    def _start_watchdog(self) -> None:
+        """A thread that notices when an action holds the training loop (an LR sweep, a check)
+        and says so with the elapsed time; the loop itself cannot, it is busy running it."""
+        if self._watchdog is not None and self._watchdog.is_alive():
+            return
+        self._watchdog = threading.Thread(
+            target=self._watch_loop, name="trainscope-dashboard-watchdog", daemon=True
+        )
+        self._watchdog.start()
+
+    def _watch_loop(self) -> None:
+        while not self.closed and self._cell_running:
+            time.sleep(0.5)
+            try:
+                busy = self._applying()
+                if busy is None and self._busy is None:
+                    continue
+                self._busy = busy
+                self._push_busy()
+            except Exception as e:  # never let this thread die noisily
+                self._note_error("watchdog", e)
+        if self._busy is not None:
+            self._busy = None
+            with contextlib.suppress(Exception):
+                self._push_busy()
+
+    def _applying(self) -> dict[str, Any] | None:
+        """The request being applied right now on the training thread, if it has taken more
+        than half a second: ``{"id", "label", "action", "seconds"}``."""
+        probe = self.probe
+        if probe is None:
+            return None
+        stalled = time.monotonic() - self._boundary
+        if stalled < 0.5:
+            return None
+        queued = {id(t) for t in probe.actions.pending()}
+        try:
+            recent = list(probe.actions.tickets)[-20:]
+        except RuntimeError:  # changed while copied: next time
+            return None
+        for t in reversed(recent):
+            if t.status == "pending" and id(t) not in queued:  # taken off the queue: running
+                spec = REGISTRY.get(t.action)
+                return {
+                    "id": t.id,
+                    "action": t.action,
+                    "label": spec.label if spec is not None else t.action,
+                    "seconds": round(min(stalled, time.time() - t.t_submit), 1),
+                }
+        return None
+
+    def _push_busy(self) -> None:
+        with self._locked(0.5) as ok:
+            if not ok or self.closed:
+                return
+            self.controls.busy = dict(self._busy) if self._busy else {}
+            self._push_header()
 
     def _tick(self, now: float) -> None:
         self._light.touch(now)
@@ -638,6 +707,7 @@ class Dashboard(W.VBox):
             if probe is not None
             else {"name": "read-only", "live": False, "note": ""},
             "cell_running": bool(self._cell_running),
+            "busy": dict(self._busy) if self._busy else None,
             "last_ack": {k: last.get(k) for k in ("label", "status", "message", "applied_step")}
             if last
             else None,
@@ -649,7 +719,11 @@ class Dashboard(W.VBox):
     def _push_curves(self, force: bool = False) -> None:
         self._dirty["scalars"] = False
         events = self._dirty["events"]
-        self.curves.update(self.histories, force=force or events)
+        self.curves.update(
+            self.histories,
+            force=force or events,
+            steps=self.probe.step_count if self.probe is not None else None,
+        )
 
     def _order(self) -> list[int]:
         h = self.history
@@ -756,6 +830,9 @@ class Dashboard(W.VBox):
                 self._registry_key = key
                 self.controls.actions = action_specs()
             if names != self.controls.layers:
+                self.controls.layer_params = [
+                    int(self.history.layers[i].n_params) for i in self._order()
+                ]
                 self.controls.layers = names
             d = (
                 self._delivery.describe()
