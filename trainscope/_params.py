@@ -7,6 +7,7 @@ metrics in one vectorized pass.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, cast
 
 import numpy as np
@@ -27,26 +28,49 @@ class ParamTracker:
     snapshot, ``init`` not requested); NaN / Inf are real non-finite measurements.
     """
 
-    def __init__(self, model: nn.Module, layer_of_module: dict[int, int], nlayers: int) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        layer_of_module: dict[int, int],
+        nlayers: int,
+        on_unmeasured: Callable[[str, str, BaseException | None], None] | None = None,
+    ) -> None:
         self.params: list[Tensor] = []  # nn.Parameter objects (typed as Tensor for the foreach ops)
-        self.layer: list[int] = []
-        self.names: list[str] = []
-        seen: set[int] = set()
-        for name, p in model.named_parameters():
+        self.layer: list[int] = []  # the first owning layer of each parameter
+        self.names: list[str] = []  # the first name of each parameter
+        # a parameter shared by several modules (tied weights: an LM head and its embedding) is
+        # measured once, and shown under every tracked module that owns it, by every name
+        self.aliases: list[tuple[str, int]] = []  # (name, index into params), all names
+        self.layers_of: list[list[int]] = []
+        index: dict[int, int] = {}
+        for name, p in model.named_parameters(remove_duplicate=False):
             owner = name.rsplit(".", 1)[0] if "." in name else ""
             mod = model.get_submodule(owner) if owner else model
             i = layer_of_module.get(id(mod))
-            if i is None or id(p) in seen:
+            if i is None:
                 continue
-            seen.add(id(p))
-            self.params.append(p)
-            self.layer.append(i)
-            self.names.append(name)
+            j = index.get(id(p))
+            if j is None:
+                j = index[id(p)] = len(self.params)
+                self.params.append(p)
+                self.layer.append(i)
+                self.names.append(name)
+                self.layers_of.append([])
+            self.aliases.append((name, j))
+            if i not in self.layers_of[j]:
+                self.layers_of[j].append(i)
         self.nlayers = nlayers
+        self.on_unmeasured = on_unmeasured
         self.layer_arr = np.asarray(self.layer, dtype=np.int64)
-        # host-side grouping by layer: parameters sorted by layer, one segment per owning layer
-        self._order = np.argsort(self.layer_arr, kind="stable")
-        sorted_layers = self.layer_arr[self._order]
+        # host-side grouping by layer: (parameter, owning layer) pairs sorted by layer, one segment
+        # per owning layer (a tied parameter sits in the segment of each of its layers)
+        pair_param = np.asarray(
+            [j for j, ls in enumerate(self.layers_of) for _ in ls], dtype=np.int64
+        )
+        pair_layer = np.asarray([i for ls in self.layers_of for i in ls], dtype=np.int64)
+        by_layer = np.argsort(pair_layer, kind="stable")
+        self._order = pair_param[by_layer]
+        sorted_layers = pair_layer[by_layer]
         starts = np.flatnonzero(np.r_[True, sorted_layers[1:] != sorted_layers[:-1]])
         self._seg_starts = starts if len(sorted_layers) else np.zeros(0, dtype=np.int64)
         self._seg_layer = sorted_layers[self._seg_starts] if len(sorted_layers) else self._seg_starts
@@ -105,7 +129,10 @@ class ParamTracker:
             assert self.snap is not None
             torch._foreach_sub_(self.snap, params)  # θ_before - θ_now (its norm is the update's)
             if dist:  # the buffer is reused for θ - θ₀ below: take the update's norms now
-                upd_norms = list(S.foreach_norms(self.snap))
+                upd_failed: list[int] = []
+                upd_norms = list(S.foreach_norms(self.snap, upd_failed))
+                for j in upd_failed:
+                    self._unmeasured(j, "update")
             else:
                 tensors += self.snap
             self.snap_valid = False
@@ -117,7 +144,10 @@ class ParamTracker:
                 torch._foreach_copy_(self.snap, params)
             torch._foreach_sub_(self.snap, self.init)
             tensors += self.snap
-        res = list(S.foreach_norms(tensors))
+        failed: list[int] = []
+        res = list(S.foreach_norms(tensors, failed))
+        if failed:
+            self._report_unmeasured(failed, P, ng, with_grad, update and not dist, upd_norms)
         missing = S._minus_one(params[0].device)
         vals = res[:P]
         at = P
@@ -138,6 +168,34 @@ class ParamTracker:
             vals += [missing] * P
         vals += res[at : at + P] if dist else [missing] * P
         return torch.stack(vals).view(4, P)
+
+    def _unmeasured(self, j: int, what: str, exc: BaseException | None = None) -> None:
+        if self.on_unmeasured is not None:
+            self.on_unmeasured(self.names[j], what, exc)
+
+    def _report_unmeasured(
+        self,
+        failed: list[int],
+        P: int,
+        ng: int,
+        with_grad: list[int] | None,
+        update_in_list: bool,
+        upd_norms: list[Tensor],
+    ) -> None:
+        """Name the parameters behind the failed positions of :meth:`row`'s tensor list
+        (weights, then gradients, then updates or distances from init)."""
+        for pos in failed:
+            if pos < P:
+                self._unmeasured(pos, "weight")
+            elif pos < P + ng:
+                k = pos - P
+                self._unmeasured(k if with_grad is None else with_grad[k], "gradient")
+            else:
+                k = pos - P - ng
+                if update_in_list and k < P:
+                    self._unmeasured(k, "update")
+                else:
+                    self._unmeasured(k % P, "distance from init")
 
     def grads(self) -> list[Tensor]:
         return [p.grad for p in self.params if p.grad is not None]
@@ -215,5 +273,11 @@ class ParamTracker:
             if grad is None or grad.is_cuda:
                 return  # processed after the step (async copy): keep "-1 = at least one"
             with torch.no_grad():
-                counts[self.layer[int(j)]] += float((~torch.isfinite(grad)).sum())
+                if grad.layout == torch.sparse_coo:
+                    grad = grad.coalesce().values()
+                elif grad.layout != torch.strided:
+                    return
+                n = float((~torch.isfinite(grad)).sum())
+            for i in self.layers_of[int(j)]:
+                counts[i] += n
         metrics["grad_nonfinite"] = np.where(counts > 0, counts, metrics["grad_nonfinite"])

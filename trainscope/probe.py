@@ -133,7 +133,12 @@ class Probe:
     logdir
         Also append everything recorded to this run directory (crash-safe, bounded; see
         :mod:`trainscope.runlog`), readable with ``trainscope.open(logdir)``, live from another
-        process too.  The writer is :attr:`run_writer`.
+        process too.  The writer is :attr:`run_writer`.  Under ``torch.distributed`` (an
+        initialized process group of 2+ processes), a plain ``Probe`` created on every rank with
+        the same ``logdir`` does what one run directory needs: rank 0 writes it, the other ranks
+        write nothing to disk (they warn once and record their own batches in memory), and
+        ``history.meta`` holds ``rank`` and ``world_size``.  Each rank's statistics are its own
+        batch's; :class:`~trainscope.distributed.DistributedProbe` combines every rank's.
     attach
         Attach immediately (default).  Otherwise call :meth:`attach` or use ``with Probe(...)``.
     """
@@ -227,7 +232,9 @@ class Probe:
         self.layers: list[LayerInfo] = [classify(n, m) for n, m in chosen]
         self._index = {id(m): i for i, m in enumerate(self._modules)}
         # parameters grouped by the tracked module that owns them directly
-        self._ptrack = ParamTracker(model, self._index, len(self.layers))
+        self._ptrack = ParamTracker(
+            model, self._index, len(self.layers), on_unmeasured=self._note_unmeasured
+        )
         self.param_in_optimizer: dict[str, bool] = {}
         if optimizer is not None:
             owned = {id(p) for g in optimizer.param_groups for p in g["params"]}
@@ -238,9 +245,8 @@ class Probe:
                     "model's parameters (torch.optim.SGD(model.parameters(), ...)) or pass the "
                     "optimizer that trains this model."
                 )
-            self.param_in_optimizer = {
-                n: id(p) in owned
-                for n, p in zip(self._ptrack.names, self._ptrack.params, strict=True)
+            self.param_in_optimizer = {  # every name of a tied parameter
+                n: id(self._ptrack.params[j]) in owned for n, j in self._ptrack.aliases
             }
 
         self.history = (
@@ -257,6 +263,20 @@ class Probe:
             param_in_optimizer=self.param_in_optimizer,
         )
         self.run_writer: Any = None
+        ranks = _process_group()
+        if ranks is not None:
+            rank, world = ranks
+            self.history.meta.update(rank=rank, world_size=world)
+            if rank != 0 and logdir is not None:
+                logdir = None  # one run directory per run: rank 0 writes it
+                warnings.warn(
+                    f"trainscope: rank {rank} of {world} does not write logdir (rank 0 does); "
+                    f"this Probe records rank {rank}'s own batches in memory only. For statistics "
+                    "combined over every rank's batch, use trainscope.DistributedProbe on every "
+                    "rank instead of Probe.",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
         if logdir is not None:
             from .runlog import RunWriter
 
@@ -312,6 +332,10 @@ class Probe:
         self._mask_order: list[int] = []
         self._mask_skip: set[int] = set()  # see _redundant_masks
         self.actions = ActionQueue(self)
+        self._root_exit_on = False  # the root's completion hooks are installed (sampled steps)
+        self.aborted_forwards = 0  # root forwards that raised half-way, rolled back
+        self._root_done_hook = _HookFn(self._root_done)
+        self._root_exit_hook = _HookFn(self._root_exit)
         self._fwd_hooks = [_HookFn(self._make_fwd_hook(i)) for i in range(len(self._modules))]
         self._grad_hooks = [self._make_grad_hook(i) for i in range(len(self._modules))]
         if attach:
@@ -386,6 +410,7 @@ class Probe:
         self._handles = []
         self._sample_handles = []
         self._sampling = False
+        self._root_exit_on = False
         self._attached = False
         self._ptrack.release()
         self._reset_step_buffers()
@@ -477,8 +502,12 @@ class Probe:
         """
         return self.actions.submit(action, params, source="python")
 
-    def findings(self, *, min_severity: str | None = None) -> list[Any]:
-        """Current diagnosis (see :mod:`trainscope.diagnostics`): what looks wrong, with evidence."""
+    def findings(self, min_severity: str | None = None) -> list[Any]:
+        """Current diagnosis (see :mod:`trainscope.diagnostics`): what looks wrong, with evidence.
+
+        ``min_severity`` (``"info"``, ``"warning"`` or ``"error"``, positional or by keyword:
+        ``probe.findings("warning")``) keeps only findings at least that severe.
+        """
         from .diagnostics import diagnose_probe  # type: ignore[import-not-found,unused-ignore]
 
         found: list[Any] = diagnose_probe(self, min_severity=min_severity)
@@ -582,6 +611,26 @@ class Probe:
             self._warned.add(key)
             warnings.warn(f"trainscope: {msg}", RuntimeWarning, stacklevel=3)
 
+    def _note(self, key: str, where: str, msg: str, exc: BaseException | None = None) -> None:
+        """A degraded measurement (one tensor, one batch): recorded once in :attr:`errors` and
+        warned once, without switching any part of the probe off."""
+        if key in self._warned:
+            return
+        if len(self.errors) < 1000:
+            err = f"{type(exc).__name__}: {exc}; {msg}" if exc is not None else msg
+            tb = "".join(traceback.format_exception(exc)) if exc is not None else ""
+            self.errors.append(ProbeError(where, self.step_count, err, tb))
+        self._warn_once(key, msg)
+
+    def _note_unmeasured(self, name: str, what: str, exc: BaseException | None) -> None:
+        self._note(
+            f"unmeasured:{name}:{what}",
+            "params",
+            f"the {what} norm of parameter `{name}` cannot be measured; it is left out of its "
+            "layer's statistics, every other parameter is still measured",
+            exc,
+        )
+
     def _fail(self, where: str, exc: BaseException) -> None:
         if len(self.errors) < 1000:
             self.errors.append(
@@ -639,6 +688,11 @@ class Probe:
         try:
             for i, m in enumerate(self._modules):
                 self._sample_handles.append(m.register_forward_hook(self._fwd_hooks[i]))
+            self._sample_handles.append(self.model.register_forward_hook(self._root_done_hook))
+            self._sample_handles.append(
+                self.model.register_forward_hook(self._root_exit_hook, always_call=True)
+            )
+            self._root_exit_on = True
         except Exception as e:
             self._remove_sampling()
             self._fail("forward", e)
@@ -649,6 +703,8 @@ class Probe:
             h.remove()
         self._sample_handles = []
         self._sampling = False
+        self._root_exit_on = False
+        self._root_marks.clear()
 
     # ------------------------------------------------------------------ per-step buffers
     def _close_batch(self) -> None:
@@ -676,11 +732,17 @@ class Probe:
         self._carried: Tensor | None = None
         self._carried_bwd: Tensor | None = None
         self._step_modes = {"train": 0, "eval_in_train_mode": 0, "train_in_eval_mode": 0, "eval": 0}
+        self._root_marks: list[tuple[Any, ...] | None] = []
+        self._root_completed = False
 
     # ------------------------------------------------------------------ hooks
     def _root_pre_hook(
         self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> None:
+        if self._root_exit_on:  # one mark per call, popped by _root_exit (balanced when nested)
+            self._root_marks.append(
+                self._forward_mark() if not self._paused and torch.is_grad_enabled() else None
+            )
         if self._paused:
             return
         try:
@@ -703,11 +765,78 @@ class Probe:
                 if self.recent_batches.maxlen != 0:
                     self._batch_open = Batch(self.step_count, args, dict(kwargs))
                 if self._sampling and self._enabled["inputs"]:
-                    self._first_forward_checks(args)
-            elif self._sampling and self._inputs is None and self._enabled["inputs"]:
-                self._summarize_inputs(args)
+                    self._guarded("inputs", self._first_forward_checks, args)
+            else:
+                if self._batch_open is not None and self._batch_open.step == self.step_count:
+                    # the open batch never reached the loss: a failed forward, or accumulation
+                    # without a loss module; the batch that completes the step is the later one
+                    self._batch_open = Batch(self.step_count, args, dict(kwargs))
+                if self._sampling and self._inputs is None and self._enabled["inputs"]:
+                    self._guarded("inputs", self._summarize_inputs, args)
         except Exception as e:
             self._fail("inputs", e)
+
+    def _guarded(self, what: str, fn: Callable[..., None], *args: Any) -> None:
+        """Run one batch's summary; if that batch cannot be summarized (an odd shape, dtype or
+        layout), only that batch's summary is missing: noted once, nothing is switched off."""
+        try:
+            fn(*args)
+        except Exception as e:
+            self._note(
+                f"degraded:{what}",
+                what,
+                f"one batch's {what} statistics could not be computed and are left out of "
+                f"that step ({type(e).__name__}: {e}); later batches are still summarized",
+                e,
+            )
+
+    # A forward of the root that raises half-way (a bad batch skipped by the training loop's
+    # try/except) must leave no trace in the step's statistics: every root forward of a sampled
+    # step takes a mark of the per-step forward buffers, and if the forward does not complete the
+    # buffers go back to the mark.  Completed forwards (several per step with gradient
+    # accumulation) are all kept.  `_root_done` (an ordinary forward hook) runs only when the
+    # forward returned; `_root_exit` (always_call) runs either way, after it.
+    def _forward_mark(self) -> tuple[Any, ...]:
+        return (
+            len(self._act_rows),
+            len(self._act_hists),
+            dict(self._act_masks),
+            len(self._fwd_order),
+            self._inputs,
+            self._carried,
+            self._forward_since_boundary,
+            self._t_first_fwd,
+            self._batch_open,
+        )
+
+    def _root_done(self, module: nn.Module, args: Any, output: Any) -> None:
+        self._root_completed = True
+
+    def _root_exit(self, module: nn.Module, args: Any, output: Any) -> None:
+        completed, self._root_completed = self._root_completed, False
+        mark = self._root_marks.pop() if self._root_marks else None
+        if completed or mark is None:
+            return
+        try:
+            self._rollback(mark)
+        except Exception as e:
+            self._fail("forward", e)
+
+    def _rollback(self, mark: tuple[Any, ...]) -> None:
+        rows, hists, masks, order, inputs, carried, since, t_first, batch = mark
+        del self._act_rows[rows:]
+        del self._act_meta[rows:]
+        del self._act_hists[hists:]
+        del self._act_hist_layer[hists:]
+        self._act_masks = masks
+        del self._fwd_order[order:]
+        self._fwd_seen = set(self._fwd_order)
+        self._inputs = inputs
+        self._carried = carried
+        self._forward_since_boundary = since  # the next forward is the step's first again
+        self._t_first_fwd = t_first
+        self._batch_open = batch
+        self.aborted_forwards += 1
 
     def _first_forward_checks(self, args: tuple[Any, ...]) -> None:
         # gradients left over from the previous step (no zero_grad): norm of what is there now
@@ -719,7 +848,7 @@ class Probe:
     @S.without_grad
     def _summarize_inputs(self, args: tuple[Any, ...]) -> None:
         x = _primary_tensor(args)
-        if x is None:
+        if x is None or x.numel() == 0:  # an empty batch has no statistics (nothing to record)
             return
         vec, _ = S.summarize(x)
         meta: dict[str, Any] = {
@@ -863,19 +992,18 @@ class Probe:
         if b is not None and b.step == self.step_count and len(args) > 1:
             b.target = args[1]
             self._close_batch()
-        if not self._sampling or self._loss_in is not None:
+        if not self._sampling or self._loss_in is not None or not self._enabled["inputs"]:
             return
-        try:
-            self._summarize_loss_inputs(module, args)
-        except Exception as e:
-            self._fail("inputs", e)
+        self._guarded("loss input", self._summarize_loss_inputs, module, args)
 
     @S.without_grad
     def _summarize_loss_inputs(self, module: nn.Module, args: tuple[Any, ...]) -> None:
-        if not args or not isinstance(args[0], Tensor):
-            return
+        if not args or not isinstance(args[0], Tensor) or args[0].numel() == 0:
+            return  # an empty batch: nothing to summarize
         pred = args[0]
         target = args[1] if len(args) > 1 and isinstance(args[1], Tensor) else None
+        if target is not None and target.numel() == 0:
+            target = None
         meta: dict[str, Any] = {
             "loss": type(module).__name__,
             "pred_shape": tuple(pred.shape),
@@ -1395,6 +1523,20 @@ class Probe:
             self.every = cap
             return
         self.every = int(min(max(math.ceil(extra / room), self._base_every), cap))
+
+
+def _process_group() -> tuple[int, int] | None:
+    """``(rank, world size)`` of an initialized ``torch.distributed`` group of 2+ processes."""
+    try:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            world = dist.get_world_size()
+            if world > 1:
+                return dist.get_rank(), world
+    except Exception:  # a broken or exotic backend: behave as a single process
+        return None
+    return None
 
 
 def _fmt(v: float) -> str:

@@ -466,23 +466,77 @@ def scale_histograms(counts: np.ndarray, summary: ActSummary) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 # Parameter statistics (fused over all parameters with the foreach kernels).
 # --------------------------------------------------------------------------------------------
-def foreach_norms(tensors: list[Tensor]) -> list[Tensor] | tuple[Tensor, ...]:
-    """L2 norm of every tensor, each a 0-d fp32 device tensor (one fused kernel where possible)."""
+def _tensor_norm(t: Tensor) -> Tensor:
+    """L2 norm of one tensor as a 0-d fp32 device tensor, whatever its layout.
+
+    A sparse gradient (``nn.Embedding(sparse=True)``) is uncoalesced: its values can repeat an
+    index, so they are summed per index first (``coalesce``) and the norm is exact.
+    """
+    if t.layout != torch.strided:
+        if t.layout == torch.sparse_coo:
+            t = t.coalesce().values()
+        elif t.layout in (torch.sparse_csr, torch.sparse_csc, torch.sparse_bsr, torch.sparse_bsc):
+            t = t.values()
+        else:
+            t = t.to_dense()
+    r: Tensor = torch.linalg.vector_norm(t)
+    return r if r.dtype == torch.float32 else r.float()
+
+
+def foreach_norms(
+    tensors: list[Tensor], failed: list[int] | None = None
+) -> list[Tensor] | tuple[Tensor, ...]:
+    """L2 norm of every tensor, each a 0-d fp32 device tensor (one fused kernel where possible).
+
+    Tensors the fused kernel cannot take (sparse gradients, exotic types) are measured one by one
+    (:func:`_tensor_norm`); one that cannot be measured at all gets ``-1`` ("not measured") and its
+    index is appended to ``failed`` (when given; otherwise the error propagates).  One such tensor
+    never costs the others their statistics.
+    """
     res: list[Tensor] | tuple[Tensor, ...]
-    try:
-        res = torch._foreach_norm(tensors)
-    except Exception:  # pragma: no cover - very old torch or exotic tensor types
-        res = [torch.linalg.vector_norm(t) for t in tensors]
+    if all(t.layout == torch.strided for t in tensors):
+        try:
+            res = torch._foreach_norm(tensors)
+        except Exception:  # exotic tensor types: one by one below
+            res = _one_by_one(tensors, failed)
+    else:
+        res = _one_by_one(tensors, failed)
     if all(r.dtype == torch.float32 for r in res):
         return res
     return [r.to(torch.float32) for r in res]
 
 
+def _one_by_one(tensors: list[Tensor], failed: list[int] | None) -> list[Tensor]:
+    dense = [j for j, t in enumerate(tensors) if t.layout == torch.strided]
+    out: list[Tensor | None] = [None] * len(tensors)
+    if dense:  # the strided ones still go through the fused kernel together when it takes them
+        try:
+            for j, r in zip(dense, torch._foreach_norm([tensors[j] for j in dense]), strict=True):
+                out[j] = r
+        except Exception:
+            pass
+    for j, t in enumerate(tensors):
+        if out[j] is not None:
+            continue
+        try:
+            out[j] = _tensor_norm(t)
+        except Exception:
+            if failed is None:
+                raise
+            failed.append(j)
+            out[j] = _minus_one(t.device)
+    return [r for r in out if r is not None]
+
+
 def norms(tensors: list[Tensor]) -> Tensor:
-    """L2 norms of a list of tensors as one fp32 device tensor (one fused kernel where possible)."""
+    """L2 norms of a list of tensors as one fp32 device tensor (one fused kernel where possible).
+
+    A tensor that cannot be measured counts as 0 (it is left out of a norm of the list)."""
     if not tensors:
         return torch.zeros(0)
-    return torch.stack(list(foreach_norms(tensors)))
+    failed: list[int] = []
+    out = torch.stack(list(foreach_norms(tensors, failed)))
+    return out.clamp_min(0.0) if failed else out
 
 
 def host_copy(t: Tensor) -> np.ndarray:
