@@ -11,6 +11,9 @@
 * the RNG states: torch CPU, every initialized CUDA device, numpy's global generator, ``random``;
 * the autograd grad mode.
 
+The restore cannot be interrupted half-way: a Ctrl-C (SIGINT, on the main thread) that arrives
+while it runs is held until everything is back, then raised as ``KeyboardInterrupt``.
+
 Restoring writes back only what differs, so a check that only reads (a forward pass, or gradients
 taken with ``torch.autograd.grad``) bumps no tensor's version counter.  Such checks skip copying
 parameter, gradient and optimizer values (``values=False``): only the two checks that train
@@ -28,6 +31,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
+
+from ..interventions._state import interrupts_deferred
 
 __all__ = ["StateSnapshot", "isolated", "same_bits"]
 
@@ -186,4 +191,5 @@ def isolated(
         with pause:
             yield snap
     finally:
-        snap.restore()
+        with interrupts_deferred():  # a Ctrl-C during the restore waits until everything is back
+            snap.restore()

@@ -10,9 +10,10 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from ..actions import register_action
+from ..interventions._state import as_batch
 from ..probe import Batch
 from .checks import CHECKS, CheckEnv, CheckResult
 from .isolation import isolated
@@ -45,22 +46,10 @@ def _resolve(name: str) -> str:
 
 
 def _as_batch(batch: Any) -> Batch:
-    """``(inputs, target)``, a ``Batch``, a dict with ``inputs`` / ``target``, or inputs alone."""
-    if isinstance(batch, Batch):
-        return batch
-    if isinstance(batch, dict) and "inputs" in batch:
-        x = batch["inputs"]
-        return Batch(-1, tuple(x) if isinstance(x, (tuple, list)) else (x,), {}, batch.get("target"))
-    if isinstance(batch, (tuple, list)):
-        if len(batch) != 2:
-            raise ValueError(f"batch must be (inputs, target); got a sequence of {len(batch)} items")
-        x, y = batch
-        if isinstance(x, dict):
-            return Batch(-1, (), dict(x), y)
-        return Batch(-1, tuple(x) if isinstance(x, (tuple, list)) else (x,), {}, y)
-    if isinstance(batch, Tensor):
-        return Batch(-1, (batch,), {}, None)
-    raise TypeError(f"batch must be (inputs, target) or a tensor of inputs, got {type(batch).__name__}")
+    """The batch forms trainscope accepts everywhere (:func:`~trainscope.interventions._state.as_batch`):
+    ``(inputs, target)`` with a tensor, a tuple of positional inputs or a dict of keyword inputs, a
+    ``Batch``, a dict with ``inputs`` / ``target``, or inputs alone."""
+    return as_batch(batch)
 
 
 def _probe_batch(probe: Probe) -> Batch | None:

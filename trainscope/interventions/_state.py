@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import random
-from collections.abc import Mapping
+import signal
+import threading
+from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -16,7 +19,38 @@ from ..probe import Batch
 if TYPE_CHECKING:
     from ..probe import Probe
 
-__all__ = ["ModelCapture", "OptimizerCapture", "RNGCapture", "first_batch", "probe_batch", "split_batch"]
+__all__ = ["ModelCapture", "OptimizerCapture", "RNGCapture", "as_batch", "first_batch", "interrupts_deferred",
+           "optimizer_params", "probe_batch", "split_batch"]
+
+
+# ---------------------------------------------------------------------------- uninterruptible restores
+@contextlib.contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Hold Ctrl-C (SIGINT) until the block ends, then deliver it (``KeyboardInterrupt``).
+
+    Restores run inside it: a second Ctrl-C while a sweep or a check puts the model back cannot
+    leave it half-restored.  Only the main thread receives signals, so elsewhere (and where the
+    handler cannot be changed) this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    got: list[int] = []
+    try:
+        old = signal.getsignal(signal.SIGINT)
+        signal.signal(signal.SIGINT, lambda signum, frame: got.append(signum))
+    except (ValueError, TypeError, OSError):  # pragma: no cover - not the main interpreter
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+        if got and old is not signal.SIG_IGN:
+            if callable(old):
+                old(signal.SIGINT, None)
+            else:
+                raise KeyboardInterrupt
 
 
 # ---------------------------------------------------------------------------- exact captures
@@ -39,23 +73,33 @@ class ModelCapture:
     train / eval flags.  :meth:`restore` writes the values back *into the same tensor objects*.
     """
 
-    def __init__(self, model: nn.Module, *, grads: bool = True, device: torch.device | str | None = None) -> None:
+    def __init__(self, model: nn.Module, *, grads: bool = True, device: torch.device | str | None = None,
+                 extra: Iterable[Tensor] = ()) -> None:
         self.model = model
         self.tensors: list[tuple[nn.Module, str, Tensor, Tensor]] = []
+        seen: set[int] = set()
         for mod in model.modules():
             for name, t in list(mod._parameters.items()) + list(mod._buffers.items()):
                 if t is not None:
                     self.tensors.append((mod, name, t, _clone(t, device)))
-        self.grads: list[tuple[nn.Parameter, Tensor | None, Tensor | None]] = []
+                    seen.add(id(t))
+        # tensors outside the model (an optimizer also training a loss temperature, a head...)
+        self.extra: list[tuple[Tensor, Tensor]] = []
+        for t in extra:
+            if id(t) not in seen:
+                seen.add(id(t))
+                self.extra.append((t, _clone(t, device)))
+        self.grads: list[tuple[Tensor, Tensor | None, Tensor | None]] = []
         if grads:
-            for p in model.parameters():
+            for p in list(model.parameters()) + [t for t, _ in self.extra]:
                 g = p.grad
                 self.grads.append((p, g, None if g is None else _clone(g, device)))
         self.training = [(m, m.training) for m in model.modules()]
 
     @property
     def nbytes(self) -> int:
-        return sum(c.numel() * c.element_size() for *_, c in self.tensors)
+        return sum(c.numel() * c.element_size() for *_, c in self.tensors) + sum(
+            c.numel() * c.element_size() for _, c in self.extra)
 
     @torch.no_grad()
     def restore(self, *, grads: bool = True, modes: bool = True) -> None:
@@ -64,6 +108,8 @@ class ModelCapture:
             if store.get(name) is not orig:
                 store[name] = orig  # a rebinding (rare) is undone too
             orig.copy_(saved)
+        for t, saved in self.extra:
+            t.copy_(saved)
         if grads:
             for p, g, gsaved in self.grads:
                 if g is None:
@@ -179,24 +225,59 @@ def first_batch(data: Any) -> Any:
         raise ValueError("data yielded no batch") from None
 
 
-def split_batch(batch: Any) -> tuple[tuple[Any, ...], dict[str, Any], Any]:
-    """``(args, kwargs, target)`` of a batch: ``(x, y)`` -> ``((x,), {}, y)``; a tensor -> no target."""
+def as_batch(batch: Any) -> Batch:
+    """The one batch policy of trainscope (checks, the LR finder, data-driven inits, ensembles).
+
+    Accepted: ``(inputs, target)`` where inputs is a tensor, a tuple / list of positional inputs
+    or a dict of keyword inputs (Hugging Face style); ``(inputs,)``; a dict with ``"inputs"`` (and
+    optionally ``"target"``); a :class:`~trainscope.probe.Batch`; a tensor of inputs alone.
+    """
     if isinstance(batch, Batch):
-        return tuple(batch.args), dict(batch.kwargs), batch.target
+        return batch
     if isinstance(batch, Tensor):
-        return (batch,), {}, None
+        return Batch(-1, (batch,), {}, None)
+    if isinstance(batch, Mapping):
+        if "inputs" in batch:
+            return _inputs(batch["inputs"], batch.get("target"))
+        raise TypeError(
+            f"a dict batch needs an 'inputs' key (and 'target'); got keys {sorted(map(str, batch))[:8]}. "
+            "Pass (inputs, target) pairs -- inputs may be a dict of keyword inputs -- or a "
+            "step_fn(model, batch) -> loss"
+        )
     if isinstance(batch, (tuple, list)):
         if len(batch) == 2:
-            return (batch[0],), {}, batch[1]
+            return _inputs(batch[0], batch[1])
         if len(batch) == 1:
-            return (batch[0],), {}, None
-        return (batch[0],), {}, batch[1]
-    if isinstance(batch, Mapping):
-        raise TypeError(
-            "dict batches are not understood; pass data that yields (inputs, target) pairs, "
-            "or a step_fn(model, batch) -> loss"
+            return _inputs(batch[0], None)
+        raise ValueError(
+            f"a batch must be (inputs, target); got a sequence of {len(batch)} items. Group the model's "
+            "inputs: ((x1, x2), target) for positional inputs, ({'name': x}, target) for keyword inputs, "
+            "or pass a step_fn(model, batch) -> loss"
         )
-    raise TypeError(f"cannot tell inputs from targets in a batch of type {type(batch).__name__}")
+    raise TypeError(f"cannot tell inputs from targets in a batch of type {type(batch).__name__}; "
+                    "pass (inputs, target) pairs or a step_fn(model, batch) -> loss")
+
+
+def _inputs(x: Any, target: Any) -> Batch:
+    if isinstance(x, Mapping):
+        return Batch(-1, (), dict(x), target)
+    if isinstance(x, (tuple, list)):
+        return Batch(-1, tuple(x), {}, target)
+    return Batch(-1, (x,), {}, target)
+
+
+def split_batch(batch: Any) -> tuple[tuple[Any, ...], dict[str, Any], Any]:
+    """``(args, kwargs, target)`` of a batch, by :func:`as_batch`'s policy: ``(x, y)`` ->
+    ``((x,), {}, y)``; ``({"input_ids": t}, y)`` -> ``((), {"input_ids": t}, y)``."""
+    b = as_batch(batch)
+    return tuple(b.args), dict(b.kwargs), b.target
+
+
+def optimizer_params(optimizer: torch.optim.Optimizer | None) -> list[Tensor]:
+    """Every tensor the optimizer trains (some may live outside the model)."""
+    if optimizer is None:
+        return []
+    return [p for g in optimizer.param_groups for p in g["params"] if isinstance(p, Tensor)]
 
 
 def probe_batch(probe: Probe) -> Any:
