@@ -28,7 +28,53 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     from .probe import Probe
 
-__all__ = ["REGISTRY", "ActionQueue", "ActionSpec", "Ticket", "Undoable", "register_action"]
+__all__ = [
+    "MAX_DEPTH",
+    "REGISTRY",
+    "ActionQueue",
+    "ActionSpec",
+    "Ticket",
+    "Undoable",
+    "nesting_depth",
+    "note",
+    "register_action",
+]
+
+MAX_DEPTH = 32
+"""Deepest nesting of lists / dicts accepted in a request's parameters (no action needs more than
+2 or 3); deeper requests are refused before anything recurses over them."""
+
+_LOCAL = threading.local()
+
+
+def note(text: str) -> None:
+    """From inside a validator: add a remark to the pending ticket's message (e.g. that the
+    re-initialized ``lm_head`` shares its weight with the input embedding).  Outside a
+    validation it does nothing."""
+    notes = getattr(_LOCAL, "notes", None)
+    if notes is not None and len(notes) < 10:
+        notes.append(str(text))
+
+
+def nesting_depth(v: Any, limit: int = MAX_DEPTH) -> int:
+    """Depth of nested lists / tuples / dicts in ``v``, counted without recursion; stops counting
+    past ``limit`` (returns ``limit + 1`` then), so a 100,000-level input costs ``limit`` steps."""
+    depth = 0
+    level: list[Any] = [v]
+    while level:
+        nxt: list[Any] = []
+        for x in level:
+            if isinstance(x, Mapping):
+                nxt.extend(x.values())
+            elif isinstance(x, (list, tuple)):
+                nxt.extend(x)
+        if not nxt and not any(isinstance(x, (Mapping, list, tuple)) for x in level):
+            break
+        depth += 1
+        if depth > limit:
+            return depth
+        level = nxt
+    return depth
 
 
 class Undoable(Protocol):
@@ -125,7 +171,7 @@ class Ticket:
             "latency_ms": None
             if self.t_done is None
             else round((self.t_done - self.t_submit) * 1000, 1),
-            "undoable": hasattr(self.result, "undo") and self.status == "applied",
+            "undoable": self.status == "applied" and _undoable(self.result),
         }
 
     def raise_for_status(self) -> Ticket:
@@ -137,14 +183,26 @@ class Ticket:
         return self
 
 
-def _jsonable(v: Any) -> Any:
+def _undoable(result: Any) -> bool:
+    if not hasattr(result, "undo"):
+        return False
+    flag = getattr(result, "undoable", True)
+    return bool(flag)
+
+
+def _jsonable(v: Any, _depth: int = 0) -> Any:
+    if isinstance(v, (Mapping, list, tuple)) and _depth >= MAX_DEPTH:
+        return f"<nested deeper than {MAX_DEPTH} levels>"
     if isinstance(v, Mapping):
-        return {str(k): _jsonable(x) for k, x in v.items()}
+        return {str(k): _jsonable(x, _depth + 1) for k, x in v.items()}
     if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
+        return [_jsonable(x, _depth + 1) for x in v]
     if isinstance(v, (str, int, float, bool)) or v is None:
         return v
-    return repr(v)
+    try:
+        return repr(v)
+    except Exception as e:  # a broken __repr__ must not lose the acknowledgement
+        return f"<{type(v).__name__}: repr failed: {type(e).__name__}>"
 
 
 class ActionQueue:
@@ -155,6 +213,7 @@ class ActionQueue:
         self._lock = threading.Lock()
         self._queue: deque[Ticket] = deque()
         self.tickets: deque[Ticket] = deque(maxlen=keep)
+        self._by_id: dict[str, Ticket] = {}  # every id in the ticket store and the queue
         self._ids = itertools.count(1)
         self._listeners: dict[int, Callable[[Ticket], None]] = {}
         self._listener_ids = itertools.count()
@@ -188,30 +247,93 @@ class ActionQueue:
         source: str = "python",
         id: str | None = None,
     ) -> Ticket:
-        """Validate and enqueue a request; never raises for bad requests (see ``Ticket.status``)."""
-        raw = dict(params or {})
-        t = Ticket(
-            id=str(id) if id is not None else f"a{next(self._ids)}",
-            action=str(action),
-            params=raw,
-            source=source,
-            submitted_step=self._probe.step_count,
-        )
+        """Validate and enqueue a request; never raises for bad requests (see ``Ticket.status``).
+
+        Ids are unique over the whole ticket store and the queue: a request whose ``id`` is
+        already known is refused (its refusal is reported but not stored, so ``find`` and undo
+        keep pointing at the original), and generated ids skip any id a caller already used.
+        """
+        try:
+            raw = dict(params or {})
+        except (TypeError, ValueError) as e:
+            raw, bad = {}, f"parameters must be keyword arguments (a dict), got {type(params).__name__}: {e}"
+        else:
+            bad = ""
+        with self._lock:
+            if id is None:
+                rid = f"a{next(self._ids)}"
+                while rid in self._by_id:
+                    rid = f"a{next(self._ids)}"
+                dup = False
+            else:
+                rid = str(id)
+                dup = self._known(rid)
+        t = Ticket(id=rid, action=str(action)[:200], params=raw, source=source, submitted_step=self._probe.step_count)
+        if dup:
+            t.params = {}
+            return self._finish(
+                t,
+                "refused",
+                f"request id {rid!r} is already used by another request; every request needs a new id",
+                store=False,
+            )
+        if bad:
+            return self._finish(t, "refused", bad)
+        if nesting_depth(raw) > MAX_DEPTH:
+            t.params = {}
+            return self._finish(
+                t,
+                "refused",
+                f"parameters nest deeper than {MAX_DEPTH} levels of lists / objects; no action takes "
+                "more than a list of names",
+            )
         spec = REGISTRY.get(action) if isinstance(action, str) else None
         if spec is None:
             known = ", ".join(sorted(REGISTRY)) or "none registered"
-            return self._finish(t, "refused", f"unknown action {action!r}; known actions: {known}")
+            return self._finish(t, "refused", f"unknown action {str(action)[:100]!r}; known actions: {known}")
+        notes: list[str] = []
+        _LOCAL.notes = notes
         try:
             t.params = spec.validate(self._probe, raw)
         except (ValueError, TypeError, KeyError) as e:
             return self._finish(t, "refused", str(e).strip("'\""))
+        except RecursionError:
+            return self._finish(t, "refused", "parameters nest too deeply")
         except Exception as e:  # a validator bug must not break the caller either
             return self._finish(t, "refused", f"could not validate: {type(e).__name__}: {e}")
+        finally:
+            _LOCAL.notes = None
+        if notes:
+            t.message = "; ".join(notes)
         with self._lock:
             self._queue.append(t)
-            self.tickets.append(t)
+            self._store(t)
         self._changed(t)
         return t
+
+    def _known(self, rid: str) -> bool:
+        """Is ``rid`` the id of a stored or queued ticket (hold the lock)?"""
+        t = self._by_id.get(rid)
+        if t is None:
+            return False
+        if any(x is t for x in self.tickets) or any(x is t for x in self._queue):
+            return True
+        del self._by_id[rid]  # the store was cleared or trimmed from outside
+        return False
+
+    def _store(self, t: Ticket) -> None:
+        """Keep ``t`` in the bounded ticket store and the id index (hold the lock)."""
+        if any(x is t for x in self.tickets):
+            return
+        if self.tickets.maxlen is not None and len(self.tickets) >= self.tickets.maxlen:
+            old = self.tickets[0]
+            if self._by_id.get(old.id) is old and not any(x is old for x in self._queue):
+                del self._by_id[old.id]
+        self.tickets.append(t)
+        self._by_id.setdefault(t.id, t)
+        if len(self._by_id) > 2 * (self.tickets.maxlen or 500) + len(self._queue):
+            live = list(self.tickets) + list(self._queue)
+            self._by_id = {x.id: x for x in reversed(live)}
 
     def pending(self) -> list[Ticket]:
         with self._lock:
@@ -241,6 +363,11 @@ class ActionQueue:
         if isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], dict):
             out, details = out
         t.result = out
+        if hasattr(out, "ticket_id"):
+            out.ticket_id = t.id
+        releases = getattr(out, "on_release", None)
+        if isinstance(releases, list):  # its undo state was released to bound memory: tell the listeners
+            releases.append(lambda: self._changed(t))
         t.applied_step = probe.step_count
         ev = probe.history.add_event(
             "intervention" if t.action != "undo" else "undo",
@@ -257,20 +384,23 @@ class ActionQueue:
         msg = details.get("message", "") if isinstance(details, dict) else ""
         return self._finish(t, "applied", str(msg) or f"applied at step {t.applied_step}")
 
-    def _finish(self, t: Ticket, status: str, message: str) -> Ticket:
+    def _finish(self, t: Ticket, status: str, message: str, *, store: bool = True) -> Ticket:
         t.status = status
         t.message = message
         t.t_done = time.time()
-        if status != "pending":
+        if status != "pending" and store:
             with self._lock:
-                if t not in self.tickets:
-                    self.tickets.append(t)
+                self._store(t)
         self._changed(t)
         return t
 
     def find(self, ticket_id: str) -> Ticket | None:
+        """The stored ticket with this id (ids are unique in the store)."""
         with self._lock:
-            for t in self.tickets:
+            t = self._by_id.get(ticket_id)
+            if t is not None and any(x is t for x in self.tickets):
+                return t
+            for t in reversed(self.tickets):
                 if t.id == ticket_id:
                     return t
         return None
@@ -286,13 +416,24 @@ def _validate_undo(probe: Probe, params: dict[str, Any]) -> dict[str, Any]:
         raise ValueError(f"no action with ticket id {target!r}")
     if t.status != "applied" or not hasattr(t.result, "undo"):
         raise ValueError(f"action {target!r} ({t.action}) is {t.status} and cannot be undone")
+    why = _undo_blocker(t)
+    if why:
+        raise ValueError(f"cannot undo {t.action} ({target}): {why}")
     return {"ticket": target}
+
+
+def _undo_blocker(t: Ticket) -> str | None:
+    blocker = getattr(t.result, "undo_blocker", None)
+    return blocker() if callable(blocker) else None
 
 
 def _apply_undo(probe: Probe, params: dict[str, Any]) -> tuple[None, dict[str, Any]]:
     t = probe.actions.find(params["ticket"])
     if t is None or t.status != "applied" or not hasattr(t.result, "undo"):
         raise RuntimeError("the action is no longer undoable")
+    why = _undo_blocker(t)  # re-checked at the boundary: something may have been applied since
+    if why:
+        raise RuntimeError(f"cannot undo {t.action} ({t.id}): {why}")
     t.result.undo()
     t.status = "undone"
     t.message = f"undone at step {probe.step_count}"

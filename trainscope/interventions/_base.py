@@ -15,9 +15,12 @@ Every intervention follows the same discipline:
 from __future__ import annotations
 
 import contextlib
+import itertools
 import threading
 import traceback
 import warnings
+import weakref
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -27,9 +30,57 @@ from torch import Tensor, nn
 if TYPE_CHECKING:
     from ..probe import Probe
 
-__all__ = ["Applied", "validate_params"]
+__all__ = ["MAX_HEAVY_UNDO", "Applied", "validate_params"]
 
 _LOCAL = threading.local()
+
+MAX_HEAVY_UNDO = 3
+"""How many "heavy" undo captures stay alive (the model / optimizer state a rollback, a reinit or
+an optimizer switch saved to be undone).  When a newer heavy action is applied, the oldest capture
+beyond this number is released and that action can no longer be undone; memory stays bounded by
+``MAX_HEAVY_UNDO`` copies of the model (+ optimizer state) whatever the number of clicks."""
+
+RELEASED = (
+    "the state needed to undo this was released to bound memory (trainscope keeps what is needed "
+    "to undo only the {n} most recent rollback / reinit / switch_optimizer actions)"
+)
+
+_SEQ = itertools.count(1)
+_LEDGER: weakref.WeakSet[Applied] = weakref.WeakSet()  # applied, not undone: for undo-order checks
+_HEAVY: deque[weakref.ref[Applied]] = deque()
+_LEDGER_LOCK = threading.Lock()
+
+
+# ---------------------------------------------------------------------------- state keys
+# What an intervention changes is named by "state keys" (strings built from object identities),
+# so that undoing an older action can be refused while a later one that changed the same state is
+# still applied.  The objects behind the ids are kept alive by the undo closures that name them.
+def tensor_keys(tensors: Iterable[Tensor]) -> set[str]:
+    """Keys of parameter / buffer values."""
+    return {f"t{id(t)}" for t in tensors}
+
+
+def model_keys(model: nn.Module) -> set[str]:
+    """Keys of every parameter and buffer of ``model``."""
+    out = {f"t{id(t)}" for t in model.parameters()}
+    out |= {f"t{id(t)}" for t in model.buffers()}
+    return out
+
+
+def opt_keys(optimizer: Any, *parts: str) -> set[str]:
+    """Keys of an optimizer's settings: ``lr``, ``momentum``, ``weight_decay``, ``groups`` (other
+    hyper-parameters), ``schedule``, ``l1``, ``clip``, ``freeze``."""
+    return {f"o{id(optimizer)}:{p}" for p in parts}
+
+
+def opt_state_keys(optimizer: Any, params: Iterable[Tensor] | None = None) -> set[str]:
+    """Keys of the optimizer state of ``params`` (default: every parameter of ``optimizer``)."""
+    if params is None:
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+    return {f"s{id(p)}" for p in params}
+
+
+ALL_OPT_SETTINGS = ("lr", "momentum", "weight_decay", "groups", "schedule")
 
 
 # ---------------------------------------------------------------------------- the record
@@ -58,18 +109,33 @@ class Applied:
         details: Mapping[str, Any] | None = None,
         probe: Probe | None = None,
         label: str | None = None,
+        touches: Iterable[str] | Callable[[], Iterable[str]] = (),
+        heavy: bool = False,
     ) -> None:
         self.name = name
         self.params = dict(params)
         self.details: dict[str, Any] = dict(details or {})
         self.message = message
         self.undone = False
-        self.result: Any = None
-        """The live object, where there is one (a schedule, a snapshot, an early stopper...)."""
+        self._result: Any = None
+        self._result_ref: weakref.ref[Any] | None = None
         self._undo = undo
         self._probe = probe
         self._recorded = False
+        self._released = False
+        self._touches = touches if callable(touches) else frozenset(touches)
+        self.seq = next(_SEQ)
+        self.ticket_id: str | None = None
+        """Id of the request that applied it (set by the action queue; used in messages)."""
+        self.on_release: list[Callable[[], None]] = []
         self.event_id: int | None = None
+        if undo is not None:
+            with _LEDGER_LOCK:
+                _LEDGER.add(self)
+                if heavy:
+                    _HEAVY.append(weakref.ref(self))
+            if heavy:
+                _bound_heavy()
         if probe is not None and not in_action():
             from ..actions import REGISTRY
 
@@ -88,17 +154,85 @@ class Applied:
             self.event_id = ev.id
 
     @property
+    def result(self) -> Any:
+        """The live object, where there is one (a schedule, a snapshot, an early stopper...)."""
+        if self._result_ref is not None:
+            return self._result_ref()
+        return self._result
+
+    @result.setter
+    def result(self, value: Any) -> None:
+        self._result, self._result_ref = value, None
+
+    def keep_result_weakly(self, value: Any) -> None:
+        """``result`` refers to ``value`` without keeping it alive (a snapshot lives as long as
+        its bounded store keeps it, not as long as the request is remembered)."""
+        self._result, self._result_ref = None, weakref.ref(value)
+
+    @property
+    def touches(self) -> frozenset[str]:
+        """State keys this intervention changed (see :func:`tensor_keys`, :func:`opt_keys`)."""
+        t = self._touches
+        return frozenset(t()) if callable(t) else t
+
+    @property
+    def released(self) -> bool:
+        """True when its undo state was released to bound memory (see :data:`MAX_HEAVY_UNDO`)."""
+        return self._released
+
+    @property
     def undoable(self) -> bool:
         return self._undo is not None and not self.undone
 
-    def undo(self) -> None:
-        """Restore what this intervention changed (raises if it was already undone)."""
-        if self._undo is None:
-            raise RuntimeError(f"{self.name} cannot be undone")
+    def _label(self) -> str:
+        what = self.name.replace("_", " ")
+        return f"{what} (ticket {self.ticket_id})" if self.ticket_id else what
+
+    def undo_blocker(self) -> str | None:
+        """Why :meth:`undo` would be refused now (``None`` when it can be undone exactly).
+
+        Undo restores what the action saw before it changed things.  When a *later* action that
+        is still applied changed some of the same state, restoring that would silently wipe the
+        later action's effect while it still shows as applied -- so it is refused: undo the later
+        one first (undo is exact in any order for actions on independent state).
+        """
         if self.undone:
-            raise RuntimeError(f"{self.name} was already undone")
+            return f"{self.name} was already undone"
+        if self._released:
+            return RELEASED.format(n=MAX_HEAVY_UNDO)
+        if self._undo is None:
+            return f"{self.name} cannot be undone"
+        mine = self.touches
+        if not mine:
+            return None
+        with _LEDGER_LOCK:
+            later = sorted((a for a in _LEDGER if a.seq > self.seq and not a.undone), key=lambda a: a.seq)
+        for a in reversed(later):  # the most recent first: that is the one to undo next
+            if mine & a.touches:
+                if a.undoable:
+                    return (f"the later {a._label()} changed the same state and is still applied; "
+                            "undo it first (undo goes back in the reverse order of what touched the same state)")
+                why = "its undo state was released to bound memory" if a._released else "it cannot be undone"
+                return (f"the later {a._label()} changed the same state and {why}, so this can no longer be "
+                        "undone exactly")
+        return None
+
+    def undo(self) -> None:
+        """Restore what this intervention changed.
+
+        Raises ``RuntimeError`` (changing nothing) if it was already undone, if its undo state was
+        released to bound memory, or if a later applied intervention changed the same state (undo
+        that one first); see :meth:`undo_blocker`.
+        """
+        reason = self.undo_blocker()
+        if reason is not None:
+            raise RuntimeError(f"cannot undo {self.name}: {reason}")
+        assert self._undo is not None
         self._undo()
         self.undone = True
+        self._undo = None  # what it captured is not needed any more
+        with _LEDGER_LOCK:
+            _LEDGER.discard(self)
         if self._recorded and self._probe is not None and not in_action():
             self._probe.history.add_event(
                 "undo", f"undo {self.name.replace('_', ' ')}", step=self._probe.step_count,
@@ -108,6 +242,27 @@ class Applied:
     def __repr__(self) -> str:
         state = "undone" if self.undone else "applied"
         return f"<Applied {self.name} ({state}): {self.message or self.params}>"
+
+    def _release(self) -> None:
+        if self._undo is None or self.undone:
+            return
+        self._undo = None
+        self._released = True
+        for cb in list(self.on_release):
+            with contextlib.suppress(Exception):
+                cb()
+
+
+def _bound_heavy() -> None:
+    """Release the oldest heavy undo captures beyond :data:`MAX_HEAVY_UNDO`."""
+    with _LEDGER_LOCK:
+        live = [r for r in _HEAVY if (a := r()) is not None and a.undoable]
+        n_old = max(0, len(live) - max(0, MAX_HEAVY_UNDO))
+        old = [a for r in live[:n_old] if (a := r()) is not None]
+        _HEAVY.clear()
+        _HEAVY.extend(live[n_old:])
+    for a in old:
+        a._release()
 
 
 def in_action() -> bool:
@@ -146,11 +301,17 @@ def report_error(owner: Probe | None, where: str, exc: BaseException, seen: set[
         )
 
 
-def jsonable(v: Any) -> Any:
+MAX_DEPTH = 32
+"""Deepest nesting of lists / dicts kept in parameters and timeline details."""
+
+
+def jsonable(v: Any, _depth: int = 0) -> Any:
+    if isinstance(v, (Mapping, list, tuple)) and _depth >= MAX_DEPTH:
+        return f"<nested deeper than {MAX_DEPTH} levels>"
     if isinstance(v, Mapping):
-        return {str(k): jsonable(x) for k, x in v.items()}
+        return {str(k): jsonable(x, _depth + 1) for k, x in v.items()}
     if isinstance(v, (list, tuple)):
-        return [jsonable(x) for x in v]
+        return [jsonable(x, _depth + 1) for x in v]
     if isinstance(v, float) or isinstance(v, (str, int, bool)) or v is None:
         return v
     if isinstance(v, (np.floating, np.integer)):
@@ -182,10 +343,18 @@ def as_int(name: str, v: Any, *, lo: int | None = None, hi: int | None = None) -
         raise TypeError(f"{name} must be an integer, got {type(v).__name__} {v!r}")
     x = int(v)
     if lo is not None and x < lo:
-        raise ValueError(f"{name} must be >= {lo}, got {x}")
+        raise ValueError(f"{name} must be >= {lo}, got {_short_int(x)}")
     if hi is not None and x > hi:
-        raise ValueError(f"{name} must be <= {hi}, got {x}")
+        raise ValueError(f"{name} must be <= {hi}, got {_short_int(x)}")
     return x
+
+
+def _short_int(x: int) -> str:
+    """An integer for a message: a 400-digit one is written as such, not in full."""
+    if abs(x) < 10**15:
+        return str(x)
+    digits = len(str(abs(x))) if abs(x) < 10**4300 else None  # str() of huge ints is refused past 4300 digits
+    return f"a {digits}-digit number" if digits else "a huge number"
 
 
 def as_choice(name: str, v: Any, choices: Sequence[str]) -> str:

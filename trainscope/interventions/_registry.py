@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from ..actions import register_action
+from ..actions import note, register_action
 from ._base import Applied, action_context, validate_params
 from .dropout import (
     ADD_SCHEMA,
@@ -22,7 +22,7 @@ from .dropout import (
     remove_dropout_,
     set_dropout_,
 )
-from .init import REINIT_SCHEMA, reinit_, target_modules
+from .init import REINIT_SCHEMA, reinit_, target_modules, tied_note
 from .optimizers import SWITCH_SCHEMA, switch_optimizer_
 from .regularization import CLIP_SCHEMA as _CLIP
 from .regularization import L1_SCHEMA, WD_SCHEMA, clip_grad_, clip_params, l1_, weight_decay_
@@ -32,6 +32,7 @@ from .schedule import (
     SCALE_LR_SCHEMA,
     SCHEDULE_SCHEMA,
     SET_LR_SCHEMA,
+    check_floor,
     one_cycle_,
     scale_lr_,
     set_lr_,
@@ -70,9 +71,10 @@ def _result(applied: Applied | None, extra: Mapping[str, Any] | None = None) -> 
 
 
 def _reg(name: str, label: str, category: str, schema: dict[str, dict[str, Any]], description: str,
-         check: Callable[[Probe, dict[str, Any]], None] | None, run: Callable[[Probe, dict[str, Any]], Any]) -> None:
+         check: Callable[[Probe, dict[str, Any]], None] | None, run: Callable[[Probe, dict[str, Any]], Any], *,
+         clean: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
     def validate(probe: Probe, params: dict[str, Any]) -> dict[str, Any]:
-        p = validate_params(name, schema, params)
+        p = clean(params) if clean is not None else validate_params(name, schema, params)
         if check is not None:
             check(probe, p)
         return p
@@ -88,7 +90,9 @@ def _reg(name: str, label: str, category: str, schema: dict[str, dict[str, Any]]
 
 # ---------------------------------------------------------------------------- checks
 def _check_reinit(probe: Probe, p: dict[str, Any]) -> None:
-    target_modules(probe.model, p["layers"])
+    tied = tied_note(probe.model, target_modules(probe.model, p["layers"]))
+    if tied:
+        note(f"note: {tied}")
     if p["scheme"] in ("lsuv", "data_dependent") and probe.data is None and not probe.recent_batches:
         raise ValueError(f"{p['scheme']} needs a real batch: give the Probe data=loader, or let training run one step first")
 
@@ -108,7 +112,14 @@ def _check_add_dropout(probe: Probe, p: dict[str, Any]) -> None:
 
 def _check_clip(probe: Probe, p: dict[str, Any]) -> None:
     _opt(probe, "clip_grad")
-    p.update(clip_params(p))
+
+
+def _check_schedule(action: str) -> Callable[[Probe, dict[str, Any]], None]:
+    def check(probe: Probe, p: dict[str, Any]) -> None:
+        opt = _opt(probe, action)
+        check_floor(opt, {"kind": "cosine_restarts", **p} if action == "snapshot_ensemble" else p, action)
+
+    return check
 
 
 def _check_one_cycle(probe: Probe, p: dict[str, Any]) -> None:
@@ -165,9 +176,9 @@ def _run_lr_find(probe: Probe, p: dict[str, Any]) -> tuple[Applied | None, dict[
                   num_iter=p["num_iter"], mode=p["mode"], probe=probe, data_note=src)
     summary = {"suggestion": res.suggestion, "suggestions": res.suggestions, "spread": res.spread,
                "iterations": res.iterations, "stop_reason": res.stop_reason, "data": src}
+    msg = res.summary(src)  # says whether the rules agree, which to trust, and flags a fragile sweep
     if res.suggestion is None:
-        return None, {**summary, "message": res.note}
-    msg = f"suggested lr {res.suggestion:.3g} (rules agree within {res.spread:.2f} decades; {res.iterations} iterations on {src})"
+        return None, {**summary, "message": msg}
     if p["apply"] == "none":
         return None, {**summary, "message": msg}
     applied = res.apply(probe.optimizer, p["apply"], total_steps=p["total_steps"], probe=probe)  # type: ignore[arg-type]
@@ -192,14 +203,15 @@ _reg("l1", "L1 penalty", "regularization", L1_SCHEMA, "Add an L1 penalty on the 
      _needs_opt("l1"), lambda pr, p: l1_(_opt(pr, "l1"), p["value"], include_bias=p["include_bias"], probe=pr))
 _reg("clip_grad", "Clip gradients", "regularization", _CLIP, "Clip gradients by total norm or by value at every step.",
      _check_clip, lambda pr, p: clip_grad_(_opt(pr, "clip_grad"), p["max_norm"], value=p["value"], mode=p["mode"],
-                                           norm_type=p["norm_type"], probe=pr))
+                                           norm_type=p["norm_type"], probe=pr),
+     clean=clip_params)
 _reg("set_lr", "Set learning rate", "lr", SET_LR_SCHEMA, "Set the learning rate now (group ratios kept).",
      _needs_opt("set_lr"), lambda pr, p: set_lr_(_opt(pr, "set_lr"), p["lr"], probe=pr))
 _reg("scale_lr", "Scale learning rate", "lr", SCALE_LR_SCHEMA, "Multiply the learning rate (and an active schedule).",
      _needs_opt("scale_lr"), lambda pr, p: scale_lr_(_opt(pr, "scale_lr"), p["factor"], probe=pr))
 _reg("set_schedule", "LR schedule", "lr", SCHEDULE_SCHEMA,
      f"Switch the learning-rate schedule live ({', '.join(KINDS)}).",
-     _needs_opt("set_schedule"), lambda pr, p: set_schedule_(_opt(pr, "set_schedule"), p.pop("kind"), probe=pr, **p))
+     _check_schedule("set_schedule"), lambda pr, p: set_schedule_(_opt(pr, "set_schedule"), p.pop("kind"), probe=pr, **p))
 _reg("one_cycle", "One-cycle", "lr", ONE_CYCLE_SCHEMA, "Start a one-cycle schedule (lr and momentum cycling) now.",
      _check_one_cycle, lambda pr, p: one_cycle_(_opt(pr, "one_cycle"), p.pop("max_lr"), p.pop("total_steps"), probe=pr, **p))
 _reg("lr_find", "LR finder", "lr", LR_FIND_SCHEMA,
@@ -217,4 +229,4 @@ _reg("early_stopping", "Early stopping", "run", EARLY_SCHEMA,
      None, lambda pr, p: early_stopping_(pr.model, pr.optimizer, probe=pr, **p))
 _reg("snapshot_ensemble", "Snapshot ensemble", "run", ENSEMBLE_SCHEMA,
      "SGDR with a snapshot at the end of every cycle; the averaged prediction is evaluated.",
-     _needs_opt("snapshot_ensemble"), lambda pr, p: snapshot_ensemble_(pr.model, _opt(pr, "snapshot_ensemble"), probe=pr, **p))
+     _check_schedule("snapshot_ensemble"), lambda pr, p: snapshot_ensemble_(pr.model, _opt(pr, "snapshot_ensemble"), probe=pr, **p))

@@ -20,13 +20,15 @@ undoable.  Dropouts added through a probe disappear when the probe is detached.
 
 from __future__ import annotations
 
+import contextlib
 import weakref
 from typing import TYPE_CHECKING, Any
 
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence
 
-from ._base import Applied, owner_alive, resolve_modules, validate_params
+from ._base import Applied, owner_alive, report_error, resolve_modules, validate_params
 
 if TYPE_CHECKING:
     from ..probe import Probe
@@ -49,35 +51,135 @@ REMOVE_SCHEMA: dict[str, dict[str, Any]] = {
 
 
 class DropoutHook:
-    """``F.dropout`` on a module's output, while the module is training."""
+    """``F.dropout`` on a module's output, while the module is training.
 
-    def __init__(self, module: nn.Module, p: float, owner: Probe | None) -> None:
+    A tensor output is dropped; for a tuple / list output (``nn.LSTM`` returns
+    ``(output, (h, c))``, ``nn.MultiheadAttention`` ``(output, weights)``, transformer blocks
+    ``(hidden, ...)``) the first element is -- the sequence / hidden output the next layer reads,
+    never recurrent state or attention weights; a ``PackedSequence`` has its ``data`` dropped.
+    Any other output (a dict, a model-output object) is left unchanged, and the owner probe
+    records once that nothing was dropped there.
+
+    Copies of the model (``copy.deepcopy``, pickling, ``torch.save(model)``) get their own hook
+    with the same ``p``, owned by no probe: a copy behaves like the original and loads in a
+    process without the probe (``set_dropout_`` / ``remove_dropout_`` act on it as on any model).
+    """
+
+    def __init__(self, module: nn.Module | None, p: float, owner: Probe | None) -> None:
         self.p = p
         self.owner = owner
-        self.module = weakref.ref(module)
-        self.handle: Any = None
+        self.module: weakref.ref[nn.Module] | None = weakref.ref(module) if module is not None else None
+        self._detach: _DetachHandle | None = None
+        self._seen: set[str] = set()
 
+    # -------------------------------------------------------------- copies
+    def __deepcopy__(self, memo: dict[int, Any]) -> DropoutHook:
+        m = self.module() if self.module is not None else None
+        new_module = memo.get(id(m)) if m is not None else None
+        h = DropoutHook(new_module if isinstance(new_module, nn.Module) else None, self.p, None)
+        if h.module is not None:
+            _ADDED[h.module()] = h  # type: ignore[index]
+        return h
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_restored_hook, (self.p,))
+
+    # -------------------------------------------------------------- life
     def install(self) -> None:
-        m = self.module()
-        if m is not None and self.handle is None:
-            self.handle = m.register_forward_hook(self, prepend=True)
-            _ADDED[m] = self
+        m = self.module() if self.module is not None else None
+        if m is None or self._installed(m):
+            return
+        m.register_forward_hook(self, prepend=True)
+        _ADDED[m] = self
+        if self.owner is not None and self._detach is None:
+            # removed eagerly when the probe is detached (not at the next forward)
+            self._detach = _DetachHandle(self)
+            handles = getattr(self.owner, "_handles", None)
+            if isinstance(handles, list):
+                handles.append(self._detach)
+
+    def _installed(self, m: nn.Module) -> bool:
+        return any(v is self for v in m._forward_hooks.values())
 
     def remove(self) -> None:
-        if self.handle is not None:
-            self.handle.remove()
-            self.handle = None
-        m = self.module()
-        if m is not None and _ADDED.get(m) is self:
-            del _ADDED[m]
+        m = self.module() if self.module is not None else None
+        if m is not None:
+            for key in [k for k, v in m._forward_hooks.items() if v is self]:
+                del m._forward_hooks[key]
+                m._forward_hooks_with_kwargs.pop(key, None)
+                m._forward_hooks_always_called.pop(key, None)
+            if _ADDED.get(m) is self:
+                del _ADDED[m]
+        d, self._detach = self._detach, None
+        if d is not None and self.owner is not None:
+            handles = getattr(self.owner, "_handles", None)
+            if isinstance(handles, list):
+                with contextlib.suppress(ValueError):
+                    handles.remove(d)
 
     def __call__(self, module: nn.Module, args: Any, output: Any) -> Any:
         if not owner_alive(self.owner):
             self.remove()
             return None
-        if self.p <= 0.0 or not module.training or not isinstance(output, Tensor) or not output.is_floating_point():
+        if self.module is None:  # a copy made by pickling: bind to the module it runs on
+            self.module = weakref.ref(module)
+            _ADDED.setdefault(module, self)
+        if self.p <= 0.0 or not module.training:
             return None
-        return F.dropout(output, self.p, training=True)
+        dropped = _drop(output, self.p)
+        if dropped is _NOTHING:
+            if "output" not in self._seen:
+                report_error(self.owner, "add_dropout", TypeError(
+                    f"the output of {type(module).__name__} is a {type(output).__name__}, not a tensor or a "
+                    "tuple starting with one; nothing was dropped there (target the module that produces the "
+                    "tensor, or remove this dropout)"), self._seen)
+                self._seen.add("output")
+            return None
+        return dropped
+
+
+class _DetachHandle:
+    """Goes in the probe's hook handles: ``probe.detach()`` removes the dropout at once."""
+
+    def __init__(self, hook: DropoutHook) -> None:
+        self.hook = weakref.ref(hook)
+
+    def remove(self) -> None:
+        h = self.hook()
+        if h is not None:
+            h._detach = None
+            h.remove()
+
+
+def _restored_hook(p: float) -> DropoutHook:
+    """Unpickling: the same dropout, owned by no probe; bound to its module at the first forward."""
+    return DropoutHook(None, p, None)
+
+
+_NOTHING = object()
+
+
+def _drop(output: Any, p: float) -> Any:
+    if isinstance(output, Tensor):
+        return F.dropout(output, p, training=True) if output.is_floating_point() else _NOTHING
+    if isinstance(output, PackedSequence):
+        if not output.data.is_floating_point():
+            return _NOTHING
+        return output._replace(data=F.dropout(output.data, p, training=True))
+    if isinstance(output, (tuple, list)) and output:
+        first = _drop(output[0], p)
+        if first is _NOTHING:
+            return _NOTHING
+        rest = list(output[1:])
+        if isinstance(output, list):
+            return [first, *rest]
+        if type(output) is tuple:
+            return (first, *rest)
+        try:  # a named tuple or another tuple type
+            return type(output)(first, *rest)
+        except Exception:
+            return _NOTHING
+    return _NOTHING
 
 
 _ADDED: weakref.WeakKeyDictionary[nn.Module, DropoutHook] = weakref.WeakKeyDictionary()
@@ -118,7 +220,12 @@ def add_dropout_(model: nn.Module, after: list[str] | str, p: float = 0.2, *, pr
 
     names = [n for n, _ in targets]
     return Applied("add_dropout", prm, undo, message=f"dropout p={prm['p']:g} after {', '.join(names)}",
-                   details={"after": names}, probe=probe)
+                   details={"after": names}, probe=probe, touches=_keys(m for _, m in targets))
+
+
+def _keys(modules: Any) -> set[str]:
+    """State keys of the dropout at these modules (see ``Applied.touches``)."""
+    return {f"d{id(m)}" for m in modules if m is not None}
 
 
 def _dropouts_in(model: nn.Module, layers: list[str] | None, action: str) -> tuple[list[tuple[str, nn.Module]], list[tuple[str, DropoutHook]]]:
@@ -158,7 +265,8 @@ def set_dropout_(model: nn.Module, p: float, layers: list[str] | str | None = No
 
     names = [n for n, _ in mods] + [f"{n} (trainscope)" for n, _ in hooks]
     return Applied("set_dropout", prm, undo, message=f"dropout p={prm['p']:g} in {len(names)} place(s)",
-                   details={"changed": names, "before": [v for _, v in saved_m] + [v for _, v in saved_h]}, probe=probe)
+                   details={"changed": names, "before": [v for _, v in saved_m] + [v for _, v in saved_h]}, probe=probe,
+                   touches=_keys([m for _, m in mods] + [h.module() for _, h in hooks if h.module is not None]))
 
 
 def remove_dropout_(model: nn.Module, layers: list[str] | str | None = None, *, probe: Probe | None = None) -> Applied:
@@ -180,4 +288,5 @@ def remove_dropout_(model: nn.Module, layers: list[str] | str | None = None, *, 
 
     names = [n for n, _ in mods] + [f"{n} (trainscope)" for n, _ in hooks]
     return Applied("remove_dropout", prm, undo, message=f"dropout removed in {len(names)} place(s)",
-                   details={"removed": names}, probe=probe)
+                   details={"removed": names}, probe=probe,
+                   touches=_keys([m for _, m in mods] + [h.module() for _, h in hooks if h.module is not None]))

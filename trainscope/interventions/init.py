@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from ._base import Applied, resolve_modules, validate_params
+from ._base import Applied, opt_state_keys, resolve_modules, tensor_keys, validate_params
 
 if TYPE_CHECKING:
     from ..probe import Probe
@@ -193,10 +193,15 @@ def reinit_(
         optimizer = probe.optimizer
     targets = target_modules(model, p["layers"])
     scheme = p["scheme"]
+    tied = tied_note(model, targets)
     if scheme in ("lsuv", "data_dependent"):
         from ._datainit import data_init
 
-        return data_init(model, targets, p, optimizer=optimizer, probe=probe, batch=batch)
+        applied = data_init(model, targets, p, optimizer=optimizer, probe=probe, batch=batch)
+        if tied:
+            applied.message += f"; {tied}"
+            applied.details["tied"] = tied
+        return applied
 
     # plan: every new tensor is computed before anything changes
     plan: list[tuple[Tensor, Tensor]] = []
@@ -221,7 +226,31 @@ def reinit_(
                 entry["nonlinearity"] = nl if nl != "leaky_relu" else f"leaky_relu({slope:g})"
                 entry["nonlinearity_source"] = how
             info.append(entry)
-    return commit(model, plan, optimizer, "reinit", p, info, probe, warn_symmetry=scheme in ("zeros", "constant"))
+    return commit(model, plan, optimizer, "reinit", p, info, probe, warn_symmetry=scheme in ("zeros", "constant"),
+                  extra={"tied": tied} if tied else None, note=tied)
+
+
+def tied_note(model: nn.Module, targets: list[tuple[str, nn.Module]]) -> str:
+    """Say which re-initialized parameters other modules share (tied weights: GPT-2's ``lm_head``
+    and its input embedding are one tensor), naming those modules; ``""`` when none is shared."""
+    chosen = {id(m) for _, m in targets}
+    where: dict[int, list[tuple[str, nn.Module]]] = {}
+    for mname, mod in model.named_modules(remove_duplicate=False):
+        for pname, prm in mod._parameters.items():
+            if prm is not None:
+                where.setdefault(id(prm), []).append((f"{mname}.{pname}".lstrip("."), mod))
+    parts: list[str] = []
+    seen: set[str] = set()
+    for tname, mod in targets:
+        for pname, prm in weight_matrices(mod) + _biases(mod):
+            others = sorted({n for n, m in where.get(id(prm), []) if id(m) not in chosen})
+            label = f"{tname}.{pname}".lstrip(".")
+            if others and label not in seen:
+                seen.add(label)
+                owners = sorted({n.rsplit(".", 1)[0] or n for n in others})
+                parts.append(f"{label} is tied to {', '.join(others)} (the same tensor): re-initializing it "
+                             f"also re-initializes {', '.join(owners)}")
+    return "; ".join(parts)
 
 
 def commit(
@@ -236,6 +265,7 @@ def commit(
     warn_symmetry: bool = False,
     saved: list[tuple[Tensor, Tensor]] | None = None,
     extra: dict[str, Any] | None = None,
+    note: str = "",
 ) -> Applied:
     """Copy planned values in (all or nothing), reset their optimizer state; undoable."""
     with torch.no_grad():
@@ -272,5 +302,9 @@ def commit(
                    "gradients and stay identical (the symmetry problem); use it to demonstrate, not to train")
         warnings.warn(f"trainscope: {warning}", UserWarning, stacklevel=3)
         msg += f". Warning: {warning}"
+    if note:
+        msg += f"; note: {note}"
     details: dict[str, Any] = {"layers": info, **(extra or {})}
-    return Applied(name, params, undo, message=msg, details=details, probe=probe)
+    touched = [w for w, _ in plan]
+    touches = tensor_keys(touched) | (opt_state_keys(optimizer, touched) if optimizer is not None else set())
+    return Applied(name, params, undo, message=msg, details=details, probe=probe, touches=touches, heavy=True)

@@ -30,7 +30,15 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from ._base import Applied, as_choice, group_value, validate_params
+from ._base import (
+    ALL_OPT_SETTINGS,
+    Applied,
+    as_choice,
+    group_value,
+    opt_keys,
+    opt_state_keys,
+    validate_params,
+)
 from ._control import controller
 
 if TYPE_CHECKING:
@@ -298,5 +306,7 @@ def switch_optimizer_(optimizer: torch.optim.Optimizer, name: str, *, probe: Pro
             probe.history.meta["optimizer"] = meta_before
 
     msg = f"{before} -> {after} (lr {lrs[0]:.3g} -> {lr0:.3g}); carried: {carried}{sched_note}"
+    touches = opt_keys(old, *ALL_OPT_SETTINGS) | opt_state_keys(old)
     return Applied("switch_optimizer", p, undo, message=msg,
-                   details={"from": before, "to": after, "carried": carried, "lr": lr0}, probe=probe)
+                   details={"from": before, "to": after, "carried": carried, "lr": lr0}, probe=probe,
+                   touches=touches, heavy=True)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from ._base import Applied, group_value, set_group_value, validate_params
+from ._base import Applied, group_value, opt_keys, set_group_value, validate_params
 from ._control import GradPart, controller
 
 if TYPE_CHECKING:
@@ -33,6 +33,9 @@ L1_SCHEMA: dict[str, dict[str, Any]] = {
               "help": "L1 coefficient (0 turns it off)"},
     "include_bias": {"type": "bool", "default": False, "help": "also penalize 1-D parameters (biases, norm weights)"},
 }
+MAX_NORM_TYPE = 100.0
+"""Largest finite p of clip_grad's p-norm: beyond ~100 |g|**p overflows float32 (every gradient
+then becomes 0) or the norm saturates (no clipping); use ``inf`` for the largest element."""
 CLIP_SCHEMA: dict[str, dict[str, Any]] = {
     "mode": {"type": "choice", "choices": ["norm", "value"], "nullable": True, "default": None,
              "help": "clip the total norm or each element (default: whichever of max_norm / value is given)"},
@@ -40,7 +43,8 @@ CLIP_SCHEMA: dict[str, dict[str, Any]] = {
                  "help": "norm mode: clip the total gradient norm to this (default 1.0)"},
     "value": {"type": "float", "min": 0.0, "min_open": True, "nullable": True, "default": None, "log": True,
               "help": "value mode: clip every gradient element to [-value, value]"},
-    "norm_type": {"type": "float", "min": 1.0, "default": 2.0, "help": "p of the norm (2 = Euclidean)"},
+    "norm_type": {"type": "float", "min": 1.0, "max": MAX_NORM_TYPE, "default": 2.0,
+                  "help": f"p of the norm (2 = Euclidean), 1 to {MAX_NORM_TYPE:g}; or inf (the largest element)"},
 }
 
 def _check(optimizer: Any) -> torch.optim.Optimizer:
@@ -66,7 +70,7 @@ def weight_decay_(optimizer: torch.optim.Optimizer, value: float, *, probe: Prob
 
     kind = "decoupled" if type(opt).__name__ == "AdamW" or (opt.param_groups[0].get("decoupled_weight_decay")) else "L2, coupled"
     return Applied("weight_decay", prm, undo, message=f"weight decay {saved[0][1]:g} -> {prm['value']:g} ({kind})",
-                   details={"before": [v for _, v in saved]}, probe=probe)
+                   details={"before": [v for _, v in saved]}, probe=probe, touches=opt_keys(opt, "weight_decay"))
 
 
 def _swap_part(opt: torch.optim.Optimizer, kind: str, part: GradPart | None, name: str, prm: dict[str, Any],
@@ -79,7 +83,7 @@ def _swap_part(opt: torch.optim.Optimizer, kind: str, part: GradPart | None, nam
         if ctl.grad_parts.get(kind) is part:
             ctl.set_grad_part(prev, kind)
 
-    applied = Applied(name, prm, undo, message=msg, probe=probe)
+    applied = Applied(name, prm, undo, message=msg, probe=probe, touches=opt_keys(opt, kind))
     applied.result = part
     return applied
 
@@ -102,7 +106,21 @@ def l1_(optimizer: torch.optim.Optimizer, value: float, *, include_bias: bool = 
 
 def clip_params(raw: dict[str, Any]) -> dict[str, Any]:
     """Validate clipping parameters and settle the mode (exactly one of norm / value)."""
+    raw = dict(raw)
+    nt = raw.get("norm_type")
+    inf_norm = (isinstance(nt, str) and nt.strip().lower() in ("inf", "infinity")) or (
+        isinstance(nt, float) and nt == float("inf"))
+    if inf_norm:
+        raw["norm_type"] = None
+    elif isinstance(nt, (int, float)) and not isinstance(nt, bool) and nt > MAX_NORM_TYPE:
+        raise ValueError(
+            f"clip_grad: norm_type must be between 1 and {MAX_NORM_TYPE:g}, or inf; got {nt:g}: a p-norm with so "
+            "large a p overflows (every gradient would become 0) or saturates (nothing would be clipped); "
+            "norm_type='inf' clips by the largest element"
+        )
     prm = validate_params("clip_grad", CLIP_SCHEMA, raw)
+    if inf_norm:
+        prm["norm_type"] = float("inf")
     mode = prm["mode"]
     if mode is None:
         if prm["max_norm"] is not None and prm["value"] is not None:

@@ -25,6 +25,7 @@ Kinds (``lr0`` = the group's learning rate when the schedule is applied, or ``lr
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +36,7 @@ from ._base import (
     as_choice,
     group_value,
     momentum_key,
+    opt_keys,
     set_group_value,
     validate_params,
 )
@@ -47,34 +49,40 @@ if TYPE_CHECKING:
 __all__ = ["LiveSchedule", "one_cycle_", "scale_lr_", "set_lr_", "set_schedule_", "sgdr_position"]
 
 KINDS = ("constant", "step", "exponential", "inverse_time", "plateau", "cosine_restarts", "one_cycle")
+MAX_STEPS = 10**9
+"""Upper bound of step counts (schedule lengths): far beyond any run, well inside float range."""
+LR_STATE = ("lr", "momentum", "schedule")
+"""What a learning-rate action's undo puts back (its capture restores lr, betas / momentum and the schedule)."""
 ALIASES = {"sgdr": "cosine_restarts", "1/t": "inverse_time", "reduce_on_plateau": "plateau", "onecycle": "one_cycle"}
 
 SCHEDULE_SCHEMA: dict[str, dict[str, Any]] = {
     "kind": {"type": "choice", "choices": list(KINDS), "default": "cosine_restarts", "help": "schedule shape"},
     "lr": {"type": "float", "min": 0.0, "min_open": True, "max": 1e3, "log": True, "nullable": True,
            "help": "base learning rate (default: the current one)"},
-    "step_size": {"type": "int", "min": 1, "default": 1000, "help": "step: steps between decays"},
+    "step_size": {"type": "int", "min": 1, "max": MAX_STEPS, "default": 1000, "help": "step: steps between decays"},
     "gamma": {"type": "float", "min": 0.0, "min_open": True, "max": 1.0, "default": 0.1,
               "help": "step: decay factor; exponential: per-step factor (e.g. 0.999)"},
-    "decay": {"type": "float", "min": 0.0, "min_open": True, "default": 1e-3, "log": True, "help": "inverse_time: lr0/(1+decay*t)"},
+    "decay": {"type": "float", "min": 0.0, "min_open": True, "max": 1e3, "default": 1e-3, "log": True, "help": "inverse_time: lr0/(1+decay*t)"},
     "monitor": {"type": "str", "default": "val_loss", "help": "plateau: scalar to watch (val_loss, loss, ...)"},
     "factor": {"type": "float", "min": 0.0, "min_open": True, "max": 1.0, "max_open": True, "default": 0.1,
                "help": "plateau: multiply the lr by this on a plateau"},
-    "patience": {"type": "int", "min": 1, "default": 5, "help": "plateau: observations without improvement"},
+    "patience": {"type": "int", "min": 1, "max": 100_000, "default": 5, "help": "plateau: observations without improvement"},
     "smoothing": {"type": "int", "min": 1, "max": 1000, "default": 3, "help": "plateau: running-median window"},
-    "min_delta": {"type": "float", "min": 0.0, "default": 1e-4, "help": "plateau: smallest improvement"},
-    "cooldown": {"type": "int", "min": 0, "default": 0, "help": "plateau: observations to wait after a reduction"},
-    "min_lr": {"type": "float", "min": 0.0, "default": 0.0, "help": "plateau: lower bound"},
-    "T_0": {"type": "int", "min": 1, "default": 1000, "help": "cosine_restarts: steps of the first cycle"},
+    "min_delta": {"type": "float", "min": 0.0, "max": 1e6, "default": 1e-4, "help": "plateau: smallest improvement"},
+    "cooldown": {"type": "int", "min": 0, "max": 100_000, "default": 0, "help": "plateau: observations to wait after a reduction"},
+    "min_lr": {"type": "float", "min": 0.0, "max": 1e3, "default": 0.0,
+               "help": "plateau: lower bound (below the learning rate of every param group)"},
+    "T_0": {"type": "int", "min": 1, "max": MAX_STEPS, "default": 1000, "help": "cosine_restarts: steps of the first cycle"},
     "T_mult": {"type": "int", "min": 1, "max": 10, "default": 1, "help": "cosine_restarts: cycle length multiplier"},
-    "eta_min": {"type": "float", "min": 0.0, "default": 0.0, "help": "cosine_restarts: lowest lr"},
+    "eta_min": {"type": "float", "min": 0.0, "max": 1e3, "default": 0.0,
+                "help": "cosine_restarts: lowest lr (below the learning rate of every param group)"},
     "max_lr": {"type": "float", "min": 0.0, "min_open": True, "max": 1e3, "log": True, "nullable": True,
                "help": "one_cycle: peak lr (default: the current lr)"},
-    "total_steps": {"type": "int", "min": 2, "default": 1000, "help": "one_cycle: length of the cycle in steps"},
+    "total_steps": {"type": "int", "min": 2, "max": MAX_STEPS, "default": 1000, "help": "one_cycle: length of the cycle in steps"},
     "pct_start": {"type": "float", "min": 0.0, "max": 1.0, "min_open": True, "max_open": True, "default": 0.25,
                   "help": "one_cycle: fraction of the cycle spent warming up"},
-    "div_factor": {"type": "float", "min": 1.0, "default": 25.0, "help": "one_cycle: start at max_lr/div_factor"},
-    "final_div_factor": {"type": "float", "min": 1.0, "default": 1e5, "log": True, "help": "one_cycle: end at max_lr/final_div_factor"},
+    "div_factor": {"type": "float", "min": 1.0, "max": 1e6, "default": 25.0, "help": "one_cycle: start at max_lr/div_factor"},
+    "final_div_factor": {"type": "float", "min": 1.0, "max": 1e12, "default": 1e5, "log": True, "help": "one_cycle: end at max_lr/final_div_factor"},
     "cycle_momentum": {"type": "bool", "default": True, "help": "one_cycle: cycle momentum / beta1 too"},
     "base_momentum": {"type": "float", "min": 0.0, "max": 1.0, "max_open": True, "default": 0.85, "help": "one_cycle: momentum at the peak lr"},
     "max_momentum": {"type": "float", "min": 0.0, "max": 1.0, "max_open": True, "default": 0.95, "help": "one_cycle: momentum at the ends"},
@@ -158,7 +166,8 @@ def _rescale(opt: torch.optim.Optimizer, factor: float | None, lr: float | None,
         msg += f" (the active {sched.kind} schedule is rescaled)"
     if ctl is not None and ctl.freezes:
         msg += "; note: an early stop holds the learning rate at 0 until it is undone"
-    return Applied(name, params, undo, message=msg, details={"lr_before": before, "lr_after": after}, probe=probe)
+    return Applied(name, params, undo, message=msg, details={"lr_before": before, "lr_after": after}, probe=probe,
+                   touches=opt_keys(opt, *LR_STATE))
 
 
 def set_schedule_(optimizer: torch.optim.Optimizer, kind: str, *, probe: Probe | None = None, **options: Any) -> Applied:
@@ -172,7 +181,36 @@ def set_schedule_(optimizer: torch.optim.Optimizer, kind: str, *, probe: Probe |
     kind = ALIASES.get(kind, kind) if isinstance(kind, str) else kind
     as_choice("set_schedule: kind", kind, KINDS)
     p = validate_params("set_schedule", SCHEDULE_SCHEMA, {"kind": kind, **options})
+    check_floor(opt, p, "set_schedule")
     return _install(opt, p, probe, "set_schedule")
+
+
+def start_lrs(opt: torch.optim.Optimizer, lr: float | None) -> list[float]:
+    """The learning rate of every param group when a schedule starts (``lr`` for group 0, the
+    others keeping their ratio), as :class:`LiveSchedule` computes its base."""
+    lrs = [group_value(g, "lr") for g in opt.param_groups]
+    if lr is None:
+        return lrs
+    return [lr * (x / lrs[0]) if lrs[0] > 0 else lr for x in lrs]
+
+
+def check_floor(opt: torch.optim.Optimizer, p: dict[str, Any], action: str) -> None:
+    """``eta_min`` (cosine restarts) / ``min_lr`` (plateau) must stay below the learning rate of
+    every param group: above it the "floor" would *raise* the learning rate (a typo such as 1e6 for
+    1e-6 took the lr to 2e5).  Raises ``ValueError`` saying so."""
+    kind = p.get("kind")
+    key = {"cosine_restarts": "eta_min", "plateau": "min_lr"}.get(str(kind))
+    floor = p.get(key) if key else None
+    if key is None or floor is None or floor <= 0:
+        return
+    lrs = start_lrs(opt, p.get("lr"))
+    low = min(lrs) if lrs else 0.0
+    if floor >= low:
+        raise ValueError(
+            f"{action}: {key} ({floor:g}) must be below the learning rate of every param group (the lowest is "
+            f"{low:.3g}): a floor above the learning rate would raise it, not bound it from below; "
+            f"e.g. {key}={low / 100:.3g}"
+        )
 
 
 def one_cycle_(optimizer: torch.optim.Optimizer, max_lr: float | None = None, total_steps: int = 1000, *,
@@ -191,16 +229,23 @@ def _install(opt: torch.optim.Optimizer, p: dict[str, Any], probe: Probe | None,
             raise ValueError("one_cycle: base_momentum must be <= max_momentum (momentum is lowest at the peak lr)")
         if p["cycle_momentum"] and not any(momentum_key(g) for g in opt.param_groups):
             p["cycle_momentum"] = False
+    check_floor(opt, p, name)
     opts = {k: v for k, v in p.items() if k != "kind"}
-    sched = LiveSchedule(kind, opts, opt, probe)
     restore = _lr_capture(opt)
     ctl = controller(opt)
     assert ctl is not None
+    prev = ctl.schedule
+    sched = LiveSchedule(kind, opts, opt, probe)
     try:
-        prev = ctl.set_schedule(sched)
-        for g, lr in zip(opt.param_groups, sched.lrs_at(0), strict=False):
+        lrs = sched.lrs_at(0)  # computed before anything changes: a schedule that cannot start is refused
+        if not all(math.isfinite(x) and x >= 0 for x in lrs):
+            raise ValueError(f"{name}: the schedule would start at learning rate(s) {lrs}; check its parameters")
+        ctl.set_schedule(sched)
+        for g, lr in zip(opt.param_groups, lrs, strict=False):
             set_group_value(g, "lr", lr)  # visible at once; the hook re-applies it at the step
-    except BaseException:
+    except BaseException:  # all or nothing: the previous schedule and learning rates come back
+        if ctl.schedule is not prev:
+            ctl.set_schedule(prev)
         restore()
         sched.detach_owner()
         raise
@@ -214,6 +259,6 @@ def _install(opt: torch.optim.Optimizer, p: dict[str, Any], probe: Probe | None,
     lr0 = sched.lrs_at(0)[0]
     msg = message or f"{kind} schedule from step {probe.step_count if probe else 0} (lr now {lr0:.3g})"
     applied = Applied(name, record_params if record_params is not None else p, undo, message=msg,
-                      details={"schedule": kind, "lr_start": lr0}, probe=probe)
+                      details={"schedule": kind, "lr_start": lr0}, probe=probe, touches=opt_keys(opt, *LR_STATE))
     applied.result = sched
     return applied

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._base import Applied, validate_params
+from ._base import ALL_OPT_SETTINGS, Applied, opt_keys, opt_state_keys, tensor_keys, validate_params
 from ._state import ModelCapture, OptimizerCapture, split_batch
 
 if TYPE_CHECKING:
@@ -143,15 +143,17 @@ def snapshot_(model: nn.Module, optimizer: torch.optim.Optimizer | None = None, 
     snap = take_snapshot(model, None if p["weights_only"] else optimizer, label=p["label"],
                          step=probe.step_count if probe is not None else 0)
     store.add(snap)
+    ref = weakref.ref(snap)  # the store bounds how many snapshots live; the request must not pin one
 
     def undo() -> None:
-        if snap in store.items:
-            store.items.remove(snap)
+        s = ref()
+        if s is not None and any(x is s for x in store.items):
+            store.items[:] = [x for x in store.items if x is not s]
 
     mb = snap.nbytes / 2**20
     applied = Applied("snapshot", p, undo, message=f"snapshot {snap.id} ({mb:.1f} MiB, {len(store)} kept)",
                       details={"snapshot": snap.id, "mbytes": round(mb, 2)}, probe=probe)
-    applied.result = snap
+    applied.keep_result_weakly(snap)  # ``applied.result`` is the Snapshot while the store keeps it
     return applied
 
 
@@ -197,8 +199,13 @@ def rollback_(model: nn.Module, optimizer: torch.optim.Optimizer | None = None, 
             before_o.restore()
 
     what = "weights and optimizer" if with_opt else "weights"
+    touches = tensor_keys(orig for _, _, orig, _ in before_m.tensors)
+    if before_o is not None:
+        opt_obj = before_o.optimizer
+        touches |= opt_keys(opt_obj, *ALL_OPT_SETTINGS) | opt_state_keys(opt_obj)
     return Applied("rollback", p, undo, message=f"rolled back {what} to {snap.id} (step {snap.step})",
-                   details={"snapshot": snap.id, "snapshot_step": snap.step, "optimizer": with_opt}, probe=probe)
+                   details={"snapshot": snap.id, "snapshot_step": snap.step, "optimizer": with_opt}, probe=probe,
+                   touches=touches, heavy=True)
 
 
 # ---------------------------------------------------------------------------- snapshot ensembles

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from ._base import Applied, validate_params
+from ._base import Applied, model_keys, opt_keys, validate_params
 from ._control import controller
 from ._monitor import Monitor, ScalarFeed
 from ._state import ModelCapture
@@ -167,8 +167,12 @@ def early_stopping_(model: nn.Module, optimizer: torch.optim.Optimizer | None = 
         if snapshots(model).best is stopper.best_snapshot:
             snapshots(model).best = prev_best
 
+    def touches() -> set[str]:  # the weights only once it stopped and restored the best ones
+        keys = opt_keys(optimizer, "freeze") if optimizer is not None else set()
+        return keys | (model_keys(model) if stopper._at_stop is not None else set())
+
     src = f"probe scalar {p['monitor']!r}" if probe is not None else "stopper.observe(value)"
-    applied = Applied("early_stopping", p, undo, probe=probe,
+    applied = Applied("early_stopping", p, undo, probe=probe, touches=touches,
                       message=f"early stopping on {src}: patience {p['patience']}, median of {p['smoothing']}")
     applied.result = stopper
     return applied

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
+import weakref
 from collections import OrderedDict
 from typing import Any
 
@@ -23,19 +25,30 @@ class AckStore:
         self.keep = keep
         self._lock = threading.Lock()
         self._items: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        # which ticket each entry shows: a later request (or a malformed message) that reuses an
+        # id gets an entry of its own instead of overwriting the first one's
+        self._owner: dict[str, weakref.ref[Ticket] | None] = {}
+        self._dups = itertools.count(1)
 
-    def _put(self, key: str, d: dict[str, Any]) -> None:
+    def _put(self, key: str, d: dict[str, Any], owner: Ticket | None) -> None:
         with self._lock:
+            if key in self._items:
+                ref = self._owner.get(key)
+                same = owner is not None and ref is not None and ref() is owner
+                if not same:
+                    key = f"{key}#dup{next(self._dups)}"
             self._items[key] = d
+            self._owner[key] = weakref.ref(owner) if owner is not None else None
             self._items.move_to_end(key)
             while len(self._items) > self.keep:
-                self._items.popitem(last=False)
+                old, _ = self._items.popitem(last=False)
+                self._owner.pop(old, None)
 
     def remember(self, t: Ticket) -> None:
         d = t.as_dict()
         spec = REGISTRY.get(t.action)
         d["label"] = spec.label if spec is not None else t.action
-        self._put(t.id, d)
+        self._put(t.id, d, t)
 
     def refuse(
         self, rid: str, action: str, reason: str, step: int | None, key: str | None = None
@@ -56,6 +69,7 @@ class AckStore:
                 "latency_ms": None,
                 "undoable": False,
             },
+            None,
         )
 
     def newest_first(self) -> list[dict[str, Any]]:

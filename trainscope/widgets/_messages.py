@@ -14,7 +14,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["MAX_PARAMS_BYTES", "Message", "MessageError", "parse_message"]
+from ..actions import MAX_DEPTH, nesting_depth
+
+__all__ = ["MAX_DEPTH", "MAX_PARAMS_BYTES", "Message", "MessageError", "parse_message"]
 
 MAX_PARAMS_BYTES = 16_384
 _ID = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
@@ -41,10 +43,12 @@ class Message:
 
 
 def _json_size(v: Any) -> int:
-    """Size of ``v`` as JSON; -1 when it is not plain JSON (NaN, objects...)."""
+    """Size of ``v`` as JSON; -1 when it is not plain JSON (NaN, objects, nesting too deep...)."""
+    if nesting_depth(v) > MAX_DEPTH:  # checked without recursion, before json.dumps recurses
+        return -1
     try:
         return len(json.dumps(v, allow_nan=False))
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RecursionError):
         return -1
 
 
@@ -73,6 +77,11 @@ def parse_message(content: Any) -> Message:
         params = {}
     if not isinstance(params, dict) or not all(isinstance(k, str) for k in params):
         raise MessageError("'params' must be an object with string keys", id=mid, action=act)
+    if nesting_depth(params) > MAX_DEPTH:
+        raise MessageError(
+            f"'params' nests deeper than {MAX_DEPTH} levels of lists / objects (no action takes more than "
+            "a list of names)", id=mid, action=act,
+        )
     size = _json_size(params)
     if size < 0:
         raise MessageError(
