@@ -63,12 +63,17 @@ def nesting_depth(v: Any, limit: int = MAX_DEPTH) -> int:
     level: list[Any] = [v]
     while level:
         nxt: list[Any] = []
+        containers = False
         for x in level:
-            if isinstance(x, Mapping):
+            if isinstance(x, (str, int, float)) or x is None:
+                continue
+            if isinstance(x, (dict, Mapping)):
                 nxt.extend(x.values())
+                containers = True
             elif isinstance(x, (list, tuple)):
                 nxt.extend(x)
-        if not nxt and not any(isinstance(x, (Mapping, list, tuple)) for x in level):
+                containers = True
+        if not containers:
             break
         depth += 1
         if depth > limit:
@@ -214,6 +219,7 @@ class ActionQueue:
         self._queue: deque[Ticket] = deque()
         self.tickets: deque[Ticket] = deque(maxlen=keep)
         self._by_id: dict[str, Ticket] = {}  # every id in the ticket store and the queue
+        self._stored: set[int] = set()  # id() of the tickets in ``tickets``
         self._ids = itertools.count(1)
         self._listeners: dict[int, Callable[[Ticket], None]] = {}
         self._listener_ids = itertools.count()
@@ -316,20 +322,26 @@ class ActionQueue:
         t = self._by_id.get(rid)
         if t is None:
             return False
-        if any(x is t for x in self.tickets) or any(x is t for x in self._queue):
+        if len(self._stored) != len(self.tickets):
+            self._stored = {id(x) for x in self.tickets}
+        if id(t) in self._stored or any(x is t for x in self._queue):
             return True
         del self._by_id[rid]  # the store was cleared or trimmed from outside
         return False
 
     def _store(self, t: Ticket) -> None:
         """Keep ``t`` in the bounded ticket store and the id index (hold the lock)."""
-        if any(x is t for x in self.tickets):
+        if len(self._stored) != len(self.tickets):  # the store was changed from outside: resync
+            self._stored = {id(x) for x in self.tickets}
+        if id(t) in self._stored:
             return
         if self.tickets.maxlen is not None and len(self.tickets) >= self.tickets.maxlen:
-            old = self.tickets[0]
-            if self._by_id.get(old.id) is old and not any(x is old for x in self._queue):
+            old = self.tickets.popleft()
+            self._stored.discard(id(old))
+            if self._by_id.get(old.id) is old and old.status != "pending":  # pending ones are still queued
                 del self._by_id[old.id]
         self.tickets.append(t)
+        self._stored.add(id(t))
         self._by_id.setdefault(t.id, t)
         if len(self._by_id) > 2 * (self.tickets.maxlen or 500) + len(self._queue):
             live = list(self.tickets) + list(self._queue)
@@ -398,7 +410,9 @@ class ActionQueue:
         """The stored ticket with this id (ids are unique in the store)."""
         with self._lock:
             t = self._by_id.get(ticket_id)
-            if t is not None and any(x is t for x in self.tickets):
+            if len(self._stored) != len(self.tickets):
+                self._stored = {id(x) for x in self.tickets}
+            if t is not None and id(t) in self._stored:
                 return t
             for t in reversed(self.tickets):
                 if t.id == ticket_id:

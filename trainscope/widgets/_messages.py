@@ -43,9 +43,8 @@ class Message:
 
 
 def _json_size(v: Any) -> int:
-    """Size of ``v`` as JSON; -1 when it is not plain JSON (NaN, objects, nesting too deep...)."""
-    if nesting_depth(v) > MAX_DEPTH:  # checked without recursion, before json.dumps recurses
-        return -1
+    """Size of ``v`` as JSON; -1 when it is not plain JSON (NaN, objects, nesting too deep...).
+    Callers check the nesting first (:func:`nesting_depth`, no recursion)."""
     try:
         return len(json.dumps(v, allow_nan=False))
     except (TypeError, ValueError, RecursionError):
