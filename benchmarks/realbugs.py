@@ -80,6 +80,7 @@ def summary(scores: list[Score]) -> dict[str, Any]:
     labelled = [s for s in faulty if any(x in LABELS for x in (*s.case.expect, *s.case.proposed))]
     steps = [s.detection_step for s in detected if s.detection_step is not None]
     runs = [s.buggy.steps for s in detected if s.detection_step is not None]
+    ev = [s.evidence_step for s in detected if s.evidence_step is not None]
     fixed_alarm = [s for s in scores if s.false_alarms]
     unexplained = [s for s in scores if s.unexplained_alarms]
     tried = [s for s in faulty if s.repaired is not None and s.repaired.fix is not None]
@@ -101,6 +102,8 @@ def summary(scores: list[Score]) -> dict[str, Any]:
         "fixed_with_unexplained_alarm": _pct(len(unexplained), len(scores)),
         "false_alarm_labels": dict(sorted(_count(x for s in scores for x in s.false_alarms).items())),
         "steps_to_detection_median": statistics.median(steps) if steps else None,
+        "evidence_step_median": statistics.median(ev) if ev else None,
+        "evidence_at_step_0": sum(x == 0 for x in ev),
         "detected_by_step_10": sum(x <= 10 for x in steps),
         "detected_within_10pct_of_run": sum(x <= max(20, 0.1 * n) for x, n in zip(steps, runs, strict=True)),
         "by_fault_type": {
@@ -177,7 +180,8 @@ def report(scores: list[Score]) -> str:
         f"{agg['false_alarm_labels'] or '-'}.",
         f"Steps to detection (poll every 10 steps): median {agg['steps_to_detection_median']}; "
         f"{agg['detected_by_step_10']} at the first poll (step 10), {agg['detected_within_10pct_of_run']} within "
-        "max(20 steps, 10% of the run).",
+        "max(20 steps, 10% of the run); the detecting finding's evidence starts at step "
+        f"{agg['evidence_step_median']} (median), at step 0 in {agg['evidence_at_step_0']}.",
         "Labels proposed for faults with no label today: " + (", ".join(agg["proposed_labels_missing"]) or "-") + ".",
         "",
         "By DeepFD fault type (cases / detected / root first / fixed): "
