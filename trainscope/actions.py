@@ -267,9 +267,7 @@ class ActionQueue:
             bad = ""
         with self._lock:
             if id is None:
-                rid = f"a{next(self._ids)}"
-                while rid in self._by_id:
-                    rid = f"a{next(self._ids)}"
+                rid = self._fresh_id("a")
                 dup = False
             else:
                 rid = str(id)
@@ -316,6 +314,18 @@ class ActionQueue:
             self._store(t)
         self._changed(t)
         return t
+
+    def new_id(self, prefix: str = "a") -> str:
+        """A request id no stored or queued request uses (``prefix`` + a counter); subclasses that
+        choose ids themselves (per-rank prefixes) should take them from here."""
+        with self._lock:
+            return self._fresh_id(prefix)
+
+    def _fresh_id(self, prefix: str) -> str:
+        rid = f"{prefix}{next(self._ids)}"
+        while self._known(rid):
+            rid = f"{prefix}{next(self._ids)}"
+        return rid
 
     def _known(self, rid: str) -> bool:
         """Is ``rid`` the id of a stored or queued ticket (hold the lock)?"""

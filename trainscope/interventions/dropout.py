@@ -15,7 +15,12 @@ module is in training mode (``model.eval()`` switches it off as usual).  Consequ
 ``set_dropout_`` changes ``p`` of the trainscope dropouts *and* of the model's own ``nn.Dropout``
 modules (all, or those inside ``layers``).  ``remove_dropout_`` removes trainscope dropouts and
 sets ``p = 0`` on the model's own dropout modules (same objects, same tree).  All three are
-undoable.  Dropouts added through a probe disappear when the probe is detached.
+undoable.  Dropouts added through a probe disappear when the probe is detached (at once).
+
+For a module that returns a tuple (``nn.LSTM``: ``(output, (h, c))``, attention, transformer
+blocks) the dropout applies to the first element, the output the next layer reads; the recurrent
+state is left alone.  A copy of the model (``copy.deepcopy``, pickle, ``torch.save(model)``)
+keeps the same dropout, owned by no probe, and loads where no probe exists.
 """
 
 from __future__ import annotations
