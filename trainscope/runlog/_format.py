@@ -19,8 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from ..history import LAYER_METRICS, Event, StepRecord
+from ..history import LAYER_METRICS, PARAM_METRICS, Event, StepRecord
 from ..layers import LayerInfo
+from ..stats import NBINS
 
 FORMAT = "trainscope-run"
 VERSION = 1
@@ -210,13 +211,14 @@ def decode_body(body: bytes | memoryview) -> tuple[dict[str, Any], dict[str, np.
 class ScanResult:
     """Outcome of :func:`scan`: complete records, where parsing stopped and why."""
 
-    __slots__ = ("end", "records", "skipped", "status")
+    __slots__ = ("end", "problems", "records", "skipped", "status")
 
     def __init__(self) -> None:
         self.records: list[tuple[dict[str, Any], dict[str, np.ndarray]]] = []
         self.end = 0  # offset just after the last complete record (or skipped garbage)
         self.status = "clean"  # clean | partial (an incomplete record at the end)
         self.skipped = 0  # bytes of corrupt data skipped (resynchronised on the next magic)
+        self.problems: list[str] = []  # one line per skipped stretch: offset, what was wrong
 
 
 def scan(buf: bytes | memoryview, start: int = 0) -> ScanResult:
@@ -224,8 +226,11 @@ def scan(buf: bytes | memoryview, start: int = 0) -> ScanResult:
 
     A record whose bytes are not all there yet -- or whose checksum fails and that is followed by
     nothing valid -- is the *tail*: it is left unparsed (``status == "partial"``) so a live reader
-    retries it later, and is never returned half-written.  A record that fails its checksum and
-    is followed by a valid one is corruption; it is skipped (``skipped`` counts the bytes).
+    retries it later, and is never returned half-written.  A record that fails its checksum, or
+    whose length field runs past the end of the data although a complete valid record follows it
+    (the writer appends in order, so a damaged length, not a record still being written), is
+    corruption: it is skipped up to the next valid record (``skipped`` counts the bytes,
+    ``problems`` says where and why).  Offsets in ``problems`` are relative to ``buf``.
     """
     mv = memoryview(buf)
     res = ScanResult()
@@ -236,31 +241,36 @@ def scan(buf: bytes | memoryview, start: int = 0) -> ScanResult:
             res.status = "partial"
             break
         magic, blen, crc = _HEAD.unpack_from(mv, pos)
-        if magic != RECORD_MAGIC or blen > MAX_BODY:
+        why = None
+        if magic != RECORD_MAGIC:
+            why = "bytes that are not a record"
+        elif blen > MAX_BODY:
+            why = f"a record header with an impossible length ({blen} bytes)"
+        else:
+            end = pos + HEAD_SIZE + blen
+            if end > n:
+                why = (
+                    f"a record whose length field ({blen} bytes) runs past the end of the data "
+                    f"({n - pos - HEAD_SIZE} bytes left) although a valid record follows"
+                )
+            elif zlib.crc32(mv[pos + HEAD_SIZE : end]) != crc:
+                why = "a record whose checksum does not match"
+        if why is not None:
             nxt = _find_valid(mv, pos + 1)
-            if nxt is None:
+            if nxt is None:  # nothing valid after it: the tail (retried by a live reader)
                 res.status = "partial"
                 break
             res.skipped += nxt - pos
-            pos = nxt
-            continue
-        end = pos + HEAD_SIZE + blen
-        if end > n:
-            res.status = "partial"
-            break
-        body = mv[pos + HEAD_SIZE : end]
-        if zlib.crc32(body) != crc:
-            nxt = _find_valid(mv, pos + 1)
-            if nxt is None:
-                res.status = "partial"
-                break
-            res.skipped += nxt - pos
+            res.problems.append(f"offset {pos}: skipped {nxt - pos} bytes, {why}")
             pos = nxt
             continue
         try:
-            res.records.append(decode_body(body))
-        except Exception:  # checksum fine but not ours: skip it rather than fail the reader
+            res.records.append(decode_body(mv[pos + HEAD_SIZE : end]))
+        except Exception as e:  # checksum fine but not ours: skip it rather than fail the reader
             res.skipped += end - pos
+            res.problems.append(
+                f"offset {pos}: skipped a record that does not decode ({type(e).__name__}: {e})"
+            )
         pos = end
     res.end = pos
     return res
@@ -281,19 +291,283 @@ def _find_valid(mv: memoryview, start: int) -> int | None:
         i += 1
 
 
-# ------------------------------------------------------------------------------ typed records
+# ------------------------------------------------------------------------------ type checks
+# A run directory may come from someone else: every field read from one is checked for its type
+# and range before it reaches a History, a dashboard or a report (numbers are numbers, indices
+# are in range, strings are strings).  A bad field raises ValueError naming it.
+MAX_CAPACITY = 1 << 20  # recent / bucket counts of a history series (defaults are <= 4096)
+MAX_CELLS = 1 << 24  # elements of one series row (layers x metrics)
+HISTORY_CONFIG_KEYS = (
+    "scalar_recent",
+    "scalar_buckets",
+    "layer_recent",
+    "layer_buckets",
+    "param_recent",
+    "param_buckets",
+    "hist_recent",
+    "hist_buckets",
+    "dead_window",
+    "max_events",
+)
+
+
+def _short(v: Any) -> str:
+    r = repr(v)
+    return r if len(r) <= 60 else r[:57] + "..."
+
+
+def is_int(v: Any) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def is_num(v: Any) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(
+        v, (bool, np.bool_)
+    )
+
+
+def need(ok: bool, what: str, v: Any) -> None:
+    if not ok:
+        raise ValueError(f"{what}, got {_short(v)}")
+
+
+def check_history_config(cfg: Any) -> tuple[dict[str, int], list[str]]:
+    """The History keyword arguments of a ``history_config``; unknown keys are dropped (and
+    listed in the second value), bad values raise ValueError."""
+    need(isinstance(cfg, dict), "history_config must be an object", cfg)
+    out: dict[str, int] = {}
+    dropped = []
+    for k, v in cfg.items():
+        if k not in HISTORY_CONFIG_KEYS:
+            dropped.append(str(k))
+            continue
+        need(
+            is_int(v) and 1 <= int(v) <= MAX_CAPACITY,
+            f"history_config[{k!r}] must be an integer from 1 to {MAX_CAPACITY}",
+            v,
+        )
+        out[k] = int(v)
+    return out, dropped
+
+
+def _check_index_list(v: Any, L: int, what: str) -> list[int]:
+    need(isinstance(v, list), f"{what} must be a list of layer indices", v)
+    for i in v:
+        need(is_int(i) and 0 <= int(i) < L, f"{what} holds layer indices below {L}", i)
+    return [int(i) for i in v]
+
+
+def _check_layer_index(v: Any, L: int, what: str) -> None:
+    need(
+        v is None or (is_int(v) and 0 <= int(v) < L),
+        f"{what} must be a layer index below {L} or null",
+        v,
+    )
+
+
+_LAYER_FIELDS: dict[str, tuple[str, bool]] = {  # name -> (kind, required)
+    "name": ("str", True),
+    "type": ("str", True),
+    "kind": ("str", True),
+    "n_params": ("count", True),
+    "n_trainable": ("count", True),
+    "relu_family": ("bool", True),
+    "bounds": ("bounds", True),
+    "channel_first": ("bool", True),
+    "nonneg": ("bool", False),
+}
+
+
 def layers_to_json(layers: list[LayerInfo]) -> list[dict[str, Any]]:
     return [asdict(x) for x in layers]
 
 
-def layers_from_json(items: list[dict[str, Any]]) -> list[LayerInfo]:
+def layers_from_json(items: Any) -> list[LayerInfo]:
+    """The tracked layers of a ``layers`` record or a snapshot; every field type-checked."""
+    need(isinstance(items, list), "the layer list must be a list", items)
     out = []
-    for d in items:
-        d = dict(d)
-        if d.get("bounds") is not None:
-            d["bounds"] = tuple(d["bounds"])
-        out.append(LayerInfo(**d))
+    for i, d in enumerate(items):
+        need(isinstance(d, dict), f"layer {i} must be an object", d)
+        unknown = sorted(set(d) - set(_LAYER_FIELDS))
+        need(not unknown, f"layer {i} has unknown fields", unknown)
+        kw: dict[str, Any] = {}
+        for key, (kind, required) in _LAYER_FIELDS.items():
+            if key not in d:
+                need(not required, f"layer {i} lacks the field {key!r}", sorted(d))
+                continue
+            v = d[key]
+            what = f"layer {i} field {key!r}"
+            if kind == "str":
+                need(isinstance(v, str), f"{what} must be a string", v)
+            elif kind == "count":
+                need(is_int(v) and int(v) >= 0, f"{what} must be a non-negative integer", v)
+                v = int(v)
+            elif kind == "bool":
+                need(isinstance(v, bool), f"{what} must be true or false", v)
+            else:  # bounds
+                if v is not None:
+                    ok = isinstance(v, (list, tuple)) and len(v) == 2 and all(map(is_num, v))
+                    need(
+                        ok and float(v[0]) <= float(v[1]), f"{what} must be [low, high] or null", v
+                    )
+                    v = (float(v[0]), float(v[1]))
+            kw[key] = v
+        out.append(LayerInfo(**kw))
     return out
+
+
+def check_record(rec: StepRecord, header: dict[str, Any], L: int) -> None:
+    """Raise ValueError unless a decoded ``record`` fits ``L`` layers with well-typed fields."""
+    need(is_int(header.get("step")), "record field 'step' must be an integer", header.get("step"))
+    need(is_num(header.get("time")), "record field 'time' must be a number", header.get("time"))
+    for m, v in rec.metrics.items():
+        need(
+            isinstance(v, np.ndarray) and v.shape == (L,) and v.dtype.kind == "f",
+            f"record metric {m!r} must hold one float per layer ({L})",
+            getattr(v, "shape", v),
+        )
+    for key in ("act_hist", "ograd_hist"):
+        a = getattr(rec, key)
+        need(
+            a is None
+            or (isinstance(a, np.ndarray) and a.shape == (L, NBINS) and a.dtype.kind == "f"),
+            f"record field {key!r} must be a ({L}, {NBINS}) float array",
+            getattr(a, "shape", a),
+        )
+    _check_index_list(header.get("forward_order", []), L, "record field 'forward_order'")
+    _check_index_list(header.get("backward_order", []), L, "record field 'backward_order'")
+    _check_layer_index(header.get("ffwd"), L, "record field 'ffwd'")
+    _check_layer_index(header.get("fbwd"), L, "record field 'fbwd'")
+    hfo = header.get("history_forward_order")
+    if hfo is not None:
+        _check_index_list(hfo, L, "record field 'history_forward_order'")
+    for i in rec.dead_units:
+        need(is_int(i) and 0 <= int(i) < L, f"record field 'dead' holds layer indices below {L}", i)
+    for key in ("inputs", "loss_inputs", "extra"):
+        need(
+            isinstance(getattr(rec, key), dict),
+            f"record field {key!r} must be an object",
+            getattr(rec, key),
+        )
+
+
+def check_event(d: Any) -> None:
+    """Raise ValueError unless ``d`` is a well-typed event (``id``/``step`` integers, ``kind``/
+    ``label`` strings, ``time`` a number, ``data`` an object)."""
+    need(isinstance(d, dict), "an event must be an object", d)
+    for key in ("id", "step"):
+        need(is_int(d.get(key)), f"event field {key!r} must be an integer", d.get(key))
+    for key in ("kind", "label"):
+        need(isinstance(d.get(key), str), f"event field {key!r} must be a string", d.get(key))
+    if "time" in d:
+        need(is_num(d["time"]), "event field 'time' must be a number", d["time"])
+    if "data" in d:
+        need(isinstance(d["data"], dict), "event field 'data' must be an object", d["data"])
+
+
+def check_scalars(header: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+    names: Any = header.get("names")
+    counts: Any = header.get("counts")
+    need(
+        isinstance(names, list) and all(isinstance(n, str) and n for n in names),
+        "scalars field 'names' must be a list of names",
+        names,
+    )
+    need(
+        isinstance(counts, list)
+        and len(counts) == len(names)
+        and all(is_int(c) and c >= 0 for c in counts),
+        "scalars field 'counts' must be one non-negative integer per name",
+        counts,
+    )
+    steps, values = arrays.get("steps"), arrays.get("values")
+    n = sum(int(c) for c in counts)
+    need(
+        isinstance(steps, np.ndarray) and steps.shape == (n,) and steps.dtype.kind in "iu",
+        f"scalars array 'steps' must hold {n} integers",
+        getattr(steps, "shape", steps),
+    )
+    need(
+        isinstance(values, np.ndarray) and values.shape == (n,) and values.dtype.kind == "f",
+        f"scalars array 'values' must hold {n} floats",
+        getattr(values, "shape", values),
+    )
+
+
+def check_params(arrays: dict[str, np.ndarray], L: int) -> None:
+    steps, rows = arrays.get("steps"), arrays.get("rows")
+    need(
+        isinstance(steps, np.ndarray) and steps.ndim == 1 and steps.dtype.kind in "iu",
+        "params array 'steps' must be a list of integers",
+        getattr(steps, "shape", steps),
+    )
+    assert isinstance(steps, np.ndarray)
+    shape = (len(steps), L, len(PARAM_METRICS))
+    need(
+        isinstance(rows, np.ndarray) and rows.shape == shape and rows.dtype.kind == "f",
+        f"params array 'rows' must be a {shape} float array",
+        getattr(rows, "shape", rows),
+    )
+
+
+def _check_series_state(st: Any, shape: tuple[int, ...] | None, what: str) -> None:
+    need(isinstance(st, dict), f"{what} must be an object", type(st).__name__)
+    for key in ("recent", "buckets"):
+        v = st.get(key)
+        need(
+            is_int(v) and 0 < int(v) <= MAX_CAPACITY, f"{what} {key!r} must be 1..{MAX_CAPACITY}", v
+        )
+    sh = st.get("shape")
+    need(
+        isinstance(sh, list)
+        and all(is_int(x) and x >= 0 for x in sh)
+        and int(np.prod(sh or [1])) <= MAX_CELLS,
+        f"{what} 'shape' must be a small list of sizes",
+        sh,
+    )
+    if shape is not None:
+        need(tuple(sh) == shape, f"{what} must have the shape {list(shape)}", sh)
+    for key in ("b_len", "width", "open_n", "total"):
+        need(
+            is_int(st.get(key)) and int(st[key]) >= 0,
+            f"{what} {key!r} must be a non-negative integer",
+            st.get(key),
+        )
+
+
+def check_snapshot(snap: dict[str, Any]) -> None:
+    """Raise ValueError unless a loaded snapshot is consistent (layers, series shapes, indices)."""
+    layers = snap["layers"]
+    L = len(layers)
+    state = snap["state"]
+    need(is_int(state.get("step")), "snapshot field 'step' must be an integer", state.get("step"))
+    _check_index_list(state.get("forward_order"), L, "snapshot field 'forward_order'")
+    cfg = state.get("config")
+    if cfg is not None:
+        check_history_config(cfg)
+    need(isinstance(state.get("scalars"), dict), "snapshot scalars must be an object", None)
+    for name, st in state["scalars"].items():
+        _check_series_state(st, None, f"snapshot scalar {name!r}")
+    _check_series_state(state.get("layer"), (L, len(LAYER_METRICS)), "snapshot per-layer series")
+    if "param" in state:
+        _check_series_state(state["param"], (L, len(PARAM_METRICS)), "snapshot parameter series")
+    for key in ("act_hist", "ograd_hist"):
+        _check_series_state(state.get(key), (L, NBINS), f"snapshot {key} series")
+    need(isinstance(snap["meta"], dict), "snapshot meta must be an object", snap["meta"])
+    if snap["latest"] is not None:
+        check_record(snap["latest"], snap["latest_header"], L)
+
+
+def event_from_json(d: dict[str, Any]) -> Event:
+    check_event(d)
+    return Event(
+        id=int(d["id"]),
+        step=int(d["step"]),
+        kind=str(d["kind"]),
+        label=str(d["label"]),
+        data=from_json(d.get("data", {}), {}),
+        time=float(d.get("time", math.nan)),
+    )
 
 
 def record_to_parts(
@@ -341,8 +615,29 @@ def record_to_parts(
 
 
 def record_from_parts(header: dict[str, Any], arrays: dict[str, np.ndarray]) -> StepRecord:
+    """A :class:`StepRecord` from its parts (fields still to be checked with :func:`check_record`)."""
     names = header.get("metric_names", list(LAYER_METRICS))
-    mat = arrays["metrics"]
+    need(
+        isinstance(names, list) and all(isinstance(n, str) for n in names),
+        "record field 'metric_names' must be a list of strings",
+        names,
+    )
+    mat = arrays.get("metrics")
+    need(
+        isinstance(mat, np.ndarray) and mat.ndim == 2 and mat.shape[1] == len(names),
+        f"record array 'metrics' must be (layers, {len(names)})",
+        getattr(mat, "shape", mat),
+    )
+    assert isinstance(mat, np.ndarray)
+    need(
+        isinstance(header.get("dead", []), list)
+        and all(
+            isinstance(d, list) and len(d) == 2 and all(map(is_int, d)) and f"dead{d[0]}" in arrays
+            for d in header.get("dead", [])
+        ),
+        "record field 'dead' must list [layer, units] pairs with their masks",
+        header.get("dead"),
+    )
     metrics = {}
     for m in LAYER_METRICS:
         if m in names:
@@ -379,17 +674,6 @@ def event_to_json(ev: Event) -> dict[str, Any]:
         "time": float(ev.time),
         "data": data,
     }
-
-
-def event_from_json(d: dict[str, Any]) -> Event:
-    return Event(
-        id=int(d["id"]),
-        step=int(d["step"]),
-        kind=str(d["kind"]),
-        label=str(d["label"]),
-        data=from_json(d.get("data", {}), {}),
-        time=float(d.get("time", math.nan)),
-    )
 
 
 # ------------------------------------------------------------------------------ snapshots
@@ -457,12 +741,18 @@ def load_snapshot(path: str) -> dict[str, Any]:
     if "latest" in doc:
         la = {k[len("latest.") :]: v for k, v in arrays.items() if k.startswith("latest.")}
         latest = record_from_parts(doc["latest"], la)
+    need(
+        isinstance(doc.get("events"), list),
+        "snapshot events must be a list",
+        type(doc.get("events")).__name__,
+    )
     return {
         "state": state,
         "layers": layers_from_json(doc["layers"]),
         "meta": from_json(doc["meta"], arrays),
         "events": [event_from_json(e) for e in doc["events"]],
         "latest": latest,
+        "latest_header": doc.get("latest"),
         "info": doc.get("info", {}),
     }
 

@@ -18,6 +18,8 @@ from . import _format as F
 __all__ = ["Run", "RunSet", "follow", "open_run"]
 
 _MAX_RELOADS = 3  # per refresh: a writer compacting faster than we read makes us start over
+_MAX_ERRORS = 100  # run.errors keeps the first ones (and says that more were left out)
+_QUIET_S = 2.0  # a file the writer creates right after another one is "missing" after this long
 
 
 class Run:
@@ -34,6 +36,13 @@ class Run:
     records only: a record the writer is still writing is left for the next call) and notifies the
     history's subscribers, so a dashboard showing :attr:`history` redraws.  :meth:`follow` calls it
     from a background thread.
+
+    Damage never raises out of reading and is never silent: every field is type-checked, and
+    whatever was skipped or lost is described in :attr:`errors` (file, offset, what was wrong,
+    what it cost): a damaged record is skipped and reading resynchronises on the next valid one;
+    a damaged newest snapshot falls back to the older snapshot the writer keeps (nothing lost);
+    a missing segment is named.  Only a damaged ``meta.json`` makes opening fail, with a
+    ``ValueError`` that names it.
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
@@ -46,29 +55,51 @@ class Run:
                 f"{self.path!r} is not a trainscope run directory (it has no {F.META_FILE}); "
                 "runs are written by Probe(..., logdir=...)"
             )
-        with open(meta_file, "rb") as f:
-            self.info: dict[str, Any] = json.loads(f.read())
-        if self.info.get("format") != F.FORMAT:
-            raise ValueError(f"{meta_file} is not a trainscope run description")
-        if int(self.info.get("version", 0)) > F.VERSION:
+        self.errors: list[str] = []
+        self._reported: set[str] = set()
+        self.info: dict[str, Any] = _read_meta(meta_file)
+        version = self.info.get("version", 0)
+        if not F.is_int(version):
+            raise ValueError(f"{meta_file}: 'version' must be an integer, got {version!r}")
+        if int(version) > F.VERSION:
             raise ValueError(
                 f"{self.path!r} was written by a newer trainscope (format version "
-                f"{self.info.get('version')}, this one reads {F.VERSION}); upgrade trainscope to read it"
+                f"{version}, this one reads {F.VERSION}); upgrade trainscope to read it"
             )
+        try:
+            self._config, dropped = F.check_history_config(self.info.get("history_config", {}))
+        except ValueError as e:
+            raise ValueError(
+                f"{meta_file} is damaged or crafted: {e}. It is written once when the run starts; "
+                "without a valid history_config the run cannot be read"
+            ) from None
+        if dropped:
+            self._error(f"{F.META_FILE}: unknown history_config keys ignored: {', '.join(dropped)}")
         self.name = os.path.basename(os.path.normpath(self.path))
-        self._config = dict(self.info.get("history_config", {}))
-        self.history = History(**self._config)
+        self.history = History(**self._config)  # type: ignore[arg-type]
         self.finished = False
-        self.errors: list[str] = []
         self.stats = {"records": 0, "skipped_bytes": 0, "torn_tails": 0, "reloads": 0}
         self._lock = threading.RLock()
         self._fh: Any = None
         self._seq = 0
         self._buf = b""
+        self._offset = 0  # file offset of _buf's first byte
         self._stop: threading.Event | None = None
         self._thread: threading.Thread | None = None
         self._reload()
         self.refresh()
+
+    def _error(self, msg: str, key: str | None = None) -> None:
+        """Add to :attr:`errors` (once per ``key``; at most ``_MAX_ERRORS`` are listed)."""
+        if key is not None:
+            if key in self._reported:
+                return
+            if len(self._reported) < 10_000:
+                self._reported.add(key)
+        if len(self.errors) < _MAX_ERRORS:
+            self.errors.append(msg)
+        elif len(self.errors) == _MAX_ERRORS:
+            self.errors.append("(more errors were left out)")
 
     # ------------------------------------------------------------------ reading
     @property
@@ -83,8 +114,7 @@ class Run:
             try:
                 self._refresh_locked(flags)
             except Exception as e:  # a damaged file must not break the notebook
-                if len(self.errors) < 100:
-                    self.errors.append(f"{type(e).__name__}: {e}")
+                self._error(f"{F.seg_name(self._seq)}: {type(e).__name__}: {e}", key=str(e))
         if flags:
             h = self.history
             h.notify(
@@ -107,11 +137,15 @@ class Run:
                 try:
                     fh = open(self._seg_path(self._seq), "rb")  # kept open across calls
                 except FileNotFoundError:
-                    if self._gap() and reloads < _MAX_RELOADS:
-                        reloads += 1
+                    segs, snaps = F.list_seqs(self.path)
+                    if any(s > self._seq for s in snaps) and reloads < _MAX_RELOADS:
+                        reloads += 1  # we fell behind a compaction: start over from a snapshot
                         self._reload()
                         flags.update(("scalars", "record", "events"))
                         continue
+                    if self._skip_missing(segs):
+                        continue
+                    self._check_missing_tail()
                     return
                 head = fh.read(len(F.SEGMENT_MAGIC))
                 if len(head) < len(F.SEGMENT_MAGIC):  # being created: try again later
@@ -120,19 +154,40 @@ class Run:
                 if head != F.SEGMENT_MAGIC:
                     fh.close()
                     raise ValueError(f"{self._seg_path(self._seq)} is not a trainscope segment")
-                self._fh, self._buf = fh, b""
+                self._fh, self._buf, self._offset = fh, b"", len(F.SEGMENT_MAGIC)
             next_exists = os.path.exists(self._seg_path(self._seq + 1))  # before reading to the end
             chunk = self._fh.read()
             if chunk:
                 self._buf += chunk
             res = F.scan(self._buf)
-            for header, arrays in res.records:
-                self._apply(header, arrays, flags)
-            self.stats["skipped_bytes"] += res.skipped
+            # consume first: a record that fails to apply is reported and skipped, never re-read
+            base = self._offset
             self._buf = self._buf[res.end :]
+            self._offset = base + res.end
+            self.stats["skipped_bytes"] += res.skipped
+            name = F.seg_name(self._seq)
+            for p in res.problems:
+                off, _, rest = p.partition(": ")
+                at = int(off.split()[1]) + base if off.startswith("offset ") else base
+                self._error(f"{name} at byte {at}: {rest}", key=f"{name}:{at}")
+            for header, arrays in res.records:
+                try:
+                    self._apply(header, arrays, flags)
+                except Exception as e:
+                    t = header.get("t") if isinstance(header, dict) else None
+                    self._error(
+                        f"{name}: a {t!r} record was skipped ({type(e).__name__}: {e})",
+                        key=f"{name}:{t}:{e}",
+                    )
             if next_exists:  # this segment is final: move on
                 if self._buf:
                     self.stats["torn_tails"] += 1
+                    self._error(
+                        f"{name}: its last {len(self._buf)} bytes (from byte {self._offset}) do "
+                        "not form a complete record although a newer segment exists; skipped "
+                        "(a damaged record, or a segment cut short)",
+                        key=f"{name}:tail",
+                    )
                 self._fh.close()
                 self._fh, self._buf, self._seq = None, b"", self._seq + 1
                 continue
@@ -150,7 +205,11 @@ class Run:
         return any(s > self._seq + 1 for s in segs + snaps) or any(s > self._seq for s in segs)
 
     def _reload(self) -> None:
-        """(Re)build the history from the newest complete snapshot; continue from its segment."""
+        """(Re)build the history from the newest readable snapshot; continue from its segment.
+
+        A damaged snapshot falls back to the next older one (the writer keeps one older snapshot
+        with its segments, so one damaged snapshot loses nothing), then to the first segment;
+        :attr:`errors` says which file was damaged and exactly what that cost."""
         if self._fh is not None:
             self._fh.close()
             self._fh = None
@@ -159,17 +218,45 @@ class Run:
         h = self.history
         snap = None
         seq = segs[0] if segs else 0
+        damaged = []
         for s in reversed(snaps):
             try:
                 snap = F.load_snapshot(os.path.join(self.path, F.snap_name(s)))
+                F.check_snapshot(snap)
                 seq = s
                 break
             except FileNotFoundError:
                 continue
             except Exception as e:
-                self.errors.append(
-                    f"snapshot {F.snap_name(s)} unreadable ({type(e).__name__}: {e}); using an older one"
+                snap = None
+                damaged.append(f"{F.snap_name(s)} is damaged ({type(e).__name__}: {_clip(e)})")
+        if damaged:
+            last = max(segs) if segs else seq
+            missing = [F.seg_name(k) for k in range(seq, last + 1) if k not in segs]
+            if snap is not None:
+                cost = f"read the older {F.snap_name(seq)} and the segments after it instead" + (
+                    f"; the records of the missing {', '.join(missing)} are lost"
+                    if missing
+                    else "; nothing is lost"
                 )
+            elif segs and segs[0] == 0 and not missing:
+                cost = "no snapshot is readable: the run is read from its first segment"
+                if any(d.startswith(F.snap_name(0)) for d in damaged):
+                    cost += f" ({F.snap_name(0)} held what was recorded before logging started: that is lost)"
+                else:
+                    cost += "; nothing is lost"
+            else:
+                cost = (
+                    "no snapshot is readable: everything recorded before "
+                    f"{F.seg_name(seq) if segs else 'the first segment'} is lost"
+                )
+            self._error("; ".join(damaged) + "; " + cost, key="snap:" + ",".join(damaged))
+        elif snap is None and segs and segs[0] > 0:
+            self._error(
+                f"no snapshot before {F.seg_name(seq)} (deleted?): everything recorded before "
+                "that segment is lost",
+                key=f"nosnap:{seq}",
+            )
         with h.lock:
             if snap is not None:
                 h.set_layers(snap["layers"])
@@ -181,12 +268,53 @@ class Run:
                 h.latest = snap["latest"]
             else:
                 h.set_layers([])
-                h.load_state_dict(History(**self._config).state_dict())
+                h.load_state_dict(History(**self._config).state_dict())  # type: ignore[arg-type]
                 h.meta.clear()
                 h.events.clear()
                 h.latest = None
         self._seq = seq
         self.stats["reloads"] += 1
+        self._skip_missing(segs)
+
+    def _skip_missing(self, segs: list[int]) -> bool:
+        """When segment ``_seq`` is gone but later ones exist, report it and move on to the next
+        one (its records are lost; nothing else is).  Returns whether it moved."""
+        later = [s for s in segs if s > self._seq]
+        if self._seq in segs or not later:
+            return False
+        gone = [F.seg_name(k) for k in range(self._seq, later[0])]
+        self._error(
+            f"{', '.join(gone)} missing: the records written there are lost; "
+            f"reading continues with {F.seg_name(later[0])}",
+            key="missing:" + ",".join(gone),
+        )
+        self._seq = later[0]
+        return True
+
+    def _check_missing_tail(self) -> None:
+        """The segment to read next does not exist and nothing newer does: normal for a moment
+        while a writer starts, damage once the directory has been quiet for a while."""
+        try:
+            newest = max(
+                os.path.getmtime(os.path.join(self.path, n))
+                for n in os.listdir(self.path)
+                if n == F.META_FILE or F.parse_seq(n, F.SNAP_PREFIX, F.SNAP_SUFFIX) is not None
+            )
+        except (OSError, ValueError):
+            return
+        if time.time() - newest < _QUIET_S:
+            return
+        name = F.seg_name(self._seq)
+        after = (
+            f"after {F.snap_name(self._seq)}"
+            if os.path.exists(os.path.join(self.path, F.snap_name(self._seq)))
+            else "in this run"
+        )
+        self._error(
+            f"{name} is missing: whatever was recorded {after} is lost (deleted, or the writer "
+            "could not create it)",
+            key="missing:" + name,
+        )
 
     def _apply(
         self, header: dict[str, Any], arrays: dict[str, np.ndarray], flags: set[str]
@@ -195,6 +323,7 @@ class Run:
         h = self.history
         self.stats["records"] += 1
         if t == "scalars":
+            F.check_scalars(header, arrays)
             steps, values = arrays["steps"], arrays["values"]
             off = 0
             with h.lock:
@@ -215,17 +344,14 @@ class Run:
         elif t == "record":
             rec = F.record_from_parts(header, arrays)
             with h.lock:
-                if len(rec.metrics["act_mean"]) != len(h.layers):
-                    self.errors.append(
-                        f"record at step {rec.step} does not match the layers; skipped"
-                    )
-                    return
+                F.check_record(rec, header, len(h.layers))
                 h.add_record(rec)
                 hfo = header.get("history_forward_order")
                 if hfo:
                     h.forward_order = [int(i) for i in hfo]
             flags.add("record")
         elif t == "params":
+            F.check_params(arrays, len(h.layers))
             h.add_param_rows(arrays["steps"], arrays["rows"])
             flags.add("record")
         elif t == "event":
@@ -237,8 +363,10 @@ class Run:
             h.set_layers(F.layers_from_json(header["layers"]))
             flags.add("record")
         elif t == "meta":
+            meta = F.from_json(header.get("meta", {}), {})
+            F.need(isinstance(meta, dict), "a meta record must hold an object", meta)
             with h.lock:
-                h.meta.update(F.from_json(header.get("meta", {}), {}))
+                h.meta.update(meta)
         elif t == "end":
             self.finished = True
 
@@ -439,6 +567,30 @@ def keep_refreshed(dash: Any, runs: Sequence[Run], every: float = 0.5) -> thread
     t = threading.Thread(target=loop, name="trainscope-refresh", daemon=True)
     t.start()
     return t
+
+
+def _clip(e: BaseException, n: int = 160) -> str:
+    s = str(e)
+    return s if len(s) <= n else s[: n - 3] + "..."
+
+
+def _read_meta(meta_file: str) -> dict[str, Any]:
+    """``meta.json`` as a dict, or a ValueError that names the file and what is wrong with it."""
+    with open(meta_file, "rb") as f:
+        raw = f.read()
+    try:
+        info = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(
+            f"{meta_file} is damaged: it is not valid JSON ({e}; {len(raw)} bytes). It is "
+            "written once when the run starts and describes how to read the rest; restore it "
+            "from a copy of the run"
+        ) from None
+    if not isinstance(info, dict) or info.get("format") != F.FORMAT:
+        raise ValueError(
+            f'{meta_file} is not a trainscope run description (no "format": "{F.FORMAT}")'
+        )
+    return info
 
 
 def _esc(s: str) -> str:

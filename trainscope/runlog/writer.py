@@ -60,8 +60,10 @@ class RunWriter:
         Seconds between appends to disk.  A process that is killed loses at most this much.
     segment_bytes
         Compact when the current segment grows past ``max(segment_bytes, size of the last
-        snapshot)``: the directory then holds one snapshot and one segment, so its size stays
-        bounded however long the run (about twice the history's memory plus ``segment_bytes``).
+        snapshot)``: the directory then holds the two newest snapshots and their segments (the
+        older pair is the fallback should the newest snapshot be damaged), so its size stays
+        bounded however long the run: at most ``2 * snapshot + 2 * max(segment_bytes,
+        snapshot)``, a snapshot being about the history's memory.
     fsync
         Also ``fsync`` every append (survives power loss, not just process death; slower).
     """
@@ -321,19 +323,31 @@ class RunWriter:
             latest=src["latest"],
             info={"seq": seq, "time": time.time(), "samples": src["samples"]},
         )
-        F.atomic_write(os.path.join(self.path, F.snap_name(seq)), data)
+        path = os.path.join(self.path, F.snap_name(seq))
+        F.atomic_write(path, data)
+        try:  # verify: read back exactly as a reader will (a codec or disk fault shows up now)
+            F.check_snapshot(F.load_snapshot(path))
+        except Exception as e:
+            _unlink(path)
+            raise OSError(
+                f"the snapshot {F.snap_name(seq)} just written does not read back "
+                f"({type(e).__name__}: {e}); it was removed, the older files are kept"
+            ) from e
         self._snap_bytes = len(data)
 
     def _compact(self) -> None:
         """Fold everything so far into one snapshot and start a new segment (I/O lock held).
 
-        Order makes every crash point safe: (1) the current segment receives everything up to the
-        snapshot's state and is closed; (2) the snapshot is written to a temporary file, synced and
-        renamed; (3) the next segment is created; (4) older files are removed.  A reader uses the
-        newest complete snapshot and the segments from its number on, so it never sees a gap or a
-        duplicate, whatever step was interrupted.
+        Order makes every crash point safe: (1) the current segment N receives everything up to
+        the snapshot's state and is closed; (2) the next segment N+1 is created; (3) files older
+        than N are removed; (4) snapshot N+1 is written to a temporary file, synced, renamed and
+        read back.  Snapshot N (or the start of the run) with segments N and N+1 is always a
+        complete chain, so a reader never sees a gap or a duplicate whatever step was
+        interrupted, and a snapshot that is damaged later (a bad disk, a partial copy) falls back
+        to the older pair with nothing lost.
         """
-        seq = self._seq + 1
+        old = self._seq
+        seq = old + 1
         h = self.history
         with h.lock, self._lock:  # copies only; the training thread waits for nothing else
             self._extract_locked()
@@ -341,15 +355,20 @@ class RunWriter:
             src = self._snapshot_source()
         self._write_items(items)  # (1) the segment now ends exactly at the snapshot's state
         self._close_segment()
-        self._write_snapshot(src, seq)  # (2)
-        self._open_segment(seq)  # (3)
-        segs, snaps = F.list_seqs(self.path)  # (4)
+        self._open_segment(seq)  # (2)
+        # every segment starts with the layer list and meta, so that it can be read on its own
+        # should both snapshots before it be lost
+        self._append(F.encode({"t": "layers", "layers": F.layers_to_json(src["layers"])}))
+        self._meta_json = b""
+        self._maybe_write_meta()
+        segs, snaps = F.list_seqs(self.path)  # (3)
         for s in segs:
-            if s < seq:
+            if s < old:
                 _unlink(os.path.join(self.path, F.seg_name(s)))
         for s in snaps:
-            if s < seq:
+            if s < old:
                 _unlink(os.path.join(self.path, F.snap_name(s)))
+        self._write_snapshot(src, seq)  # (4)
         self.stats["compactions"] += 1
 
     def _fail(self, e: BaseException) -> None:
