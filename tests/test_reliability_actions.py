@@ -525,3 +525,12 @@ def test_an_ack_is_never_overwritten_by_a_later_message_with_the_same_id() -> No
     original = [d for d in entries if d["status"] == "applied"]
     assert len(original) == 1 and original[0]["undoable"] is True
     probe.detach()
+
+
+def test_weight_decay_undo_restores_the_value_exactly() -> None:
+    model = _mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)  # weight_decay=0, an int
+    a = trainscope.interventions.weight_decay_(opt, 0.1)
+    a.undo()
+    wd = opt.param_groups[0]["weight_decay"]
+    assert wd == 0 and type(wd) is int  # before: 0.0 (a float)

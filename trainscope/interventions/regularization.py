@@ -61,12 +61,16 @@ def weight_decay_(optimizer: torch.optim.Optimizer, value: float, *, probe: Prob
     if missing:
         raise ValueError(f"weight_decay: {type(opt).__name__} has no weight_decay setting (groups {missing})")
     saved = [(g, group_value(g, "weight_decay")) for g in opt.param_groups]
+    raw = [g["weight_decay"] for g in opt.param_groups]  # undo restores the value as it was (0 stays an int)
     for g, _ in saved:
         set_group_value(g, "weight_decay", prm["value"])
 
     def undo() -> None:
-        for g, v in saved:
-            set_group_value(g, "weight_decay", v)
+        for (g, v), r in zip(saved, raw, strict=True):
+            if isinstance(g["weight_decay"], Tensor) or isinstance(r, Tensor):
+                set_group_value(g, "weight_decay", v)
+            else:
+                g["weight_decay"] = r
 
     kind = "decoupled" if type(opt).__name__ == "AdamW" or (opt.param_groups[0].get("decoupled_weight_decay")) else "L2, coupled"
     return Applied("weight_decay", prm, undo, message=f"weight decay {saved[0][1]:g} -> {prm['value']:g} ({kind})",
