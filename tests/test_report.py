@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import struct
 import zlib
@@ -290,3 +291,84 @@ def test_font_and_png_encoder() -> None:
     np.testing.assert_array_equal(ink, expected)
     with pytest.raises(ValueError, match="H, W, 3"):
         R.encode_png(np.zeros((4, 4)))
+
+
+def test_every_field_is_escaped_even_when_it_holds_a_string(tmp_path) -> None:
+    """A History filled by other code (or an old reader) may hold strings where numbers belong:
+    the report escapes every field it writes, numbers included, and skips bad layer indices."""
+    import dataclasses
+
+    from trainscope.history import Event
+
+    probe = _evil_probe(tmp_path)
+    h = probe.history
+    h.layers = [dataclasses.replace(x, n_params=EVIL2) for x in h.layers]  # type: ignore[arg-type]
+    rec = h.latest
+    assert rec is not None
+    rec.step = EVIL  # type: ignore[assignment]
+    rec.first_nonfinite_forward = 10_000  # out of range: not an IndexError
+    rec.first_nonfinite_backward = EVIL2  # type: ignore[assignment]
+    h.events.append(Event(id=10**6, step=EVIL, kind="note", label="x"))  # type: ignore[arg-type]
+    h.step = EVIL2  # type: ignore[assignment]
+    doc = report.report_html(h)
+    _assert_offline_and_escaped(doc)
+    _assert_offline_and_escaped(report.report_html([h, h]))
+
+
+def test_a_crafted_run_directory_is_refused_field_by_field_and_reported_safely(tmp_path) -> None:
+    from trainscope.runlog import Run
+    from trainscope.runlog import _format as F
+
+    probe = _evil_probe(tmp_path, logdir=True)
+    probe.detach()
+    probe.run_writer.close()
+    d = tmp_path / "run"
+    seg = d / sorted(n for n in os.listdir(d) if n.startswith("seg-"))[-1]
+    layers = F.layers_to_json(probe.history.layers)
+    bad_layers = [dict(x) for x in layers]
+    bad_layers[0]["n_params"] = EVIL2
+    header, arrays = F.record_to_parts(probe.history.latest)
+    header["ffwd"] = len(layers) + 5
+    header["step"] = 10_000
+    with open(seg, "ab") as f:
+        f.write(F.encode({"t": "layers", "layers": bad_layers}))
+        f.write(F.encode(header, arrays))
+        f.write(
+            F.encode({"t": "event", "id": "7", "step": 3, "kind": "note", "label": EVIL, "time": 0})
+        )
+    run = Run(d)
+    errs = "\n".join(run.errors)
+    assert "'n_params' must be a non-negative integer" in errs, errs
+    assert "'ffwd' must be a layer index" in errs
+    assert "event field 'id' must be an integer" in errs
+    assert [x.n_params for x in run.history.layers] == [x.n_params for x in probe.history.layers]
+    assert run.history.latest is not None and run.history.latest.step != 10_000
+    doc = report.report_html(run)
+    assert EVIL2 not in doc and "<script>alert" not in doc
+
+
+def test_malformed_run_files_give_a_message_naming_the_file(tmp_path) -> None:
+    import json
+
+    from trainscope.runlog import Run
+
+    probe = _evil_probe(tmp_path, logdir=True)
+    probe.detach()
+    probe.run_writer.close()
+    meta = tmp_path / "run" / "meta.json"
+    good = meta.read_bytes()
+    meta.write_bytes(good[: len(good) // 2])
+    with pytest.raises(ValueError, match=r"meta\.json is damaged: it is not valid JSON"):
+        Run(tmp_path / "run")
+    info = json.loads(good)
+    info["history_config"]["scalar_recent"] = 10**12
+    meta.write_text(json.dumps(info))
+    with pytest.raises(ValueError, match=r"meta\.json.*'scalar_recent'.*1 to"):
+        Run(tmp_path / "run")
+    info["history_config"]["scalar_recent"] = "64"
+    meta.write_text(json.dumps(info))
+    with pytest.raises(ValueError, match=r"meta\.json.*'scalar_recent'"):
+        Run(tmp_path / "run")
+    meta.write_text("[1, 2]")
+    with pytest.raises(ValueError, match=r"meta\.json is not a trainscope run description"):
+        Run(tmp_path / "run")

@@ -140,6 +140,23 @@ def esc(s: Any) -> str:
     return html.escape(str(s), quote=True)
 
 
+def _layer_name(h: History, i: Any) -> str | None:
+    """The name of layer ``i``, or None when ``i`` is not a valid index (a crafted history)."""
+    if isinstance(i, (int, np.integer)) and not isinstance(i, bool) and 0 <= int(i) < len(h.layers):
+        return str(h.layers[int(i)].name)
+    return None
+
+
+def _order(h: History) -> list[int]:
+    """``h.forward_order`` without indices that name no layer."""
+    L = len(h.layers)
+    return [
+        int(i)
+        for i in h.forward_order
+        if isinstance(i, (int, np.integer)) and not isinstance(i, bool) and 0 <= int(i) < L
+    ]
+
+
 # ============================================================================ chart model
 @dataclass
 class _Series:
@@ -628,7 +645,7 @@ def _curve_charts(srcs: list[_Source]) -> list[_LineChart]:
 
 def _heatmaps(h: History) -> list[_Heatmap]:
     out = []
-    order = h.forward_order
+    order = _order(h)
     names = [h.layer_names[i] for i in order]
     for metric, title, log in _HEATMAPS:
         steps, vals = h.layer_series(metric)
@@ -644,7 +661,11 @@ def _heatmaps(h: History) -> list[_Heatmap]:
             )
         )
     rec = h.latest
-    if rec is not None and rec.act_hist is not None:
+    if (
+        rec is not None
+        and rec.act_hist is not None
+        and np.shape(rec.act_hist)[:1] == (len(h.layers),)
+    ):
         counts = np.asarray(rec.act_hist, dtype=np.float64)[order]
         tot = counts.sum(axis=1, keepdims=True)
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -655,7 +676,7 @@ def _heatmaps(h: History) -> list[_Heatmap]:
             a, b = max(int(nz.min()) - 1, 0), min(int(nz.max()) + 2, frac.shape[1])
             out.append(
                 _Heatmap(
-                    f"Activation histogram at step {rec.step} (fraction per bin)",
+                    f"Activation histogram at step {rec.step} (fraction per bin)",  # SVG text: escaped
                     frac[:, a:b],
                     names,
                     np.arange(a, b),
@@ -710,30 +731,37 @@ def _cell(v: float, metric: str) -> str:
     return f"<td{cls}>{esc(_fmt(float(v)))}</td>"
 
 
+def _metric(rec: Any, m: str, i: int) -> float:
+    try:
+        return float(rec.metrics[m][i])
+    except (KeyError, IndexError, TypeError, ValueError):
+        return math.nan
+
+
 def _layer_table(h: History) -> str:
     rec = h.latest
     if rec is None:
         return '<p class="muted">No sampled step recorded yet.</p>'
     head = "".join(f"<th>{esc(lbl)}</th>" for _, lbl in _TABLE_METRICS)
     rows = []
-    for i in h.forward_order:
+    for i in _order(h):
         info = h.layers[i]
-        cells = "".join(_cell(float(rec.metrics[m][i]), m) for m, _ in _TABLE_METRICS)
+        cells = "".join(_cell(_metric(rec, m, i), m) for m, _ in _TABLE_METRICS)
         rows.append(
-            f'<tr><td class="l"><code>{esc(info.name)}</code></td><td class="l">{esc(info.type)}</td><td>{info.n_params}</td>{cells}</tr>'
+            f'<tr><td class="l"><code>{esc(info.name)}</code></td><td class="l">{esc(info.type)}</td><td>{esc(info.n_params)}</td>{cells}</tr>'
         )
     nf = []
-    if rec.first_nonfinite_forward is not None:
-        nf.append(
-            f"first non-finite activation (forward order): <code>{esc(h.layers[rec.first_nonfinite_forward].name)}</code>"
-        )
-    if rec.first_nonfinite_backward is not None:
-        nf.append(
-            f"first non-finite output gradient (backward order): <code>{esc(h.layers[rec.first_nonfinite_backward].name)}</code>"
-        )
+    for idx, what in (
+        (rec.first_nonfinite_forward, "first non-finite activation (forward order)"),
+        (rec.first_nonfinite_backward, "first non-finite output gradient (backward order)"),
+    ):
+        if idx is not None:
+            name = _layer_name(h, idx)
+            shown = esc(name) if name is not None else f"layer index {esc(idx)} (no such layer)"
+            nf.append(f"{what}: <code>{shown}</code>")
     note = f'<p class="bad">{"; ".join(nf)}</p>' if nf else ""
     return (
-        f'<p class="muted">Latest sampled step: {rec.step}. Layers in forward order.</p>{note}'
+        f'<p class="muted">Latest sampled step: {esc(rec.step)}. Layers in forward order.</p>{note}'
         f'<div style="overflow-x:auto"><table><tr><th class="l">layer</th><th class="l">type</th><th>params</th>{head}</tr>{"".join(rows)}</table></div>'
     )
 
@@ -818,25 +846,30 @@ def _checklist_html(src: _Source) -> str:
     return f'<table><tr><th class="l">list</th><th class="l">item</th><th class="l">status</th><th class="l">evidence</th></tr>{rows}</table>'
 
 
+def _when(t: Any) -> str:
+    try:
+        return _dt.datetime.fromtimestamp(float(t)).strftime("%Y-%m-%d %H:%M:%S")
+    except (TypeError, ValueError, OverflowError, OSError):
+        return ""
+
+
 def _timeline_html(h: History) -> str:
     evs = list(h.events)
     if not evs:
         return '<p class="muted">No interventions or other events were recorded.</p>'
     rows = []
     for e in evs[-500:]:
-        when = (
-            _dt.datetime.fromtimestamp(e.time).strftime("%Y-%m-%d %H:%M:%S")
-            if math.isfinite(e.time)
-            else ""
-        )
+        when = _when(e.time)
         data = json.dumps(e.data, default=str, sort_keys=True)
         if len(data) > 400:
             data = data[:400] + "…"
         rows.append(
-            f'<tr><td>{e.step}</td><td class="l">{esc(when)}</td><td class="l">{esc(e.kind)}</td><td class="l">{esc(e.label)}</td><td class="l"><code>{esc(data)}</code></td></tr>'
+            f'<tr><td>{esc(e.step)}</td><td class="l">{esc(when)}</td><td class="l">{esc(e.kind)}</td><td class="l">{esc(e.label)}</td><td class="l"><code>{esc(data)}</code></td></tr>'
         )
     more = (
-        f'<p class="muted">Showing the last 500 of {len(evs)} events.</p>' if len(evs) > 500 else ""
+        f'<p class="muted">Showing the last 500 of {esc(len(evs))} events.</p>'
+        if len(evs) > 500
+        else ""
     )
     return f'{more}<table><tr><th>step</th><th class="l">time</th><th class="l">kind</th><th class="l">label</th><th class="l">details</th></tr>{"".join(rows)}</table>'
 
@@ -964,9 +997,9 @@ def _comparison_table(srcs: list[_Source]) -> str:
         cells.append(_fmt(float(lr["mean"][-1])) if len(lr["mean"]) else "-")
         swatch = f'<span class="badge" style="background:{PALETTE[i % len(PALETTE)]}">&nbsp;</span>'
         rows.append(
-            f'<tr><td class="l">{swatch} <code>{esc(s.name)}</code></td><td>{h.step}</td><td>{h.samples()}</td>'
+            f'<tr><td class="l">{swatch} <code>{esc(s.name)}</code></td><td>{esc(h.step)}</td><td>{esc(h.samples())}</td>'
             + "".join(f"<td>{esc(c)}</td>" for c in cells)
-            + f"<td>{len(h.events)}</td></tr>"
+            + f"<td>{esc(len(h.events))}</td></tr>"
         )
     return (
         '<table><tr><th class="l">run</th><th>last step</th><th>samples</th><th>last loss</th><th>best loss</th><th>last val_loss</th><th>best val_loss</th><th>last lr</th><th>events</th></tr>'
@@ -1038,7 +1071,7 @@ def figure_png(
             )
         h = srcs[0].history
         steps, vals = h.layer_series(metric)
-        order = h.forward_order
+        order = _order(h)
         log = metric in (
             "act_std",
             "grad_norm",
@@ -1065,7 +1098,7 @@ def figure_png(
             raise ValueError(
                 f"no {what} histogram recorded (histograms=False, or nothing sampled yet)"
             )
-        order = h.forward_order
+        order = _order(h)
         c = np.asarray(counts, dtype=np.float64)[order]
         tot = c.sum(axis=1, keepdims=True)
         with np.errstate(invalid="ignore", divide="ignore"):
