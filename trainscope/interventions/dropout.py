@@ -26,6 +26,7 @@ keeps the same dropout, owned by no probe, and loads where no probe exists.
 from __future__ import annotations
 
 import contextlib
+import warnings
 import weakref
 from typing import TYPE_CHECKING, Any
 
@@ -33,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from ._base import Applied, owner_alive, report_error, resolve_modules, validate_params
+from ._base import Applied, owner_alive, resolve_modules, validate_params
 
 if TYPE_CHECKING:
     from ..probe import Probe
@@ -134,13 +135,21 @@ class DropoutHook:
         dropped = _drop(output, self.p)
         if dropped is _NOTHING:
             if "output" not in self._seen:
-                report_error(self.owner, "add_dropout", TypeError(
-                    f"the output of {type(module).__name__} is a {type(output).__name__}, not a tensor or a "
-                    "tuple starting with one; nothing was dropped there (target the module that produces the "
-                    "tensor, or remove this dropout)"), self._seen)
                 self._seen.add("output")
+                self._say_nothing_dropped(module, output)
             return None
         return dropped
+
+    def _say_nothing_dropped(self, module: nn.Module, output: Any) -> None:
+        why = (f"add_dropout: the output of {type(module).__name__} is a {type(output).__name__}, not a floating "
+               "tensor or a tuple starting with one, so nothing was dropped there; target the module that produces "
+               "the tensor, or remove this dropout")
+        owner = self.owner
+        if owner is not None and len(owner.errors) < 1000:
+            from ..probe import ProbeError
+
+            owner.errors.append(ProbeError("intervention add_dropout", owner.step_count, why, ""))
+        warnings.warn(f"trainscope: {why}", RuntimeWarning, stacklevel=3)
 
 
 class _DetachHandle:
