@@ -214,6 +214,8 @@ def test_reinit_of_a_tied_lm_head_names_the_embedding_it_also_reinitializes() ->
     assert not torch.equal(model.wte.weight, before)  # what the note warns about
     a = trainscope.interventions.reinit_(model, "normal", ["body"], std=0.5)
     assert "tied" not in a.message  # no false alarm for an untied layer
+    every = trainscope.interventions.reinit_(model, "normal", None, std=0.5)
+    assert "one tensor (tied)" in every.message and "lm_head.weight" in every.message
     probe.detach()
 
 

@@ -199,7 +199,7 @@ def reinit_(
 
         applied = data_init(model, targets, p, optimizer=optimizer, probe=probe, batch=batch)
         if tied:
-            applied.message += f"; {tied}"
+            applied.message += f"; note: {tied}"
             applied.details["tied"] = tied
         return applied
 
@@ -240,16 +240,26 @@ def tied_note(model: nn.Module, targets: list[tuple[str, nn.Module]]) -> str:
             if prm is not None:
                 where.setdefault(id(prm), []).append((f"{mname}.{pname}".lstrip("."), mod))
     parts: list[str] = []
-    seen: set[str] = set()
+    seen: set[int] = set()
+    last: dict[int, str] = {}  # the chosen module whose init a shared tensor ends with
     for tname, mod in targets:
         for pname, prm in weight_matrices(mod) + _biases(mod):
-            others = sorted({n for n, m in where.get(id(prm), []) if id(m) not in chosen})
+            last[id(prm)] = f"{tname}.{pname}".lstrip(".")
+    for tname, mod in targets:
+        for pname, prm in weight_matrices(mod) + _biases(mod):
+            if id(prm) in seen:
+                continue
+            seen.add(id(prm))
             label = f"{tname}.{pname}".lstrip(".")
-            if others and label not in seen:
-                seen.add(label)
+            names = [n for n, _ in where.get(id(prm), [])]
+            others = sorted({n for n, m in where.get(id(prm), []) if id(m) not in chosen})
+            if others:
                 owners = sorted({n.rsplit(".", 1)[0] or n for n in others})
                 parts.append(f"{label} is tied to {', '.join(others)} (the same tensor): re-initializing it "
                              f"also re-initializes {', '.join(owners)}")
+            elif len(set(names)) > 1:
+                parts.append(f"{', '.join(sorted(set(names)))} are one tensor (tied): it ends with the "
+                             f"initialization of {last[id(prm)]}")
     return "; ".join(parts)
 
 
