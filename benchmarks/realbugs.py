@@ -83,6 +83,8 @@ def summary(scores: list[Score]) -> dict[str, Any]:
     ev = [s.evidence_step for s in detected if s.evidence_step is not None]
     fixed_alarm = [s for s in scores if s.false_alarms]
     unexplained = [s for s in scores if s.unexplained_alarms]
+    active = [s for s in scores if any(f["active"] for f in s.fixed.severe)
+              or (not s.case.faulty and any(f["active"] for f in s.buggy.severe))]
     tried = [s for s in faulty if s.repaired is not None and s.repaired.fix is not None]
     by_type: dict[str, list[Score]] = defaultdict(list)
     for s in faulty:
@@ -100,6 +102,7 @@ def summary(scores: list[Score]) -> dict[str, Any]:
         "bug_matters": _pct(len(matters), len(faulty)),
         "fixed_with_false_alarm": _pct(len(fixed_alarm), len(scores)),
         "fixed_with_unexplained_alarm": _pct(len(unexplained), len(scores)),
+        "fixed_with_alarm_active_at_end": _pct(len(active), len(scores)),
         "false_alarm_labels": dict(sorted(_count(x for s in scores for x in s.false_alarms).items())),
         "steps_to_detection_median": statistics.median(steps) if steps else None,
         "evidence_step_median": statistics.median(ev) if ev else None,
@@ -176,7 +179,8 @@ def report(scores: list[Score]) -> str:
         f"restores >= 90% of the fixed metric {agg['fix']} (a fix was applied in {agg['fix_attempted']}); the bug costs "
         f"> 10% of the metric in {agg['bug_matters']}.",
         f"False alarms: {agg['fixed_with_false_alarm']} fixed programs get a warning+ finding "
-        f"({agg['fixed_with_unexplained_alarm']} not counting conditions the patch leaves in place); labels: "
+        f"({agg['fixed_with_unexplained_alarm']} not counting conditions the patch leaves in place; "
+        f"{agg['fixed_with_alarm_active_at_end']} with one still active at the end); labels: "
         f"{agg['false_alarm_labels'] or '-'}.",
         f"Steps to detection (poll every 10 steps): median {agg['steps_to_detection_median']}; "
         f"{agg['detected_by_step_10']} at the first poll (step 10), {agg['detected_within_10pct_of_run']} within "
