@@ -11,6 +11,8 @@ Layout (format version 1)
     runs/exp1/
       meta.json            {"format": "trainscope-run", "version": 1, "created", "pid", "host",
                             "trainscope", "history_config"}            written once, atomically
+      snap-00000002.npz    the previous snapshot, kept as the fallback          (optional)
+      seg-00000002.log     the records from snapshot 2 to snapshot 3
       snap-00000003.npz    the History's exact bounded state before segment 3       (optional)
       seg-00000003.log     append-only records after that snapshot
 
@@ -38,11 +40,23 @@ Guarantees
   tail is counted in ``Run.stats`` and ignored).  Snapshots are written to a temporary file,
   ``fsync``-ed and renamed, so a snapshot is either complete or absent.
 * **Bounded size.**  When the segment outgrows ``max(segment_bytes, last snapshot)``, the writer
-  *compacts*: the segment is completed and closed, a snapshot of the history's bounded state (the
-  same downsampling as in memory) is written, a new segment starts and older files are deleted.
-  Steady state: one snapshot + one segment, about twice the history's memory plus
-  ``segment_bytes`` (8 MiB by default), however long the run.  Every crash point of a compaction
-  leaves a readable directory (see :meth:`RunWriter._compact`).
+  *compacts*: the segment is completed and closed, a new segment starts (beginning with the layer
+  list and meta), files older than the previous snapshot are deleted, and a snapshot of the
+  history's bounded state (the same downsampling as in memory) is written and read back.
+  Steady state: two snapshots and their two segments, at most ``2 * snapshot + 2 *
+  max(segment_bytes, snapshot)`` (a snapshot is about the history's memory; ``segment_bytes`` is
+  8 MiB by default), however long the run.  Every crash point of a compaction leaves a readable
+  directory (see :meth:`RunWriter._compact`).
+* **Damage is reported, never silent, never duplicated.**  Every field is type-checked on read
+  (a crafted directory cannot put strings where numbers belong).  A record with a bad checksum or
+  a damaged length field is skipped and reading resumes at the next valid record (one record
+  lost); a damaged newest snapshot falls back to the previous one with nothing lost; a missing
+  segment or snapshot is named with what it cost.  All of it lands in ``Run.errors`` (file,
+  byte offset, reason); a record that fails to apply is skipped once, never re-applied.  Only a
+  damaged ``meta.json`` stops opening, with a ``ValueError`` that names it.
+* **A failing disk costs no memory.**  After an I/O error the writer stops for good: it drops its
+  queue and unsubscribes (memory stays flat however long training goes on), cuts off the
+  half-written record, and says so once (warning, ``writer.errors``, ``probe.errors``).
 * **Exact replay.**  Reading a directory reproduces the live history's series exactly (same
   buckets, same values), because the snapshot is the history's own state and records are replayed
   through the same downsampling.
