@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -31,3 +34,59 @@ def test_headless_example_records_what_it_says() -> None:
     assert len(h.scalar("val_loss")["mean"]) == 2 and len(h.scalar("val_acc")["mean"]) == 2
     assert h.samples() >= 2 and h.latest is not None
     assert not probe.is_attached
+
+
+def _run_notebook(path: Path, replace: dict[str, str], tmp_path: Path) -> Any:
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    from ._jupyter import jupyter_env
+
+    nb = nbformat.read(str(path), as_version=4)
+    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), (
+        f"commit {path.name} with its outputs cleared"
+    )
+    for old, new in replace.items():
+        cell = next((c for c in nb.cells if old in c.source), None)
+        assert cell is not None, f"{path.name} no longer contains {old!r}; update this test"
+        cell.source = cell.source.replace(old, new)
+    client = nbclient.NotebookClient(
+        nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
+    )
+    env = jupyter_env(tmp_path)
+    old_env = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        client.execute()
+    finally:
+        for k, v in old_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
+    assert not errors, errors
+    return nb
+
+
+@pytest.mark.kernel
+@pytest.mark.slow
+def test_demo_notebook_tells_the_story_without_a_click(tmp_path: Path) -> None:
+    """The README's demo: the training is stuck at chance, the diagnosis names the vanishing
+    gradients with the LSUV button, and the fix (applied from Python when nobody clicked) makes
+    it learn.  The training cell runs by time; shortened here."""
+    demo = Path(__file__).parent.parent / "examples" / "demo.ipynb"
+    nb = _run_notebook(demo, {"SECONDS = 90": "SECONDS = 25", "train(20)": "train(15)"}, tmp_path)
+    text = [
+        "".join(o.get("text", "") for o in c.outputs) for c in nb.cells if c.cell_type == "code"
+    ]
+    _setup, _watch, train, diagnosis, timeline = text
+    stuck = re.search(r"val_acc ([\d.]+)", train)
+    assert stuck and float(stuck.group(1)) < 0.25, train  # broken: chance is 0.10
+    assert "Gradients vanish toward the input" in diagnosis
+    assert "Re-initialize with LSUV" in diagnosis
+    assert re.search(r"fix reinit .*'scheme': 'lsuv'.*: applied at step \d+", diagnosis), diagnosis
+    fixed = re.findall(r"val_acc ([\d.]+)", diagnosis)
+    assert fixed and float(fixed[-1]) > 0.9, diagnosis  # the curves recovered
+    assert re.search(r"intervention +Re-initialize", timeline), timeline
+    # the notebook sets torch to one thread (the README's advice for small models)
+    assert "torch.set_num_threads(1)" in nb.cells[1].source
