@@ -62,10 +62,29 @@ def _wait_applied(nb: NotebookPage, label: str, timeout_s: float) -> None:
     assert nb.page.locator(f"{ticket}.status-applied").count() > 0, f"{label}: {text}"
 
 
+def _open_category(nb: NotebookPage, action: str) -> Any:
+    """Open the collapsed group of the Interventions panel holding ``action``, as a person
+    does (a click on its heading); returns the action's card."""
+    group = nb.page.locator(f"{DASH} details.trainscope-category:has([data-action='{action}'])")
+    if not group.evaluate("e => e.open"):
+        group.locator("> summary").click()
+    card = nb.page.locator(f"{DASH} [data-action='{action}']")
+    card.wait_for(state="visible", timeout=10_000)
+    return card
+
+
+def _kernel_status(nb: NotebookPage) -> str:
+    return str(nb.page.evaluate(f"({nb._KSTATUS})()"))
+
+
+def _console_errors(nb: NotebookPage) -> list[str]:
+    return [e for e in nb.errors if e.startswith(("console.error", "pageerror"))]
+
+
 def _start_training(nb: NotebookPage) -> None:
     nb.run_cell(SETUP, timeout=240)
     nb.run_cell(WATCH, timeout=240)
-    nb.page.wait_for_selector(f"{DASH} .trainscope-action-scale_lr", timeout=60_000)
+    nb.page.wait_for_selector(f"{DASH} [data-action='scale_lr']", state="attached", timeout=60_000)
     nb.run_cell(TRAIN, wait=False)
     nb.wait_cell_started(TRAIN)
 
@@ -116,7 +135,7 @@ def _live_then_click(nb: NotebookPage, tag: str, hold_s: float = 0.0) -> dict[st
     assert page.locator(f"{DASH} .bqplot path.line").count() > 0
 
     # click "Scale LR" (factor 0.5, its default) in the Interventions panel
-    card = page.locator(f"{DASH} [data-action='scale_lr']")
+    card = _open_category(nb, "scale_lr")
     card.locator(".trainscope-param-factor").fill("0.5")
     t0 = time.time()
     button = card.locator(".trainscope-action-scale_lr")
@@ -132,7 +151,9 @@ def _live_then_click(nb: NotebookPage, tag: str, hold_s: float = 0.0) -> dict[st
     applied = _applied_step(nb, "Scale")
     nb.screenshot(DASH, f"{tag}_2_acked.png")
     # the next curve update marks the intervention on the timeline
-    page.wait_for_selector(f"{DASH} .bqplot text:has-text('Scale learning rate @')", timeout=20_000)
+    page.wait_for_selector(
+        f"{DASH} .trainscope-marks-list:has-text('Scale learning rate @')", timeout=20_000
+    )
     time.sleep(1.0)
     nb.screenshot(DASH, f"{tag}_2b_marked.png")
     return {"step_before": s1, "step_after": s2, "click_to_ack_s": ack_s, "applied_step": applied}
@@ -174,8 +195,8 @@ def _views(nb: NotebookPage, tag: str) -> None:
 def _panels(nb: NotebookPage, tag: str) -> None:
     """LR finder -> its plot -> "Apply as LR"; a checklist "Run"; the findings panel."""
     page = nb.page
-    card = page.locator(f"{DASH} [data-action='lr_find']")
-    card.locator("details summary").click()
+    card = _open_category(nb, "lr_find")
+    card.locator("details.trainscope-more summary").click()
     card.locator(".trainscope-param-num_iter").fill("30")
     card.locator(".trainscope-action-lr_find").click()
     _wait_applied(nb, "LR finder", 120)
@@ -288,12 +309,188 @@ def test_jupyterlab_with_older_ipykernel_lines(scratch: Path, line: str) -> None
             nb = NotebookPage(ctx.new_page(), server, name)
             _start_training(nb)
             res = _live_then_click(nb, f"lab_{line}")
-            assert LINES[line][1] in nb.text(f"{DASH} .trainscope-delivery")
+            badge = nb.page.locator(f"{DASH} .trainscope-delivery").first
+            assert badge.get_attribute("data-delivery") == LINES[line][1]
             nb.interrupt()
             nb.wait_cell_done(TRAIN, timeout=60)
             assert "KeyboardInterrupt" in nb.output_text(TRAIN)
             nb.run_cell(SUMMARY, timeout=60)
             assert "'status': 'applied'" in nb.output_text(SUMMARY)
             print(f"\n[lab {line}] {res}")
+    finally:
+        server.stop()
+
+
+# Chromium logs an invalid SVG attribute without a stack; this records which element, in which
+# plot, got it (d3 sets attributes through setAttribute), for the failure message
+SVG_PROBE = """
+(() => {
+  const orig = Element.prototype.setAttribute;
+  window.__tsBadSvg = [];
+  Element.prototype.setAttribute = function (name, value) {
+    const v = String(value);
+    if (this instanceof SVGElement && (value === null || /NaN|undefined|null/.test(v))
+        && window.__tsBadSvg.length < 12) {
+      window.__tsBadSvg.push([this, `${this.tagName}.${this.getAttribute('class') || ''} ${name}=${v}`]);
+    }
+    return orig.call(this, name, value);
+  };
+})();
+"""
+
+
+def _boxes(nb: NotebookPage, selector: str) -> list[dict[str, float]]:
+    return list(
+        nb.page.evaluate(
+            """(sel) => [...document.querySelectorAll(sel)].map(e => e.getBoundingClientRect())
+                 .filter(r => r.width > 0 && r.height > 0)
+                 .map(r => ({x: r.x, y: r.y, w: r.width, h: r.height}))""",
+            selector,
+        )
+    )
+
+
+def _overlapping(boxes: list[dict[str, float]]) -> list[tuple[int, int]]:
+    out = []
+    for i, a in enumerate(boxes):
+        for j in range(i + 1, len(boxes)):
+            b = boxes[j]
+            if a["x"] < b["x"] + b["w"] - 0.5 and b["x"] < a["x"] + a["w"] - 0.5:
+                if a["y"] < b["y"] + b["h"] - 0.5 and b["y"] < a["y"] + a["h"] - 0.5:
+                    out.append((i, j))
+    return out
+
+
+def test_jupyterlab_running_state_readable_marks_and_no_console_errors(scratch: Path) -> None:
+    """As a person sees it: the kernel reads busy and the header says *training running* while
+    the cell runs (also after clicks); five quick clicks leave numbered markers that do not
+    overlap; legends sit above the plot area, not on it; the log toggle works; the header says
+    *finished* / *interrupted* when the cell ends; and the page logs no error at all."""
+    name = _copy_quickstart(scratch / "nb", "quickstart_ux.ipynb", epochs=2000)
+    server = Server("lab", scratch, scratch / "nb")
+    try:
+        with browser(scratch / "profile", viewport=(1400, 1300)) as ctx, server.explain_failure(
+            "ux"
+        ):
+            ctx.add_init_script(SVG_PROBE)
+            nb = NotebookPage(ctx.new_page(), server, name)
+            page = nb.page
+            nb.errors.append("phase: setup")
+            _start_training(nb)
+            page.wait_for_function(
+                """() => { const e = document.querySelector('.trainscope-dashboard .trainscope-step .trainscope-fact-value');
+                   return e && parseInt(e.textContent.replace(/,/g, '')) > 200; }""",
+                timeout=120_000,
+            )
+            nb.errors.append("phase: training")
+            state = page.locator(f"{DASH} .trainscope-state")
+            assert state.inner_text() == "training running"
+            assert "is-running" in (state.get_attribute("class") or "")
+            assert _kernel_status(nb) == "busy"
+            # the empty-state message is gone once the loss arrives
+            assert page.locator(f"{DASH} .trainscope-empty-state:visible").count() == 0
+
+            # five clicks in quick succession (Scale learning rate x1: harmless to the run)
+            nb.errors.append("phase: clicks")
+            card = _open_category(nb, "scale_lr")
+            card.locator(".trainscope-param-factor").fill("1")
+            button = card.locator(".trainscope-action-scale_lr")
+            for _ in range(5):
+                button.click()
+                time.sleep(0.25)
+            page.wait_for_function(
+                """() => document.querySelectorAll('.trainscope-dashboard .trainscope-ticket.status-applied').length >= 5""",
+                timeout=30_000,
+            )
+            assert nb.cell_running(TRAIN)
+            time.sleep(1.0)  # the clicks' own busy/idle statuses have arrived by now
+            assert _kernel_status(nb) == "busy", "JupyterLab must not read idle while the cell runs"
+            page.wait_for_selector(
+                f"{DASH} .trainscope-marks-list:has-text('5: Scale learning rate @')",
+                timeout=20_000,
+            )
+            time.sleep(1.0)
+            # the numbered markers (the val-loss points are .dot too, but small)
+            markers = [b for b in _boxes(nb, f"{DASH} .trainscope-loss-fig .dot") if b["w"] >= 10]
+            assert 1 <= len(markers) <= 5, markers
+            assert not _overlapping(markers), f"markers overlap: {markers}"
+            numbers = page.evaluate(
+                """() => [...document.querySelectorAll('.trainscope-dashboard .trainscope-loss-fig text.label')]
+                     .map(e => e.textContent)"""
+            )
+            assert "1" in numbers, numbers
+            # legends are above the plot area, not on the data
+            plot = _boxes(nb, f"{DASH} .trainscope-loss-fig .plotarea_background")
+            legend = _boxes(nb, f"{DASH} .trainscope-legend")
+            assert plot and legend and legend[0]["y"] + legend[0]["h"] <= plot[0]["y"], (legend, plot)
+            assert page.locator(f"{DASH} .trainscope-loss-fig .legend").count() == 0
+            nb.screenshot(DASH, "ux_1_running_marks.png")
+
+            # hovering a marker names the intervention
+            nb.errors.append("phase: hover")
+            # (live updates move the markers as the step axis grows: take the element, not a box)
+            dot = page.evaluate_handle(
+                """() => [...document.querySelectorAll('.trainscope-dashboard .trainscope-loss-fig .dot')]
+                     .find(e => e.getBoundingClientRect().width >= 10)"""
+            ).as_element()
+            assert dot is not None
+            dot.hover()
+            page.wait_for_function(
+                """() => [...document.querySelectorAll('.bqplot-tooltip, .bqplot_tooltip, .tooltip_div, [class*=tooltip]')]
+                     .some(e => e.textContent.includes('Scale learning rate at step'))""",
+                timeout=10_000,
+            )
+            page.mouse.move(5, 5)
+
+            # log scale on the loss
+            nb.errors.append("phase: log")
+            before = page.evaluate(
+                """() => [...document.querySelectorAll('.trainscope-dashboard .trainscope-loss-fig .axis')]
+                     .map(a => a.textContent).join('|')"""
+            )
+            _held_click(nb, page.locator(f"{DASH} .trainscope-log-toggle"), 0.2)
+            page.wait_for_function(
+                """(before) => [...document.querySelectorAll('.trainscope-dashboard .trainscope-loss-fig .axis')]
+                     .map(a => a.textContent).join('|') !== before""",
+                arg=before,
+                timeout=20_000,
+            )
+            time.sleep(1.0)
+            nb.screenshot(DASH, "ux_2_log_scale.png")
+            assert nb.cell_running(TRAIN)
+
+            # every tab once (plots laid out when shown), then the end of the cell
+            for tab in ("Layers", "Depth", "Weights", "LR finder", "Curves"):
+                nb.errors.append(f"phase: tab {tab}")
+                page.locator(f"{DASH} .lm-TabBar-tab:has-text('{tab}')").first.click()
+                time.sleep(1.0)
+            nb.errors.append("phase: interrupt")
+            nb.interrupt()
+            nb.wait_cell_done(TRAIN, timeout=60)
+            page.wait_for_function(
+                "() => document.querySelector('.trainscope-dashboard .trainscope-state').textContent === 'interrupted'",
+                timeout=20_000,
+            )
+            errors = _console_errors(nb)
+            runs: list[list[Any]] = []  # run-length: what was logged when (phases in between)
+            for e in nb.errors:
+                if e.startswith(("console.error", "pageerror", "phase")):
+                    if runs and runs[-1][0] == e[:140]:
+                        runs[-1][1] += 1
+                    else:
+                        runs.append([e[:140], 1])
+            bad_svg = page.evaluate(
+                """() => (window.__tsBadSvg || []).map(([el, what]) => {
+                     const fig = el.closest && el.closest('.bqplot');
+                     const title = fig && fig.querySelector('.mainheading');
+                     const axis = el.closest && el.closest('.axis');
+                     return `${what} in "${title ? title.textContent : '(detached)'}"`
+                       + ` axis "${axis ? axis.textContent.slice(0, 60) : ''}"`; })"""
+            )
+            assert not errors, (
+                f"{len(errors)} console errors: "
+                + "; ".join(f"{n}x {t}" for t, n in runs)
+                + f"\nSVG attributes set to invalid values: {bad_svg}"
+            )
     finally:
         server.stop()

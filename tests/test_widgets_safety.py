@@ -121,7 +121,8 @@ def test_no_widget_of_a_saved_run_dashboard_parses_data_as_html(tmp_path: Path) 
         dash.tabs.selected_index = 4  # the LR finder view is drawn when shown
         dash.refresh(force=True)
         assert dash.lr_finder.suggestion == 0.01
-        leaks = [s for s in _html_sinks(dash) if "<img" in s or "onerror" in s]
+        sinks = [s for root in (dash, *dash._tab_content) for s in _html_sinks(root)]
+        leaks = [s for s in sinks if "<img" in s or "onerror" in s]
         assert not leaks, leaks
     finally:
         dash.close()

@@ -202,6 +202,9 @@ def test_log_toggle_switches_the_loss_axis(run: SimpleNamespace) -> None:
     _end_cell()
     y = np.asarray(c.raw[0].y, np.float64)
     assert len(y) and not np.any(y <= 0)
+    ticks = np.asarray(c._loss_yaxis.tick_values, np.float64)
+    # round ticks chosen for the log axis (decades, or 1 / 1.5 / 2... on a narrow range)
+    assert len(ticks) >= 2 and np.all(ticks > 0) and np.all(np.diff(ticks) > 0)
     c.log_toggle.value = False
     assert isinstance(c._loss_yaxis.scale, bq.LinearScale)
     assert all(isinstance(m.scales["y"], bq.LinearScale) for m in c.raw)

@@ -21,6 +21,7 @@ from ..history import History
 from ._bq import (
     EMPTY,
     EVENT_COLORS,
+    LOG_FMT,
     PALETTE,
     STEP_FMT,
     Y_FMT,
@@ -235,9 +236,7 @@ class Curves(W.HBox):
             legend.append(
                 _legend_item(f"val loss{suffix}", "#d62728" if self.n_runs == 1 else c, "╌●")
             )
-        legend.append(
-            _legend_item("interventions (hover a number)", EVENT_COLORS["intervention"], "●")
-        )
+        legend.append(_legend_item("interventions", EVENT_COLORS["intervention"], "●"))
         self.legend = W.HBox(legend, layout=W.Layout(flex_flow="row wrap", flex="1 1 auto"))
         self.legend.add_class("trainscope-legend")
         self.log_toggle = W.ToggleButton(
@@ -335,7 +334,9 @@ class Curves(W.HBox):
                     m.y = positive(np.asarray(m.y))
         with self._loss_yaxis.hold_sync():
             self._loss_yaxis.scale = ys
-            self._loss_yaxis.tick_format = ".2~e" if log else Y_FMT
+            self._loss_yaxis.tick_format = LOG_FMT if log else Y_FMT
+            if not log:
+                self._loss_yaxis.tick_values = []  # d3's own ticks on a linear axis
         if self.log_toggle.value != log:
             self.log_toggle.value = log
         self._versions.clear()  # the next update redraws every mark for this scale
@@ -376,6 +377,13 @@ class Curves(W.HBox):
                 self._versions[f"val{r}"] = vkey
                 x, y = minmax_decimate(val["step"], val["mean"], self.max_points)
                 set_marks(self.val[r], x=x, y=self._y(y))
+        if has_loss and self.log_y:  # decade ticks (d3's own crowd at the top of a log axis)
+            ys = np.concatenate([np.asarray(m.y, np.float64).ravel() for m in self.raw + self.val])
+            ys = ys[np.isfinite(ys) & (ys > 0)]
+            if len(ys):
+                t = log_ticks(float(ys.min()), float(ys.max()), 5)
+                if not np.array_equal(np.asarray(self._loss_yaxis.tick_values, np.float64), t):
+                    self._loss_yaxis.tick_values = t
         if has_loss:
             hi = max(
                 float(h.scalar("loss")["step"][-1])

@@ -162,6 +162,7 @@ class Dashboard(W.VBox):
         self._tickets_sent = -math.inf
         self._timer: threading.Timer | None = None
         self._boundary = time.monotonic()  # the last step boundary seen (training thread)
+        self._curves_stale = False  # curves changed while their tab was hidden
         self._watchdog: threading.Thread | None = None
         self._busy: dict[str, Any] | None = None  # an action holding the training loop
         self._registry_key: tuple[Any, ...] = ()
@@ -209,10 +210,16 @@ class Dashboard(W.VBox):
             ],
             layout=W.Layout(width="100%", flex_flow="row wrap"),
         )
-        self.tabs = W.Tab(
-            children=[self.curves, layers_tab, depth_tab, self.layer_curves, self.lr_finder],
-            titles=list(TABS),
-        )
+        # hidden tabs keep their width (styles.css): bqplot laid figures out at zero size inside
+        # Lumino's display: none and filled the console with NaN transforms / negative sizes
+        self._tab_content: list[W.Widget] = [
+            self.curves,
+            layers_tab,
+            depth_tab,
+            self.layer_curves,
+            self.lr_finder,
+        ]
+        self.tabs = W.Tab(children=list(self._tab_content), titles=list(TABS))
         super().__init__([self.header, self.tabs, self.controls], layout=W.Layout(width="100%"))
         self.add_class("trainscope-dashboard")
 
@@ -581,6 +588,8 @@ class Dashboard(W.VBox):
         self._dirty["views"] = True
         with self._locked(2.0) as ok:
             if ok:
+                if change.get("new") == 0 and self._curves_stale:
+                    self._push_curves(force=True)
                 self._push_views()
 
     # ------------------------------------------------------------------ acknowledgements
@@ -717,6 +726,13 @@ class Dashboard(W.VBox):
         }
 
     def _push_curves(self, force: bool = False) -> None:
+        if (self.tabs.selected_index or 0) != 0:
+            # a hidden plot is laid out at zero size (bqplot logs NaN transforms): the curves
+            # wait, marked dirty, and are drawn when their tab is shown again (_on_tab)
+            self._dirty["scalars"] = True
+            self._curves_stale = True
+            return
+        self._curves_stale = False
         self._dirty["scalars"] = False
         events = self._dirty["events"]
         self.curves.update(

@@ -41,7 +41,7 @@ class LayerCurves(W.HBox):
             stroke_width=3,
             colors=["#d62728"],
             labels=["selected"],
-            display_legend=True,
+            display_legend=False,
         )
         self._w_yaxis = bq.Axis(scale=wy, side="left", tick_format=LOG_FMT)
         self.weight_fig = figure(
@@ -85,31 +85,31 @@ class LayerCurves(W.HBox):
             stroke_width=3,
             colors=["#d62728"],
             labels=["selected"],
-            display_legend=True,
+            display_legend=False,
         )
         self.update_fig = figure(
             "update / weight ratio per layer (band: 1e-4 .. 1e-2)",
             [self.band, self.ref, self.u_lines, self.u_sel],
             [
                 bq.Axis(scale=ux, label="step", tick_format=STEP_FMT),
-                bq.Axis(
-                    scale=uy,
-                    side="left",
-                    tick_format=".0e",
-                    tick_values=np.array([1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0]),
-                ),
+                # decade ticks are set with the first data: fixed ticks on a log scale without a
+                # domain were drawn at NaN (27 console errors before the first sample)
+                bq.Axis(scale=uy, side="left", tick_format=".0e"),
             ],
             height="280px",
         )
-        super().__init__(
-            [self.weight_fig, self.update_fig], layout=W.Layout(width="100%", flex_flow="row wrap")
+        self.empty = W.Label(
+            "No per-layer statistics recorded yet: they come with the probe's sampled steps "
+            "(watch(..., every=N) samples more often)."
         )
+        self.empty.add_class("trainscope-empty-state")
+        # the figures join the tab with the first sample: a bqplot line without data is drawn
+        # as d="null" and its label at translate(x, undefined) whenever the figure is laid out
+        super().__init__([self.empty], layout=W.Layout(width="100%", flex_flow="row wrap"))
 
     def update(self, h: History, order: list[int], selected: int | None) -> None:
         L = len(order)
         if L == 0 or h.samples() == 0:
-            for m in (self.w_lines, self.w_sel, self.u_lines, self.u_sel, self.band, self.ref):
-                set_marks(m, x=EMPTY, y=EMPTY)
             return
         per_line = int(min(MAX_POINTS, max(32, self.max_total_points // L)))
         colors = depth_colors(L)
@@ -136,8 +136,10 @@ class LayerCurves(W.HBox):
                     y=y[order.index(selected)],
                     labels=[f"selected: {h.layers[selected].name}"],
                 )
-            else:
-                set_marks(sel, x=EMPTY, y=EMPTY)
+            else:  # never an empty line (see __init__): the first layer's, hidden
+                set_marks(sel, x=x32, y=y[0], visible=False)
+            if selected is not None and selected in order and not sel.visible:
+                sel.visible = True
             if len(x32):
                 lo, hi = float(x32[0]), float(x32[-1])
         if lo is not None and hi is not None:
@@ -148,6 +150,24 @@ class LayerCurves(W.HBox):
                 y=np.array([[UPDATE_BAND[0]] * 2, [UPDATE_BAND[1]] * 2], np.float32),
             )
             set_marks(self.ref, x=bx, y=np.array([1e-3, 1e-3], np.float32))
+            uaxis = self.update_fig.axes[1]
+            if not len(uaxis.tick_values):
+                uaxis.tick_values = np.array([1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0])
+        # the legend is in the titles (bqplot's boxed legends sit on the data)
+        who = (
+            f"red: {h.layers[selected].name}"
+            if selected is not None and selected in order
+            else "dark: first layer, yellow: last"
+        )
+        titles = (
+            f"weight norm per layer ({who})",
+            f"update / weight ratio per layer (band: 1e-4 .. 1e-2; {who})",
+        )
+        for fig, title in zip((self.weight_fig, self.update_fig), titles, strict=True):
+            if fig.title != title:
+                fig.title = title
+        if self.weight_fig not in self.children:  # with their data, never before
+            self.children = (self.weight_fig, self.update_fig)
 
 
 class DepthCurves(W.Box):
@@ -168,7 +188,7 @@ class DepthCurves(W.Box):
             marker_size=14,
             stroke_width=1.5,
             labels=["first sample"],
-            display_legend=True,
+            display_legend=False,
             line_style="dashed",
         )
         self.now = bq.Lines(
@@ -180,7 +200,7 @@ class DepthCurves(W.Box):
             marker_size=18,
             stroke_width=2,
             labels=["latest"],
-            display_legend=True,
+            display_legend=False,
         )
         self.sel = bq.Scatter(
             x=EMPTY,
@@ -220,6 +240,12 @@ class DepthCurves(W.Box):
         set_marks(self.first, x=x, y=positive(first[order]), labels=[f"step {first_step}"])
         now = positive(np.asarray(rec.metrics["act_std"])[order])
         set_marks(self.now, x=x, y=now, labels=[f"step {rec.step}"])
+        title = (
+            f"output std by depth: blue step {rec.step:,}, dashed grey step {first_step:,}"
+            " (first sample)"
+        )
+        if self.fig.title != title:
+            self.fig.title = title
         set_ticks(self._yaxis, np.concatenate([positive(first[order]), now]), log=True)
         if selected is not None and selected in order:
             j = order.index(selected)

@@ -81,7 +81,10 @@ class LRFinderPanel(W.VBox):
         self.apply_cycle.on_click(lambda _b: self._click("one_cycle", "max_lr"))
         self.suggestion: float | None = None
         self._event_id: int | None = None
-        super().__init__([self.fig, W.HBox([self.info, self.apply_lr, self.apply_cycle])])
+        self._row = W.HBox([self.info, self.apply_lr, self.apply_cycle])
+        # the plot joins the panel with the first range test: no empty 0..1 axes before it (and
+        # no figure laid out at zero size in a hidden tab)
+        super().__init__([self._row])
 
     def _click(self, action: str, param: str) -> None:
         if self.suggestion is not None:
@@ -94,6 +97,8 @@ class LRFinderPanel(W.VBox):
         if ev is None or ev.id == self._event_id:
             return
         self._event_id = ev.id
+        if self.fig not in self.children:
+            self.children = (self.fig, self._row)
         lrs = np.asarray(ev.data.get("lrs", []), dtype=np.float64)
         losses = np.asarray(ev.data.get("losses", []), dtype=np.float64)
         ok = (lrs > 0) & np.isfinite(lrs)
