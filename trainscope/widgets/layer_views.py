@@ -3,6 +3,8 @@ the output scale of each layer by depth (the initialization view)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import bqplot as bq
 import ipywidgets as W
 import numpy as np
@@ -166,7 +168,8 @@ class LayerCurves(W.HBox):
         for fig, title in zip((self.weight_fig, self.update_fig), titles, strict=True):
             if fig.title != title:
                 fig.title = title
-        if self.weight_fig not in self.children:  # with their data, never before
+        shown: tuple[Any, ...] = tuple(getattr(self, "children", ()))
+        if self.weight_fig not in shown:  # with their data, never before
             self.children = (self.weight_fig, self.update_fig)
 
 

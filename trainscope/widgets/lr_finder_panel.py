@@ -97,7 +97,8 @@ class LRFinderPanel(W.VBox):
         if ev is None or ev.id == self._event_id:
             return
         self._event_id = ev.id
-        if self.fig not in self.children:
+        shown: tuple[Any, ...] = tuple(getattr(self, "children", ()))
+        if self.fig not in shown:
             self.children = (self.fig, self._row)
         lrs = np.asarray(ev.data.get("lrs", []), dtype=np.float64)
         losses = np.asarray(ev.data.get("losses", []), dtype=np.float64)
