@@ -305,3 +305,208 @@ def test_the_documentation_defines_every_label_and_threshold() -> None:
         assert f"`{f.name}`" in doc, f"docs/diagnosis.md does not list the threshold {f.name}"
     for item in ITEMS:
         assert f"`{item.id}`" in doc, item.id
+
+
+# ------------------------------------------------------------------ real-architecture false alarms (issue 13)
+def test_cross_entropy_on_logits_in_unit_interval_is_not_probabilities() -> None:
+    # SqueezeNet (ReLU + global pool) or an early ViT: CE logits in [0, 1] whose rows do not sum to 1
+    li = {"loss": "CrossEntropyLoss", "pred_shape": (16, 4), "pred_min": 0.004, "pred_max": 0.894,
+          "pred_rowsum_dev": 0.8, "target_shape": (16,), "target_min": 0.0, "target_max": 3.0, "target_frac_dev": 0.0}
+    assert [x for x in assess_loss_inputs(li) if x[0] == "probabilities_into_loss"] == []
+    sig = dict(li, loss="BCEWithLogitsLoss", target_max=1.0)  # element-wise logit loss: still a sigmoid output
+    assert any(x[0] == "probabilities_into_loss" for x in assess_loss_inputs(sig))
+
+
+def test_softmax_over_a_size_one_dimension_and_class_indices_into_mse() -> None:
+    ones = {"loss": "BCELoss", "pred_shape": (32, 1), "pred_min": 1.0, "pred_max": 1.0, "pred_rowsum_dev": 0.0,
+            "target_shape": (32, 1), "target_min": 0.0, "target_max": 1.0, "target_frac_dev": 0.0}
+    assert ("wrong_loss", "error") in [(a, b) for a, b, _ in assess_loss_inputs(ones)]
+    mse = {"loss": "MSELoss", "pred_shape": (32,), "pred_min": -1.0, "pred_max": 2.0, "pred_rowsum_dev": math.nan,
+           "target_shape": (32,), "target_dtype": "int64", "target_min": 0.0, "target_max": 9.0, "target_frac_dev": 0.0}
+    assert ("wrong_loss", "warning") in [(a, b) for a, b, _ in assess_loss_inputs(mse)]
+    counts = dict(mse, target_dtype="float32")  # integer-valued float targets may be counts: info only
+    assert [b for a, b, _ in assess_loss_inputs(counts) if a == "wrong_loss"] == ["info"]
+
+
+class _SeqFirstLM(nn.Module):
+    def __init__(self, mix: bool = False) -> None:
+        super().__init__()
+        self.emb, self.rnn, self.out = nn.Embedding(20, 8), nn.LSTM(8, 16), nn.Linear(16, 20)
+        self.mix = mix
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, _ = self.rnn(self.emb(x))
+        if self.mix:
+            h = h - h.mean(1, keepdim=True)  # a reduction over the batch (dim 1 in this layout)
+        return self.out(h)
+
+
+def test_batch_mixing_check_reads_the_sequence_first_layout() -> None:
+    x = torch.randint(0, 20, (7, 5))  # (T, B)
+    ok = trainscope.run_check("batch_mixing", _SeqFirstLM(), batch=x)
+    assert ok.status == "pass" and ok.details["batch_dim"] == 1 and "sequence-first" in ok.evidence
+    bad = trainscope.run_check("batch_mixing", _SeqFirstLM(mix=True), batch=x)
+    assert bad.status == "fail"
+    square = trainscope.run_check("batch_mixing", _SeqFirstLM(), batch=torch.randint(0, 20, (5, 5)))
+    assert square.status == "not_run" and "cannot be told apart" in square.evidence
+
+
+def _fit(model: nn.Module, steps: int, make_loss, lr: float = 0.05, every: int = 1):  # type: ignore[no-untyped-def]
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    probe = trainscope.Probe(model, opt, every=every)
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = make_loss(model)
+        loss.backward()
+        probe.log(loss=float(loss.detach()))
+        opt.step()
+    probe.flush()
+    return probe
+
+
+class _Tied(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb, self.rnn, self.out = nn.Embedding(16, 8), nn.GRU(8, 8, batch_first=True), nn.Linear(8, 16)
+        self.out.weight = self.emb.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.rnn(self.emb(x))[0])
+
+
+def test_tied_weights_are_not_frozen_parameters() -> None:
+    x = torch.randint(0, 16, (4, 6))
+    probe = _fit(_Tied(), 8, lambda m: nn.functional.cross_entropy(m(x).reshape(-1, 16), x.reshape(-1)))
+    found = [f for f in probe.findings() if f.label == "frozen_parameters"]
+    probe.detach()
+    assert found == [], [f.evidence for f in found]
+
+
+def test_a_loss_detached_from_the_model_is_an_error() -> None:
+    x, y = torch.randn(32, 4), torch.randn(32, 1)
+
+    def detached(m: nn.Module) -> torch.Tensor:  # the classic "fix" of 'does not require grad'
+        return torch.tensor(nn.functional.mse_loss(m(x), y).item(), requires_grad=True)
+
+    probe = _fit(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1)), 8, detached)
+    f = next(f for f in probe.findings() if f.label == "frozen_parameters")
+    probe.detach()
+    assert f.severity == "error" and "detached" in f.title and "item()" in f.evidence
+
+
+class _Vanishing(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(4, 8), nn.Linear(8, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(torch.tanh(self.fc1(x)) * 1e-12)  # the gradient reaching fc1 is ~1e-12 of fc2's
+
+
+def test_unmoved_weights_from_a_vanishing_gradient_are_not_blamed_on_a_zero_learning_rate() -> None:
+    x, y = torch.randn(32, 4), torch.randn(32, 1)
+    probe = _fit(_Vanishing(), 6, lambda m: nn.functional.mse_loss(m(x), y), lr=1e-3)
+    f = next(f for f in probe.findings() if f.label == "frozen_parameters")
+    probe.detach()
+    assert "fc1" in f.layers and "vanishing" in f.evidence and "learning rate 0" not in f.evidence
+
+
+def test_gradient_sizes_are_compared_only_between_comparable_layers() -> None:
+    from trainscope.diagnostics.rules.gradients import role
+
+    assert role("model.layers.0.self_attn.q_proj") == role("model.layers.7.self_attn.q_proj") == "model.layers.#.self_attn.q_proj"
+    assert role("model.layers.0.self_attn.q_proj") != role("model.layers.1.mlp.down_proj")
+    assert role("fc1") == role("fc3") == "fc#" and role("stages.0.1.fc1") != role("stages.0.1.fc2")
+    # a healthy 2-block "transformer" profile: q projections tiny (uniform attention), MLP projections not
+    names = ["l.0.q", "l.0.mlp", "l.1.q", "l.1.mlp", "head"]
+    h = History([classify(n, nn.Linear(4, 4)) for n in names])
+    h.set_forward_order(list(range(5)))
+    from trainscope.history import LAYER_METRICS, StepRecord
+
+    for k in range(6):
+        m = {x: np.full(5, np.nan, dtype=np.float32) for x in LAYER_METRICS}
+        m["act_std"][:] = 1.0
+        m["ograd_std"][:] = [1e-6, 1e-2, 1.2e-6, 1.1e-2, 1e-1]
+        m["ograd_mean"][:] = 0.0
+        h.add_record(StepRecord(k, 0.0, m, None, None, list(range(5)), [], None, None))
+    assert diagnose(h, Context(), labels=["vanishing_gradients"]) == []
+    # the same layers of different blocks 1e4x apart is vanishing
+    for k in range(6, 12):
+        m = {x: np.full(5, np.nan, dtype=np.float32) for x in LAYER_METRICS}
+        m["act_std"][:] = 1.0
+        m["ograd_std"][:] = [1e-7, 1e-6, 1e-3, 1e-2, 1e-1]
+        m["ograd_mean"][:] = 0.0
+        h.add_record(StepRecord(k, 0.0, m, None, None, list(range(5)), [], None, None))
+    f = diagnose(h, Context(), labels=["vanishing_gradients"])
+    assert f and f[0].severity != "info" and set(f[0].layers) in ({"l.0.q", "l.1.q"}, {"l.0.mlp", "l.1.mlp"})
+
+
+def test_overfitting_needs_a_rise_that_matters_against_chance() -> None:
+    h = _history_with_loss(list(np.linspace(1.4, 0.002, 100)))
+    for k, v in zip(range(0, 100, 10), [1.0, 0.1, 0.01, 9e-4, 8.5e-4, 1.0e-3, 1.1e-3, 1.2e-3, 1.2e-3, 1.2e-3], strict=True):
+        h.add_scalars(k, {"val_loss": v})
+    assert diagnose(h, Context(n_classes=4), labels=["overfitting"]) == []
+    h2 = _history_with_loss(list(np.linspace(1.4, 0.002, 100)))
+    for k, v in zip(range(0, 100, 10), [1.0, 0.6, 0.4, 0.3, 0.35, 0.45, 0.5, 0.6, 0.7, 0.8], strict=True):
+        h2.add_scalars(k, {"val_loss": v})
+    assert [f.label for f in diagnose(h2, Context(n_classes=4), labels=["overfitting"])] == ["overfitting"]
+
+
+def _label_noise_history(bn: bool) -> History:
+    layers = [classify("conv", nn.Conv2d(3, 4, 3))] + ([classify("bn", nn.BatchNorm2d(4))] if bn else [])
+    h = History([*layers, classify("fc", nn.Linear(4, 4))])
+    for k, v in enumerate(np.linspace(1.39, 0.2, 100)):
+        h.add_scalars(k, {"loss": float(v)})
+    for k in range(0, 100, 10):
+        h.add_scalars(k, {"val_loss": 1.39})
+    return h
+
+
+def test_label_noise_is_told_apart_from_batch_norm_lag() -> None:
+    ctx = Context(n_classes=4)
+    assert diagnose(_label_noise_history(False), ctx, labels=["label_noise"])[0].severity == "warning"
+    h = _label_noise_history(True)
+    undecided = diagnose(h, ctx, labels=["label_noise"])[0]
+    assert undecided.severity == "info" and undecided.data["needs"] == "bn_lag"
+    h.meta["checks"] = {"bn_lag": {"status": "warn", "step": 99, "evidence": "0.2 vs 1.4", "details": {"lag": True}}}
+    lag = diagnose(h, ctx, labels=["label_noise"])[0]
+    assert lag.severity == "info" and "batch-norm" in lag.title
+    h.meta["checks"] = {"bn_lag": {"status": "pass", "step": 99, "evidence": "0.2 vs 0.2", "details": {"lag": False}}}
+    assert diagnose(h, ctx, labels=["label_noise"])[0].severity == "warning"
+
+
+def test_bn_lag_check_compares_batch_and_running_statistics() -> None:
+    model = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
+    x, y = torch.randn(32, 6) * 3 + 5, torch.randint(0, 3, (32,))
+    model.train()
+    fresh = trainscope.run_check("bn_lag", model, None, nn.CrossEntropyLoss(), (x, y))
+    assert fresh.details["eval_mode"] != fresh.details["train_mode"]
+    with torch.no_grad():  # running statistics far from the batch's
+        model[1].running_mean.fill_(-100.0)
+    lagging = trainscope.run_check("bn_lag", model, None, nn.CrossEntropyLoss(), (x, y))
+    assert lagging.status == "warn" and lagging.details["lag"]
+    assert float(model[1].running_mean[0]) == -100.0  # nothing changed
+
+
+def _grad_history(norms: list[float], layer: nn.Module) -> History:
+    h = History([classify("rnn", layer), classify("out", nn.Linear(4, 2))])
+    for k, g in enumerate(norms):
+        h.add_scalars(k, {"grad_norm_total": g, "loss": 1.0})
+    return h
+
+
+def test_gradient_norm_spikes_in_a_recurrent_net_are_a_warning() -> None:
+    rng = np.random.default_rng(0)
+    base = list(1.0 + 0.1 * rng.random(120))
+    spiky = list(base)
+    for k in (40, 70, 100):
+        spiky[k] = 50.0
+    f = diagnose(_grad_history(spiky, nn.LSTM(4, 4)), Context(), labels=["exploding_gradients"])
+    assert f and f[0].severity == "warning" and "spikes" in f[0].title and f[0].layers == ["rnn"]
+    assert diagnose(_grad_history(base, nn.LSTM(4, 4)), Context(), labels=["exploding_gradients"]) == []
+
+
+def test_gradient_growth_before_the_first_nan_is_exploding_gradients() -> None:
+    h = _grad_history([1.0, 8.0, 70.0, 600.0, float("inf")], nn.RNN(4, 4))
+    f = diagnose(h, Context(), labels=["exploding_gradients"])
+    assert f and f[0].severity == "error" and "then NaN/Inf at step 4" in f[0].title

@@ -280,11 +280,44 @@ def input_baseline(env: CheckEnv, steps: int = 100, lr: float = 1e-3) -> CheckRe
 
 
 @_check("batch_mixing", "Backprop dependency (batch mixing)")
-def batch_mixing(env: CheckEnv, batch_dim: int = 0) -> CheckResult:
-    """Eval mode: gradient of example i's output w.r.t. the other examples must be exactly 0."""
+def batch_mixing(env: CheckEnv, batch_dim: int | None = None) -> CheckResult:
+    """Eval mode: gradient of example i's output w.r.t. the other examples must be exactly 0.
+    ``batch_dim=None``: 0, or 1 for inputs that sequence-first modules (``nn.LSTM`` with
+    ``batch_first=False``...) read as ``(T, B, ...)``."""
     from .mixing import mixing_test
 
     return mixing_test(env, batch_dim=batch_dim, tolerance=_TH.mixing_tolerance)
+
+
+BN_TYPES = ("BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm", "LazyBatchNorm1d", "LazyBatchNorm2d", "LazyBatchNorm3d")
+BN_LAG = 1.25
+"""Eval-mode loss this many times the train-mode loss on the same training batch: the running
+statistics lag behind the weights (the batch's own statistics score far better)."""
+
+
+@_check("bn_lag", "Batch-norm running statistics vs batch statistics", loss=True, target=True)
+def bn_lag(env: CheckEnv) -> CheckResult:
+    """The loss on one training batch with batch statistics (train mode, dropout off) vs with the
+    running statistics (eval mode).  A model that memorizes scores well both ways; one whose
+    running statistics lag scores well only with the batch's own statistics."""
+    assert env.batch is not None and env.loss_fn is not None
+    bns = [n for n, m in env.model.named_modules() if type(m).__name__ in BN_TYPES]
+    if not bns:
+        return CheckResult("bn_lag", "pass", "no batch norm: eval mode computes what train mode does")
+    with torch.no_grad():
+        _no_dropout(env.model)
+        train_loss = float(env.loss_fn(forward(env.model, env.batch), env.batch.target))
+        env.model.eval()
+        eval_loss = float(env.loss_fn(forward(env.model, env.batch), env.batch.target))
+    if not (math.isfinite(train_loss) and math.isfinite(eval_loss)):
+        return CheckResult("bn_lag", "not_run", f"non-finite loss (train mode {train_loss}, eval mode {eval_loss})")
+    lag = eval_loss > BN_LAG * train_loss and eval_loss - train_loss > 0.05 * max(abs(train_loss), 1e-12)
+    verdict = ("the running statistics lag behind the weights: eval-mode (validation) scores understate the model"
+               if lag else "the running statistics match the batch statistics")
+    return CheckResult("bn_lag", "warn" if lag else "pass",
+                       f"on a training batch the loss is {_fmt(train_loss)} with batch statistics and {_fmt(eval_loss)} with "
+                       f"the running statistics of {len(bns)} batch-norm layer(s): {verdict}",
+                       layers=bns, details={"train_mode": train_loss, "eval_mode": eval_loss, "lag": lag})
 
 
 @_check("grad_flow", "Gradients reach every parameter", loss=True, target=True)

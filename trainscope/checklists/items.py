@@ -101,8 +101,9 @@ ITEMS: tuple[Item, ...] = (
          "gradient (dead units, vanishing gradients).", check="grad_flow",
          labels=("frozen_parameters", "dead_units", "vanishing_gradients", "vanishing_activations")),
     Item("tobin.bias_variance", "tobin", "Evaluate: bias-variance decomposition",
-         "Test error = irreducible + bias (train - goal) + variance (val - train) + val overfitting.",
-         labels=("overfitting", "label_noise")),
+         "Test error = irreducible + bias (train - goal) + variance (val - train) + val overfitting. The "
+         "validation score must be trustworthy: with batch norm, eval mode reads running statistics that can lag.",
+         check="bn_lag", labels=("overfitting", "label_noise")),
     Item("tobin.tune_lr", "tobin", "Tune the learning rate",
          "Coarse-to-fine random search, e.g. lr = 10**U(-6, -3); the LR is the most sensitive hyperparameter.",
          labels=("lr_too_high", "lr_too_low")),

@@ -8,7 +8,7 @@ import math
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..layers import select_layers
 from .checks import CheckEnv, CheckResult, forward, primary
@@ -34,11 +34,63 @@ def _leak(g: Tensor | None, dim: int, n: int, i: int) -> float:
     return other / own
 
 
-def mixing_test(env: CheckEnv, *, batch_dim: int = 0, tolerance: float = 1e-5) -> CheckResult:
+_SEQ_FIRST = (nn.RNNBase, nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer, nn.Transformer)
+"""Modules whose default layout puts the sequence first: ``(T, B, F)`` unless ``batch_first=True``."""
+
+
+def infer_batch_dim(model: nn.Module, batch: Any, pos: int) -> tuple[int | None, str]:
+    """The batch dimension of input ``pos``: 0, unless the model runs sequence-first modules
+    (``nn.LSTM`` / ``GRU`` / ``RNN``, ``nn.MultiheadAttention``, ``nn.Transformer*`` with
+    ``batch_first=False``, their default) on inputs laid out ``(T, B, ...)``.  One no-grad forward
+    pass reads the shape such a module receives; ``None`` (with the reason) when the layout cannot
+    be told apart (sequence length equal to the batch size)."""
+    seq_first = [m for m in model.modules() if isinstance(m, _SEQ_FIRST) and not getattr(m, "batch_first", False)]
+    x = batch.args[pos]
+    if not seq_first or x.dim() < 2:
+        return 0, ""
+    seen: list[tuple[int, ...]] = []
+
+    def pre(_m: Any, inp: Any) -> None:
+        if not seen and inp and isinstance(inp[0], Tensor) and inp[0].dim() >= 2:
+            seen.append(tuple(inp[0].shape))
+
+    handles = [m.register_forward_pre_hook(pre) for m in seq_first]
+    try:
+        with torch.no_grad():
+            forward(model, batch)
+    finally:
+        for hd in handles:
+            hd.remove()
+    if not seen:
+        return 0, ""
+    t, b = seen[0][0], seen[0][1]
+    kind = type(seq_first[0]).__name__
+    if t == b:
+        if x.shape[0] == x.shape[1] == b:
+            return None, (f"`{kind}` runs sequence-first (batch_first=False) and the sequence length equals the batch "
+                          f"size ({b}): the batch dimension of the input {tuple(x.shape)} cannot be told apart; "
+                          "pass batch_dim=0 or 1")
+        return 0, ""
+    if x.shape[0] == t and x.shape[1] == b:
+        return 1, f" (sequence-first layout: `{kind}` with batch_first=False, batch dimension 1)"
+    return 0, ""
+
+
+def mixing_test(env: CheckEnv, *, batch_dim: int | None = None, tolerance: float = 1e-5) -> CheckResult:
     batch = env.batch
     assert batch is not None
     model = env.model
     args = list(batch.args)
+    layout = ""
+    if batch_dim is None:
+        pos0 = next((k for k, a in enumerate(args) if isinstance(a, Tensor) and a.dim() >= 1), None)
+        if pos0 is None:
+            return CheckResult("batch_mixing", "not_run", "the batch has no tensor input with a batch dimension")
+        model.eval()
+        inferred, layout = infer_batch_dim(model, batch, pos0)
+        if inferred is None:
+            return CheckResult("batch_mixing", "not_run", layout)
+        batch_dim = inferred
     pos = next((k for k, a in enumerate(args) if isinstance(a, Tensor) and a.dim() > batch_dim), None)
     if pos is None:
         return CheckResult("batch_mixing", "not_run", "the batch has no tensor input with a batch dimension")
@@ -103,7 +155,8 @@ def mixing_test(env: CheckEnv, *, batch_dim: int = 0, tolerance: float = 1e-5) -
     if worst <= tolerance:
         return CheckResult("batch_mixing", "pass",
                            f"the outputs of examples 0 and {n - 1} have exactly zero gradient with respect to the other {n - 1} "
-                           f"examples' {ref_name.replace('the ', '', 1)} (eval mode)", details={"leak": worst})
+                           f"examples' {ref_name.replace('the ', '', 1)} (eval mode){layout}",
+                           details={"leak": worst, "batch_dim": batch_dim})
     # localize: the last captured output that still leaks, and the first one after it that does not
     mixed = [k for k, v in enumerate(leaks) if v > tolerance]
     layers: list[str] = []
@@ -122,4 +175,4 @@ def mixing_test(env: CheckEnv, *, batch_dim: int = 0, tolerance: float = 1e-5) -
     return CheckResult("batch_mixing", "fail",
                        f"example 0's output depends on other examples of the batch: its gradient with respect to them is "
                        f"{worst:.3g}x the one with respect to its own {ref_name.replace('the ', '', 1)} (eval mode, exact 0 expected); "
-                       f"the mixing happens {where}", layers=layers, details={"leak": worst})
+                       f"the mixing happens {where}{layout}", layers=layers, details={"leak": worst, "batch_dim": batch_dim})

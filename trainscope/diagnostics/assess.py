@@ -24,6 +24,10 @@ __all__ = [
 ]
 
 LOGIT_LOSSES = ("CrossEntropyLoss", "BCEWithLogitsLoss", "MultiLabelSoftMarginLoss")
+ELEMENTWISE_LOGIT_LOSSES = ("BCEWithLogitsLoss", "MultiLabelSoftMarginLoss")
+"""Logit losses that read each value on its own (a sigmoid before them squashes every value into
+[0, 1]); cross-entropy is judged by its rows instead (logits in [0, 1] are legitimate there, e.g.
+out of a ReLU and a global pool, or early in training)."""
 LOGPROB_LOSSES = ("NLLLoss", "KLDivLoss")
 REGRESSION_LOSSES = ("MSELoss", "L1Loss", "SmoothL1Loss", "HuberLoss")
 _FLOAT = ("float16", "bfloat16", "float32", "float64")
@@ -137,7 +141,7 @@ def assess_loss_inputs(li: dict[str, Any]) -> list[tuple[str, str, str]]:
             f"{name} receives probabilities: values in [{_fmt(lo)}, {_fmt(hi)}] whose rows sum to 1 "
             f"(mean deviation {_fmt(rowdev)}); it expects {need}. Remove the softmax before the loss",
         ))
-    elif name in LOGIT_LOSSES and in_unit and n >= 16 and hi - lo >= 0.5:
+    elif name in ELEMENTWISE_LOGIT_LOSSES and in_unit and n >= 16 and hi - lo >= 0.5:
         out.append((
             "probabilities_into_loss", "warning",
             f"{name} expects raw logits but all {n} of its inputs lie in [{_fmt(lo)}, {_fmt(hi)}] while spanning "
@@ -148,6 +152,13 @@ def assess_loss_inputs(li: dict[str, Any]) -> list[tuple[str, str, str]]:
             "wrong_loss", "warning",
             f"{name} expects log-probabilities (<= 0) but receives values up to {_fmt(hi)}: apply log_softmax, "
             "or use CrossEntropyLoss on the raw logits",
+        ))
+    if name in ("BCELoss", "NLLLoss") and n >= 2 and lo == hi and lo in (0.0, 1.0):
+        out.append((
+            "wrong_loss", "error",
+            f"{name} receives exactly {_fmt(lo)} for all {n} values: a softmax (gives 1) or log_softmax (gives 0) over a "
+            "dimension of size 1, so the loss has no gradient. Use sigmoid + BCELoss (or BCEWithLogitsLoss) for one "
+            "output, or log_softmax over the class dimension for NLLLoss",
         ))
     if name == "CrossEntropyLoss" and len(ps) >= 2 and ps[1] == 1:
         out.append(("wrong_loss", "error", f"CrossEntropyLoss over a single class (pred {ps}) is always 0: use BCEWithLogitsLoss"))
@@ -174,11 +185,17 @@ def assess_loss_inputs(li: dict[str, Any]) -> list[tuple[str, str, str]]:
             elif b is not None:
                 out.append(("wrong_loss", "warning", f"{name}: prediction {ps} and target {ts} differ in shape (broadcast to {b})"))
         integral = li.get("target_frac_dev", 1.0) == 0 and li.get("target_min", -1.0) >= 0
-        if integral and li.get("target_max", 0.0) >= 2 and not out:
+        tmax = li.get("target_max", 0.0)
+        if integral and tmax >= 2 and not out:
+            one_output = len(ps) <= 1 or int(np.prod(ps[1:])) == 1
+            classes = one_output and tmax <= 100 and str(li.get("target_dtype", "")).startswith(("int", "uint"))
             out.append((
-                "wrong_loss", "info",
-                f"{name} on integer targets {_fmt(li['target_min'])}..{_fmt(li['target_max'])}: if these are class indices, "
-                "use CrossEntropyLoss with one output per class",
+                "wrong_loss", "warning" if classes else "info",
+                f"{name} on integer targets {_fmt(li['target_min'])}..{_fmt(tmax)}"
+                + (f" ({li.get('target_dtype')}) with a single output per example: these look like class indices, "
+                   "which a regression loss treats as ordered distances (class 9 is 'far' from class 0). Use "
+                   f"CrossEntropyLoss with {int(tmax) + 1} outputs" if classes
+                   else ": if these are class indices, use CrossEntropyLoss with one output per class"),
             ))
     return out
 

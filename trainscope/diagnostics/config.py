@@ -58,6 +58,8 @@ class Thresholds:
     min_val_points: int = 5  # validation evaluations needed before judging generalization
     overfit_rise: float = 0.1  # validation loss 10% above its best ...
     overfit_patience: int = 3  # ... at each of the last 3 evaluations after the best one
+    overfit_floor: float = 0.02  # ... and by at least 2% of the chance level (or the first evaluation):
+    # a validation loss of 8e-4 rising to 1.2e-3 is +46% but noise on a solved task
     chance_margin: float = 0.05  # "at chance": validation never got 5% below the chance loss
     memorize_progress: float = 0.05  # training loss fell 5% (overfitting: since the best evaluation;
     # label noise: below chance)

@@ -20,7 +20,7 @@ from .config import Thresholds
 if TYPE_CHECKING:
     from ..probe import Probe
 
-__all__ = ["Context", "context_from_probe", "weight_symmetry"]
+__all__ = ["Context", "context_from_probe", "tied_layers", "weight_symmetry"]
 
 T = TypeVar("T")
 
@@ -39,6 +39,10 @@ class Context:
         Per linear / conv layer name: ``(units, largest group of identical units)``.
     requires_grad
         Per parameter name: its ``requires_grad`` flag.
+    tied
+        Per tracked layer whose trainable parameters all belong to another module as well (weight
+        tying, e.g. an LM head sharing the embedding matrix): the name of that other module.  The
+        probe measures a shared parameter once, under its first owner.
     n_classes
         Number of classes, when it cannot be read from the loss inputs.
     thresholds
@@ -48,6 +52,7 @@ class Context:
     forward_modes: dict[str, int] | None = None
     symmetry: dict[str, tuple[int, int]] | None = None
     requires_grad: dict[str, bool] | None = None
+    tied: dict[str, str] | None = None
     n_classes: int | None = None
     thresholds: Thresholds = field(default_factory=Thresholds)
     _memo: dict[str, Any] = field(default_factory=dict, repr=False)
@@ -90,6 +95,29 @@ def weight_symmetry(module: torch.nn.Module) -> tuple[int, int] | None:
     return len(p), int(np.diff(edges).max())
 
 
+def tied_layers(model: torch.nn.Module, layer_names: list[str]) -> dict[str, str]:
+    """Tracked layers whose own trainable parameters are all owned by another module too
+    (weight tying): ``{layer: other module}``.  Reads the model; changes nothing."""
+    owners: dict[int, list[str]] = {}
+    for mname, mod in model.named_modules(remove_duplicate=False):
+        for p in mod.parameters(recurse=False):
+            names = owners.setdefault(id(p), [])
+            if (mname or "model") not in names:
+                names.append(mname or "model")
+    out: dict[str, str] = {}
+    for name in layer_names:
+        mod = _module(model, name)
+        if mod is None:
+            continue
+        own = [p for p in mod.parameters(recurse=False) if p.requires_grad]
+        if not own:
+            continue
+        others = [next((n for n in owners.get(id(p), []) if n != name), None) for p in own]
+        if all(o is not None for o in others):
+            out[name] = str(others[0])
+    return out
+
+
 def context_from_probe(probe: Probe, **overrides: Any) -> Context:
     """Build the :class:`Context` of a probe (reads the model; changes nothing)."""
     symmetry: dict[str, tuple[int, int]] = {}
@@ -104,6 +132,7 @@ def context_from_probe(probe: Probe, **overrides: Any) -> Context:
             continue
         if s is not None:
             symmetry[info.name] = s
+    overrides.setdefault("tied", tied_layers(model, [x.name for x in probe.layers]))
     return Context(
         forward_modes=dict(probe.forward_modes),
         symmetry=symmetry,

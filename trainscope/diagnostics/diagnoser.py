@@ -99,6 +99,8 @@ class _ProbeState:
         self.diagnoser = Diagnoser()
         self.sym_step: int | None = None
         self.symmetry: dict[str, tuple[int, int]] | None = None
+        self.tied: dict[str, str] | None = None
+        self.demanded: dict[str, int] = {}  # on-demand check -> step it was last asked for
         self.thread: int | None = None  # the thread step boundaries run on (the training thread)
         self.tasks: dict[str, Callable[[Any], None]] = {}
         self.handle: Any = None
@@ -113,6 +115,23 @@ REFRESH_SECONDS = 2.0
 """...and older than this (wall time) before a diagnosis asks the probe for a fresh sample."""
 """A diagnosis asks the probe for a fresh full sample when its latest one is older than this many
 steps (the probe's own schedule may sample much more rarely on cheap steps)."""
+
+
+def _run_named_check(name: str) -> Callable[[Any], None]:
+    def task(probe: Any) -> None:
+        from ..checklists import run_check
+
+        try:
+            run_check(name, probe)
+        except ValueError:
+            pass  # inputs missing (no batch with targets yet): asked again later
+
+    return task
+
+
+_ON_DEMAND: dict[str, Callable[[Any], None]] = {"bn_lag": _run_named_check("bn_lag")}
+"""Read-only checks a rule can ask for when the statistics alone cannot decide (``Finding.data
+["needs"]``); each runs at most once per :data:`REFRESH_STEPS` steps, never during a step."""
 
 
 def diagnoser_for(probe: Probe) -> Diagnoser:
@@ -209,18 +228,24 @@ def diagnose_probe(
         h = probe.history
         if st.sym_step is None or (h.step != st.sym_step and (h.step < 2 * REFRESH_STEPS or h.step - st.sym_step >= REFRESH_STEPS)):
             ctx = context_from_probe(probe, thresholds=d.thresholds)
-            st.symmetry, st.sym_step = ctx.symmetry, h.step
+            st.symmetry, st.tied, st.sym_step = ctx.symmetry, ctx.tied, h.step
         else:
             ctx = Context(
                 forward_modes=dict(probe.forward_modes),
                 symmetry=st.symmetry,
+                tied=st.tied,
                 requires_grad={n: bool(p.requires_grad) for n, p in probe.model.named_parameters()},
                 thresholds=d.thresholds,
             )
         checks = h.meta.get("checks") or {}
         key = (h.step, h.samples(), tuple(sorted((k, v.get("time")) for k, v in checks.items())),
                tuple(sorted(probe.forward_modes.items())), len(h.scalar_names()))
-        d.update(h, ctx, key=key)
+        found = d.update(h, ctx, key=key)
+        for f in found:
+            need = f.data.get("needs") if f.active else None
+            if need and need in _ON_DEMAND and st.demanded.get(need, -(10**9)) + REFRESH_STEPS <= probe.step_count:
+                st.demanded[need] = probe.step_count
+                on_training_thread(probe, f"check:{need}", _ON_DEMAND[need])
         if refresh and probe.is_attached:
             last = h.latest.step if h.latest is not None else -(10**9)
             age = time.time() - h.latest.time if h.latest is not None else float("inf")

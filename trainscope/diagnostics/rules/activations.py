@@ -9,6 +9,7 @@ from .._series import feeder, fmt, held, names, param_layers, pct, series
 from ..context import Context
 from ..finding import Finding, intervention
 from ..registry import rule
+from .causes import root_cause
 
 
 def init_scheme(h: History) -> str:
@@ -170,21 +171,42 @@ def dead_units(h: History, ctx: Context) -> Finding | None:
         parts.append(f"{pct(s)} of {where} ({round(s * units)} of {units} units)")
     g0 = groups[wk]
     shown = h.layers[int(g0["act"])].name if g0["act"] is not None else h.layers[wk].name
+    onset = _dead_onset(h, ctx, [wk] + ([int(g0["act"])] if g0["act"] is not None else []), th.dead_info)
+    cause = root_cause(h, ctx, onset if onset is not None else h.step, symptom="dead")
     sources = [h.layers[k].name for _, k in flagged if h.layers[k].kind in ("linear", "conv")]
     fixes = []
     if sources:
         fixes.append(intervention("reinit", "Re-initialize the dead layers (He init)", layers=sources, scheme="kaiming_normal"))
         fixes.append(intervention("reinit", "Re-initialize the dead layers (LSUV)", layers=sources, scheme="lsuv"))
     fixes.append(intervention("scale_lr", "Lower the learning rate 10x", factor=0.1))
+    if cause is not None:
+        fixes = cause.fixes + [f for f in fixes if f not in cause.fixes]
+    when = f" (since step {onset})" if onset is not None else ""
     return Finding(
         label="dead_units",
         severity=sev,
-        title=f"Dead ReLU units: {pct(worst)} of `{shown}`",
-        evidence="; ".join(parts) + f" never fired over the last {int(g0['fill'] or 0)} sampled steps",
+        title=(f"{cause.short} -> " if cause else "") + f"Dead ReLU units: {pct(worst)} of `{shown}`",
+        evidence=(f"{cause.text} -> " if cause else "") + "; ".join(parts)
+        + f" never fired over the last {int(g0['fill'] or 0)} sampled steps{when}",
         layers=list(dict.fromkeys(layers)),
         interventions=fixes,
-        data={"dead_share": {h.layers[k].name: s for s, k in flagged}},
+        data={"dead_share": {h.layers[k].name: s for s, k in flagged}, "onset": onset,
+              "cause": cause.key if cause else None},
     )
+
+
+def _dead_onset(h: History, ctx: Context, idx: list[int], level: float) -> int | None:
+    """First sampled step from which the dead share of these layers stayed at or above ``level``."""
+    steps, dead = series(h, ctx, "act_dead_frac")
+    if len(steps) == 0:
+        return None
+    col = np.nanmax(np.where(np.isfinite(dead[:, idx]), dead[:, idx], -1.0), axis=1)
+    above = col >= level
+    if not above[-1]:
+        return None
+    below = np.flatnonzero(~above)
+    k = int(below[-1]) + 1 if len(below) else 0
+    return int(steps[k])
 
 
 @rule("saturated_activations", checklist=("karpathy.init_well", "tobin.normalize_inputs"), finite=True)

@@ -55,10 +55,10 @@ def overfitting(h: History, ctx: Context) -> Finding | None:
         return None
     best = float(vv[b])
     last = vv[-th.overfit_patience :]
-    if not np.all(last > best + th.overfit_rise * max(abs(best), 1e-12)):
-        return None
     ref = chance_loss(h, ctx) if name == "val_loss" else None
     ref = float(vv[0]) if ref is None else ref
+    if not np.all(last > best + max(th.overfit_rise * abs(best), th.overfit_floor * abs(ref), 1e-12)):
+        return None
     if best > (1 - th.chance_margin) * ref:
         return None
     before = c.values[c.steps <= vs[b]]
@@ -152,6 +152,26 @@ def label_noise(h: History, ctx: Context) -> Finding | None:
         parts.append("input-independent baseline: " + str(check.get("evidence", "")))  # type: ignore[union-attr]
     if not parts:
         return None
+    bn = [x.name for x in h.layers if x.type.startswith(("BatchNorm", "SyncBatchNorm", "LazyBatchNorm"))]
+    if bn and not failed:
+        # validation runs in eval mode on running statistics, which can lag far behind the weights
+        # early in training: tell that apart from memorization before blaming the labels
+        lag = (h.meta.get("checks") or {}).get("bn_lag")
+        if lag is None or int(lag.get("step") or -1) < int(c.steps[0] if c is not None else 0):
+            return Finding(
+                label="label_noise", severity="info", title="Validation stays at chance (label noise or batch-norm lag?)",
+                evidence="; ".join(parts) + f". Undecided: the model has batch norm ({', '.join(f'`{n}`' for n in bn[:3])}), "
+                "whose running statistics can lag behind the weights so that eval-mode scores stay at chance; the "
+                "`bn_lag` check (run automatically) tells the two apart",
+                layers=bn, data={"needs": "bn_lag"},
+            )
+        if lag.get("details", {}).get("lag"):
+            return Finding(
+                label="label_noise", severity="info", title="Validation lags because batch-norm running statistics lag",
+                evidence="; ".join(parts) + ". But not label noise: " + str(lag.get("evidence", "")) + ". Raise the "
+                "batch-norm momentum, train longer, or evaluate after re-estimating the statistics",
+                layers=bn, data={"bn_lag": True},
+            )
     return Finding(
         label="label_noise",
         severity="warning",

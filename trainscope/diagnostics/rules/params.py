@@ -29,14 +29,29 @@ def _listing(items: list[str], n: int = 6) -> str:
     return shown + (f" and {len(items) - n} more" if len(items) > n else "")
 
 
+def _group_lrs(h: History) -> list[float]:
+    """The latest learning rate of every parameter group the probe logged (``lr``, ``lr/groupN``)."""
+    out = []
+    for name in h.scalar_names():
+        if name == "lr" or name.startswith("lr/group"):
+            _, v = scalar(h, name)
+            v = v[np.isfinite(v)]
+            if len(v):
+                out.append(float(v[-1]))
+    return out
+
+
 @rule("frozen_parameters", checklist=("tobin.grad_flow",), finite=True)
 def frozen_parameters(h: History, ctx: Context) -> Finding | None:
     """Parameters that can never change: (a) ``requires_grad`` parameters the optimizer does not
     hold; (b) layers with trainable parameters whose gradient is missing (``None``: not connected
     to the loss, or never run) in ``persist_need`` of the last ``persist_of`` records while other
-    layers do get gradients; (c) layers with a non-zero gradient whose weights are exactly where
-    they started after two or more steps (e.g. a parameter group with ``lr=0``).  Warning.
-    Parameters frozen on purpose (``requires_grad=False``) alone give an info."""
+    layers do get gradients -- or *no* layer gets one (the loss is detached from the model: error);
+    (c) layers with a non-zero gradient whose weights are exactly where they started after two or
+    more steps: a gradient too small to change float32 weights (relative gradient below 1e-7,
+    vanishing), else a learning rate of 0 for their group.  Warning.  Layers whose parameters are
+    tied to another module's (weight tying) are judged through that module.  Parameters frozen on
+    purpose (``requires_grad=False``) alone give an info."""
     th = ctx.thresholds
     in_opt: dict[str, bool] = h.meta.get("param_in_optimizer") or {}
     missing = [n for n, ok in in_opt.items() if not ok and _trainable(h, ctx, n)]
@@ -45,53 +60,85 @@ def frozen_parameters(h: History, ctx: Context) -> Finding | None:
         frozen_layers = list(dict.fromkeys(_owner(n) for n in frozen))
     else:
         frozen = frozen_layers = [x.name for x in h.layers if x.n_params > 0 and x.n_trainable == 0]
+    tied = ctx.tied or {}
     no_grad: list[str] = []
     unmoved: list[str] = []
+    vanished: list[str] = []
+    detached = False
     steps, g = series(h, ctx, "grad_norm")
+    _, wn = series(h, ctx, "weight_norm")
     if len(steps) >= th.persist_need:
-        for i, info in enumerate(h.layers):
-            if info.n_trainable == 0:
-                continue
-            col = g[:, i]
-            others = np.isfinite(np.delete(g, i, axis=1)).any(axis=1) if g.shape[1] > 1 else np.ones(len(col), bool)
-            if held(~np.isfinite(col) & others, th.persist_need, th.persist_of):
-                no_grad.append(info.name)
+        measured = np.isfinite(wn) & (wn > 0)  # the probe tracks (measures) this layer's parameters
+        candidates = [i for i, info in enumerate(h.layers)
+                      if info.n_trainable and info.name not in tied and bool(measured[-th.persist_of:, i].any())]
+        any_grad = np.isfinite(g).any(axis=1)
+        if candidates and held(~any_grad, th.persist_need, th.persist_of):
+            detached = True  # not a single parameter receives a gradient
+            no_grad = [h.layers[i].name for i in candidates]
+        else:
+            for i in candidates:
+                col = g[:, i]
+                others = np.isfinite(np.delete(g, i, axis=1)).any(axis=1) if g.shape[1] > 1 else np.ones(len(col), bool)
+                if held(~np.isfinite(col) & others & measured[:, i], th.persist_need, th.persist_of):
+                    no_grad.append(h.layers[i].name)
         _, d = series(h, ctx, "dist_init")
-        if h.step >= 2 and len(d):
-            last_d, last_g = d[-1], g[-1]
+        if h.step >= 2 and len(d) and not detached:
+            last_d, last_g, last_w = d[-1], g[-1], wn[-1]
             for i, info in enumerate(h.layers):
-                if info.n_trainable and last_d[i] == 0 and np.isfinite(last_g[i]) and last_g[i] > 0:
+                if info.n_trainable and info.name not in tied and last_d[i] == 0 and np.isfinite(last_g[i]) and last_g[i] > 0:
                     if info.name not in no_grad and not any(_owner(p) == info.name for p in missing):
-                        unmoved.append(info.name)
-    if not (missing or no_grad or unmoved or frozen):
+                        rel = last_g[i] / last_w[i] if np.isfinite(last_w[i]) and last_w[i] > 0 else np.inf
+                        (vanished if rel < 1e-7 else unmoved).append(info.name)
+    if not (missing or no_grad or unmoved or vanished or frozen):
         return None
     parts = []
+    if detached:
+        parts.append(
+            f"no parameter receives a gradient in the last {min(th.persist_of, len(steps))} records although training "
+            "steps run: the loss is not connected to the model's parameters (computed from `.item()` / `.detach()` / "
+            "numpy, re-wrapped with torch.tensor(...) or requires_grad=True, or the forward pass runs under no_grad)"
+        )
     if missing:
         parts.append(
             f"{len(missing)} trainable parameter(s) are not in the optimizer, so they are never updated: {_listing(missing)}"
         )
-    if no_grad:
+    if no_grad and not detached:
         parts.append(
             f"{_listing(no_grad)} receive no gradient (not connected to the loss: unused in forward, detached, or "
             f"run under no_grad) in the last {min(th.persist_of, len(steps))} records"
         )
+    if vanished:
+        parts.append(
+            f"{_listing(vanished)} have not moved since step 0: their gradient is below 1e-7 of the weights' norm, too "
+            "small to change float32 weights (vanishing gradient; see the gradient profile)"
+        )
     if unmoved:
-        parts.append(f"{_listing(unmoved)} have gradients but have not moved since step 0 (learning rate 0 for their group?)")
-    serious = bool(missing or no_grad or unmoved)
+        lrs = _group_lrs(h)
+        why = ("a parameter group has learning rate 0" if any(v == 0 for v in lrs)
+               else "their parameter group's learning rate is 0, or the optimizer skips them")
+        parts.append(f"{_listing(unmoved)} have gradients but have not moved since step 0 ({why})")
+    serious = bool(missing or no_grad or unmoved or vanished)
     if frozen:
         parts.append(f"{len(frozen)} frozen on purpose (requires_grad=False): {_listing(frozen, 4)}")
     known = set(h.layer_names)
-    layers = [n for n in dict.fromkeys([_owner(p) for p in missing] + no_grad + unmoved) if n in known]
+    layers = [n for n in dict.fromkeys([_owner(p) for p in missing] + no_grad + unmoved + vanished) if n in known]
     if not serious:
         layers = [n for n in frozen_layers if n in known]
+    if detached:
+        title = "No parameter receives a gradient: the loss is detached from the model"
+    elif serious and layers:
+        title = f"Parameters that never change in `{layers[0]}`"
+    else:
+        title = "Some parameters are frozen (requires_grad=False)"
     return Finding(
         label="frozen_parameters",
-        severity="warning" if serious else "info",
-        title=(f"Parameters that never change in `{layers[0]}`" if serious and layers else "Some parameters are frozen (requires_grad=False)"),
+        severity="error" if detached else "warning" if serious else "info",
+        title=title,
         evidence="; ".join(parts),
         layers=layers,
         interventions=[],
-        data={"not_in_optimizer": missing, "no_gradient": no_grad, "unmoved": unmoved, "frozen": frozen},
+        data={"not_in_optimizer": missing, "no_gradient": no_grad, "unmoved": unmoved, "vanished": vanished,
+              "frozen": frozen, "detached": detached},
     )
 
 
