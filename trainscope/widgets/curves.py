@@ -202,7 +202,7 @@ class Curves(W.HBox):
             default_size=10,
             font_weight="bold",
             align="middle",
-            y_offset=4,
+            y_offset=3,
             visible=False,
         )
         self.nonfinite = bq.Scatter(
