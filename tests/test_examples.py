@@ -90,3 +90,36 @@ def test_demo_notebook_tells_the_story_without_a_click(tmp_path: Path) -> None:
     assert re.search(r"intervention +Re-initialize", timeline), timeline
     # the notebook sets torch to one thread (the README's advice for small models)
     assert "torch.set_num_threads(1)" in nb.cells[1].source
+
+
+@pytest.mark.kernel
+@pytest.mark.slow
+def test_readme_quickstart_runs_as_written(tmp_path: Path) -> None:
+    """The README's two quickstart cells, copied verbatim into a notebook, run in a real kernel:
+    the dashboard is displayed once and the loop's steps, loss and metric are recorded."""
+    nbformat = pytest.importorskip("nbformat")
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    quick = readme[readme.index("## Quickstart") :]
+    quick = quick[: quick.index("\n## ")]
+    cells = re.findall(r"```python\n(.*?)```", quick, re.S)[:2]
+    assert len(cells) == 2 and "trainscope.watch(" in cells[0] and "optimizer.step()" in cells[1]
+    cells.append(
+        "h = scope.history\n"
+        "print('steps', scope.probe.step_count, 'loss', len(h.scalar('loss')['mean']),"
+        " 'val_loss', len(h.scalar('val_loss')['mean']), 'val_acc', float(h.scalar('val_acc')['mean'][-1]))"
+    )
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
+    path = tmp_path / "quickstart_from_readme.ipynb"
+    nbformat.write(nb, str(path))
+    nb = _run_notebook(path, {}, tmp_path)
+    views = [
+        sum(1 for o in c.outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {}))
+        for c in nb.cells
+    ]
+    assert views == [1, 0, 0], views
+    out = "".join(o.get("text", "") for o in nb.cells[2].outputs)
+    m = re.search(r"steps (\d+) loss (\d+) val_loss (\d+) val_acc ([\d.]+)", out)
+    assert m, out
+    steps, losses, val_losses, acc = int(m[1]), int(m[2]), int(m[3]), float(m[4])
+    assert steps == 100 * 47 and losses == steps and val_losses == 100
+    assert acc > 0.9, acc  # it trains
