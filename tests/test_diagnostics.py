@@ -510,3 +510,65 @@ def test_gradient_growth_before_the_first_nan_is_exploding_gradients() -> None:
     h = _grad_history([1.0, 8.0, 70.0, 600.0, float("inf")], nn.RNN(4, 4))
     f = diagnose(h, Context(), labels=["exploding_gradients"])
     assert f and f[0].severity == "error" and "then NaN/Inf at step 4" in f[0].title
+
+
+# ------------------------------------------------------------------ the timeline and bad input (issue 13)
+def test_a_fix_on_the_timeline_resolves_a_finding_and_its_jump_is_not_divergence() -> None:
+    losses = list(np.linspace(2.0, 0.5, 40)) + list(np.linspace(0.5, 3.0, 40))  # rising: divergence
+    h = _history_with_loss(losses)
+    d = Diagnoser()
+    assert [f.label for f in d.update(h, Context())] == ["divergence"]
+    # the user rolls back / re-initializes: the loss jumps, then falls again
+    h.add_event("intervention", "Re-initialize", step=80, action="reinit")
+    for k, v in enumerate(np.linspace(2.3, 1.0, 30), start=80):
+        h.add_scalars(k, {"loss": float(v)})
+    out = d.update(h, Context())
+    div = next(f for f in out if f.label == "divergence")
+    assert not div.active and div.data["resolved_by"] == {"step": 80, "action": "reinit"} and "resolved" in div.evidence
+    # the jump from 3.0 back to 2.3, and then an undo restoring worse weights, are not read as a fault
+    h.add_event("undo", "undo reinit", step=110, action="reinit")
+    for k, v in enumerate(np.linspace(3.0, 2.9, 25), start=110):
+        h.add_scalars(k, {"loss": float(v)})
+    assert not any(f.active and f.label == "divergence" for f in d.update(h, Context()))
+
+
+def test_a_rule_that_raises_is_switched_off_and_recorded_in_probe_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    from trainscope.diagnostics.registry import RuleSpec
+
+    calls = []
+
+    def broken(h: History, ctx: Context) -> Finding | None:
+        calls.append(1)
+        raise RuntimeError("boom")
+
+    monkeypatch.setitem(RULES, "oscillation", RuleSpec("oscillation", broken, (), "broken"))
+    model = nn.Sequential(nn.Linear(4, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    probe = trainscope.Probe(model, opt, loss_fn=nn.CrossEntropyLoss())
+    x, y = torch.randn(8, 4), torch.randint(0, 2, (8,))
+    for _ in range(3):
+        opt.zero_grad()
+        probe.loss_fn(model(x), y).backward()
+        opt.step()
+        diagnose_probe(probe, auto_checks=False, refresh=False)
+    probe.detach()
+    assert len(calls) == 1 and "oscillation" in diagnoser_for(probe).disabled
+    assert [e.where for e in probe.errors] == ["diagnosis rule oscillation (switched off)"]
+    assert "boom" in probe.errors[0].error
+
+
+def test_checklist_results_go_stale_when_the_model_changes() -> None:
+    model = nn.Sequential(nn.Linear(4, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    probe = trainscope.Probe(model, opt, loss_fn=nn.CrossEntropyLoss())
+    x, y = torch.randn(8, 4), torch.randint(0, 2, (8,))
+    opt.zero_grad()
+    probe.loss_fn(model(x), y).backward()
+    opt.step()
+    trainscope.run_check("input_stats", probe)
+    state = {i["id"]: i for i in trainscope.checklist_state(probe)}
+    assert state["tobin.normalize_inputs"]["status"] == "pass"
+    probe.history.add_event("intervention", "Re-initialize", step=probe.step_count + 1, action="reinit")
+    state = {i["id"]: i for i in trainscope.checklist_state(probe)}
+    probe.detach()
+    assert state["tobin.normalize_inputs"]["status"] == "not_run"

@@ -9,8 +9,9 @@ or neither (a manual item: trainscope cannot judge it for you).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-__all__ = ["ITEMS", "Item", "item"]
+__all__ = ["ITEMS", "MODEL_CHANGES", "Item", "item", "last_model_change"]
 
 
 @dataclass(frozen=True)
@@ -118,3 +119,16 @@ def item(item_id: str) -> Item:
         return _BY_ID[item_id]
     except KeyError:
         raise KeyError(f"no checklist item {item_id!r}; items are: {', '.join(_BY_ID)}") from None
+
+
+MODEL_CHANGES = ("reinit", "rollback", "undo", "switch_optimizer")
+"""Timeline actions after which the model (its weights, or how they are updated) is not the one a
+check or a finding judged: results from before go stale."""
+
+
+def last_model_change(history: Any) -> tuple[int, str] | None:
+    """``(step, label)`` of the latest :data:`MODEL_CHANGES` event on a history's timeline."""
+    for ev in reversed(list(getattr(history, "events", ()))):
+        if ev.kind in ("intervention", "undo") and (ev.data.get("action") in MODEL_CHANGES or ev.kind == "undo"):
+            return int(ev.step), str(ev.data.get("action") or ev.label)
+    return None

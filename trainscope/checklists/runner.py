@@ -17,7 +17,7 @@ from ..interventions._state import as_batch
 from ..probe import Batch
 from .checks import CHECKS, CheckEnv, CheckResult
 from .isolation import isolated
-from .items import ITEMS
+from .items import ITEMS, last_model_change
 
 if TYPE_CHECKING:
     from ..probe import Probe
@@ -255,10 +255,13 @@ def checklist_state(probe: Probe | None = None) -> list[dict[str, Any]]:
         findings = list(diagnose_probe(probe, "warning", active_only=True))
         checks = probe.history.meta.get("checks") or {}
         steps = probe.step_count
+    change = last_model_change(probe.history) if probe is not None else None
     out = []
     for it in ITEMS:
         related = [f for f in findings if f.label in it.labels]
         res = checks.get(it.check) if it.check else None
+        if res is not None and change is not None and int(res.get("step") or 0) < change[0]:
+            res = None  # stale: ran on the model as it was before the change (issue 13)
         if res is not None:
             status, evidence = res["status"], res["evidence"]
             if related and status == "pass":
@@ -269,7 +272,7 @@ def checklist_state(probe: Probe | None = None) -> list[dict[str, Any]]:
             evidence = "; ".join(f"{f.title}: {f.evidence}" for f in related)
         elif it.check:
             status, evidence = "not_run", f"run the `{it.check}` check"
-        elif it.labels and steps >= 50:
+        elif it.labels and steps - (change[0] if change is not None else 0) >= 50:
             status, evidence = "pass", f"no {', '.join(it.labels)} finding after {steps} steps"
         elif it.labels:
             status, evidence = "not_run", "judged from the run's statistics once training has run"

@@ -134,6 +134,10 @@ def loss_curve(h: History, ctx: Context, name: str = "loss") -> LossCurve | None
 
     def get() -> LossCurve | None:
         steps, vals = scalar(h, name)
+        change = last_weight_change(h)
+        if change is not None:  # a jump the user caused (re-init, rollback, undo) is not a fault
+            keep = steps >= change
+            steps, vals = steps[keep], vals[keep]
         fin = np.isfinite(vals)
         bad = np.flatnonzero(~fin)
         nonfinite = int(steps[bad[0]]) if len(bad) else None
@@ -155,3 +159,15 @@ def loss_curve(h: History, ctx: Context, name: str = "loss") -> LossCurve | None
         )
 
     return ctx.memo(f"curve:{name}", get)
+
+
+WEIGHT_CHANGES = ("reinit", "rollback", "undo")
+"""Timeline actions that replace the weights: the loss curve before them is another model's."""
+
+
+def last_weight_change(h: History) -> int | None:
+    """Step of the latest re-init / rollback / undo on the history's timeline (``None``: none)."""
+    for ev in reversed(list(h.events)):
+        if ev.kind == "undo" or (ev.kind == "intervention" and ev.data.get("action") in WEIGHT_CHANGES):
+            return int(ev.step)
+    return None

@@ -43,6 +43,8 @@ class Diagnoser:
         self.thresholds = thresholds or Thresholds()
         self.labels = list(labels) if labels is not None else None
         self.errors: list[str] = []
+        self.disabled: set[str] = set()  # labels whose rule raised: switched off
+        self.newly_failed: list[str] = []
         self._memory: dict[str, Finding] = {}
         self._lock = threading.Lock()
         self._key: tuple[Any, ...] | None = None
@@ -57,8 +59,10 @@ class Diagnoser:
             if key is not None and key == self._key:
                 return self._sorted()
             ctx = context if context is not None else Context(thresholds=self.thresholds)
+            wanted = [x for x in (self.labels if self.labels is not None else LABELS) if x not in self.disabled]
+            failed: set[str] = set()
             try:
-                now = diagnose(history, ctx, labels=self.labels, errors=self.errors)
+                now = diagnose(history, ctx, labels=wanted, errors=self.errors, failed=failed)
             except Exception:  # pragma: no cover - diagnose itself guards every rule
                 self.errors.append(traceback.format_exc())
                 return self._sorted()
@@ -69,8 +73,16 @@ class Diagnoser:
                     f.first_step = min(old.first_step, f.first_step)
                 f.active = True
                 self._memory[f.label] = f
+            self.disabled |= failed  # a rule that raised is switched off for this run
+            self.newly_failed = sorted(failed)
+            changes = _model_changes(history)
             for label, old in self._memory.items():
                 if label not in held:
+                    if old.active and "resolved_by" not in old.data:
+                        fix = next((c for c in reversed(changes) if old.first_step <= c[0] <= max(history.step, 0)), None)
+                        if fix is not None:
+                            old.data["resolved_by"] = {"step": fix[0], "action": fix[1]}
+                            old.evidence += f" [resolved: no longer holds after `{fix[1]}` at step {fix[0]}]"
                     old.active = False
             self._key = key
             return self._sorted()
@@ -92,6 +104,15 @@ class Diagnoser:
         with self._lock:
             self._memory.clear()
             self._key = None
+
+
+def _model_changes(history: History) -> list[tuple[int, str]]:
+    """``(step, action)`` of the interventions and undos on the timeline, in order."""
+    return [(int(e.step), str(e.data.get("action") or e.label)) for e in list(history.events)
+            if e.kind in ("intervention", "undo") and e.data.get("action") not in _NOT_CHANGES]
+
+
+_NOT_CHANGES = ("snapshot", "snapshot_ensemble", "run_check", "lr_find", "early_stopping")
 
 
 class _ProbeState:
@@ -132,6 +153,18 @@ def _run_named_check(name: str) -> Callable[[Any], None]:
 _ON_DEMAND: dict[str, Callable[[Any], None]] = {"bn_lag": _run_named_check("bn_lag")}
 """Read-only checks a rule can ask for when the statistics alone cannot decide (``Finding.data
 ["needs"]``); each runs at most once per :data:`REFRESH_STEPS` steps, never during a step."""
+
+
+def _report_failures(probe: Any, d: Diagnoser) -> None:
+    """Record switched-off rules in ``probe.errors`` (where the probe lists what it caught)."""
+    from ..probe import ProbeError
+
+    for label in d.newly_failed:
+        tb = next((e for e in reversed(d.errors) if e.startswith(f"{label}:")), "")
+        if len(probe.errors) < 1000:
+            probe.errors.append(ProbeError(f"diagnosis rule {label} (switched off)", int(probe.step_count),
+                                           tb.strip().splitlines()[-1] if tb else "error", tb))
+    d.newly_failed = []
 
 
 def diagnoser_for(probe: Probe) -> Diagnoser:
@@ -241,6 +274,8 @@ def diagnose_probe(
         key = (h.step, h.samples(), tuple(sorted((k, v.get("time")) for k, v in checks.items())),
                tuple(sorted(probe.forward_modes.items())), len(h.scalar_names()))
         found = d.update(h, ctx, key=key)
+        if d.newly_failed:
+            _report_failures(probe, d)
         for f in found:
             need = f.data.get("needs") if f.active else None
             if need and need in _ON_DEMAND and st.demanded.get(need, -(10**9)) + REFRESH_STEPS <= probe.step_count:

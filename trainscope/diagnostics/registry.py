@@ -80,12 +80,14 @@ def diagnose(
     *,
     labels: Iterable[str] | None = None,
     errors: list[str] | None = None,
+    failed: set[str] | None = None,
 ) -> list[Finding]:
     """Run every rule (or those of ``labels``) on ``history``; never raises.
 
     Returns the findings that hold now, most severe first.  ``first_step`` / ``last_step`` are the
     steps the rule could see evidence for; :class:`~trainscope.diagnostics.Diagnoser` adds memory
-    across calls.  A rule that fails is skipped and its traceback appended to ``errors``.
+    across calls.  A rule that fails is skipped, its traceback appended to ``errors`` and its label
+    added to ``failed``.
     """
     from . import rules as _rules  # noqa: F401  (registers the rules)
 
@@ -104,6 +106,8 @@ def diagnose(
         except Exception:
             if errors is not None and len(errors) < 100:
                 errors.append(f"{label}: {traceback.format_exc()}")
+            if failed is not None:
+                failed.add(label)
             continue
         if f is None:
             continue
