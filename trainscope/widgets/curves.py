@@ -120,6 +120,7 @@ class Curves(W.HBox):
         self.lock: Any = threading.RLock()  # the dashboard's lock (set by Dashboard)
         self.log_y = False
         self._steps_seen = 0
+        self._last: list[History] | None = None  # what the last update drew (for the toggle)
 
         # --- loss
         xs, ys = bq.LinearScale(), bq.LinearScale()
@@ -222,6 +223,10 @@ class Curves(W.HBox):
         self._loss_yaxis = bq.Axis(
             scale=ys, side="left", grid_lines="dashed", tick_format=Y_FMT, visible=False
         )
+        self._yaxis_lin = self._loss_yaxis
+        self._yaxis_log = bq.Axis(
+            scale=self._ys_log, side="left", grid_lines="dashed", tick_format=LOG_FMT, visible=False
+        )
         self.loss_fig = figure(
             "training loss", marks, [self._loss_xaxis, self._loss_yaxis], height="300px"
         )
@@ -317,6 +322,8 @@ class Curves(W.HBox):
         ok = self.lock.acquire(timeout=2.0)
         try:
             self.set_log(bool(change["new"]))
+            if self._last is not None:  # redraw now: the cell may have ended (no next update)
+                self.update(self._last, force=True)
         finally:
             if ok:
                 self.lock.release()
@@ -332,11 +339,11 @@ class Curves(W.HBox):
                 m.scales = {"x": self._xs, "y": ys}
                 if log and len(m.y):
                     m.y = positive(np.asarray(m.y))
-        with self._loss_yaxis.hold_sync():
-            self._loss_yaxis.scale = ys
-            self._loss_yaxis.tick_format = LOG_FMT if log else Y_FMT
-            if not log:
-                self._loss_yaxis.tick_values = []  # d3's own ticks on a linear axis
+        # bqplot's axis view keeps the scale it was drawn with: swap the axis, not its scale
+        visible = self._loss_yaxis.visible
+        self._loss_yaxis = self._yaxis_log if log else self._yaxis_lin
+        self._loss_yaxis.visible = visible
+        self.loss_fig.axes = [self._loss_xaxis, self._loss_yaxis]
         if self.log_toggle.value != log:
             self.log_toggle.value = log
         self._versions.clear()  # the next update redraws every mark for this scale
@@ -352,6 +359,7 @@ class Curves(W.HBox):
         ``steps``: training steps the probe has seen (live runs): with steps but no loss the
         plot says how to get the loss in; without, it waits for the first step.
         """
+        self._last = list(histories)
         if steps is not None:
             self._steps_seen = steps
         has_loss = any(len(h.scalar("loss")["step"]) for h in histories[: self.n_runs])
