@@ -48,7 +48,8 @@ url="http://127.0.0.1:$port/lab/tree/$NOTEBOOK?token=$token"
 echo "demo: starting JupyterLab on 127.0.0.1:$port (Ctrl-C to stop)"
 .venv/bin/jupyter lab "$NOTEBOOK" --ServerApp.ip=127.0.0.1 "${extra[@]}" "$@" &
 server=$!
-trap 'kill -INT "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; exit 130' INT TERM
+# a command put in the background by a script ignores SIGINT (bash), so Ctrl-C reaches JupyterLab as SIGTERM
+trap 'kill -TERM "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; exit 130' INT TERM
 for _ in $(seq 1 240); do  # up to 2 minutes
   if ! kill -0 "$server" 2>/dev/null; then
     wait "$server"
