@@ -267,7 +267,9 @@ def ddp_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 def test_one_collective_per_sampled_step_and_none_otherwise(ddp_run) -> None:
     for r in (0, 1):
         counts = ddp_run[r]["counts"]
-        assert counts == [1 if s % EVERY == 0 else 0 for s in range(STEPS)], counts
+        # one all-gather per sampled step; where actions were applied (step 6's boundary) the
+        # replicas are then made identical: one more all-gather and one broadcast
+        assert counts == [(3 if s == 2 * EVERY else 1) if s % EVERY == 0 else 0 for s in range(STEPS)], counts
         assert ddp_run[r]["ddp_stats"]["collectives"] == len(range(0, STEPS, EVERY))
         assert ddp_run[r]["errors"] == []
 
@@ -376,3 +378,128 @@ def test_the_exchange_that_grows_the_control_block_still_combines_both_ranks(ddp
         assert a["inputs"]["mean"] == pytest.approx(float(batch.mean()), rel=1e-5, abs=1e-6)
         assert a["inputs"]["std"] == pytest.approx(float(batch.std(unbiased=False)), rel=1e-4)
         assert a["inputs"]["max"] == pytest.approx(float(batch.max()), rel=1e-6)
+
+
+# ---------------------------------------------------------------------------- every action keeps replicas identical
+# (issue 11, item 4).  Rank 0 requests each registered action in turn; the ranks are seeded
+# differently and see different data, so any action that draws on a rank's RNG or batch (random
+# re-inits, LSUV, data-dependent init, the LR finder) would make the replicas differ without the
+# state sync that follows applied actions.
+ACTION_PLAN: list[tuple[str, dict[str, Any]]] = [
+    ("snapshot", {}),
+    ("reinit", {"layers": "all", "scheme": "kaiming_normal"}),
+    ("undo", {}),  # of the reinit just above
+    ("reinit", {"layers": "all", "scheme": "orthogonal"}),
+    ("reinit", {"layers": "all", "scheme": "lsuv"}),
+    ("reinit", {"layers": "all", "scheme": "data_dependent"}),
+    ("add_dropout", {"after": ["2"], "p": 0.2}),
+    ("set_dropout", {"p": 0.3}),
+    ("remove_dropout", {}),
+    ("weight_decay", {"value": 1e-3}),
+    ("l1", {"value": 1e-5}),
+    ("clip_grad", {"mode": "norm", "max_norm": 1.0}),
+    ("set_lr", {"lr": 0.02}),
+    ("scale_lr", {"factor": 0.5}),
+    ("set_schedule", {"kind": "cosine_restarts", "T_0": 10}),
+    ("one_cycle", {"max_lr": 0.05, "total_steps": 60}),
+    ("lr_find", {"num_iter": 20, "apply": "set_lr"}),
+    ("lr_find", {"num_iter": 20, "apply": "one_cycle", "total_steps": 60}),
+    ("switch_optimizer", {"name": "adam"}),
+    ("rollback", {"to": "last", "weights_only": True}),
+    ("early_stopping", {}),
+    ("snapshot_ensemble", {"T_0": 10}),
+    ("run_check", {"check": "overfit_batch"}),
+]
+PER_ACTION = 2 * EVERY + 1  # the request's exchange, and one more for a follow-up (lr_find's suggestion)
+
+
+def _state_digest(model: nn.Module, opt: torch.optim.Optimizer) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with torch.no_grad():
+        # parameters and the optimizer: what DDP never re-synchronizes (it broadcasts rank 0's
+        # buffers at every forward, so BatchNorm statistics differ between steps by design)
+        for name, t in model.named_parameters():
+            h.update(name.encode())
+            h.update(t.detach().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+        for g in opt.param_groups:
+            h.update(repr(sorted((k, v) for k, v in g.items() if k != "params" and not isinstance(v, torch.Tensor))).encode())
+            for p in g["params"]:
+                for k, v in sorted(opt.state.get(p, {}).items()):
+                    h.update(k.encode())
+                    h.update(v.detach().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes()
+                             if isinstance(v, torch.Tensor) else repr(v).encode())
+    return h.hexdigest()
+
+
+def _actions_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    from trainscope.actions import REGISTRY
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(20, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(),
+                          nn.Linear(32, 5))
+    ddp = nn.parallel.DistributedDataParallel(model)
+    opt = torch.optim.SGD(ddp.parameters(), lr=0.05, momentum=0.9)
+    loss_fn = nn.CrossEntropyLoss()
+    probe = DistributedProbe(ddp, opt, every=EVERY, loss_fn=loss_fn)
+    torch.manual_seed(100 + rank)  # per-rank RNG, as is common
+    x, y = _data()
+    rows: list[dict[str, Any]] = []
+    step = 0
+    last: Any = None
+    for name, params in ACTION_PLAN:
+        t = None
+        if rank == 0:
+            if name == "undo":
+                params = {"ticket": last.id}
+            t = probe.request(name, **params)
+            last = t
+        for _ in range(PER_ACTION):
+            xb = x[step % STEPS, rank * B: (rank + 1) * B]  # each rank its own half of the batch
+            yb = y[step % STEPS, rank * B: (rank + 1) * B]
+            probe.optimizer.zero_grad()  # type: ignore[union-attr]
+            loss_fn(ddp(xb), yb).backward()
+            probe.optimizer.step()  # type: ignore[union-attr]
+            step += 1
+        rows.append({"action": name, "status": None if t is None else t.status,
+                     "message": None if t is None else t.message,
+                     "digest": _state_digest(model, probe.optimizer)})  # type: ignore[arg-type]
+    result = {"rows": rows, "errors": [f"{e.where}: {e.error}" for e in probe.errors],
+              "registry": sorted(REGISTRY), "stats": dict(probe.ddp_stats),
+              "final_digest": _state_digest(model, probe.optimizer)}  # type: ignore[arg-type]
+    with open(os.path.join(out_dir, f"actions{rank}.json"), "w") as f:
+        json.dump(result, f)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow  # two spawned gloo processes, ~140 steps and two LR sweeps
+def test_every_registered_action_leaves_the_replicas_identical(tmp_path: Any) -> None:
+    import torch.multiprocessing as mp
+
+    ctx = mp.start_processes(_actions_worker, args=(2, str(tmp_path / "pg"), str(tmp_path)), nprocs=2,
+                             join=False, start_method="spawn")
+    deadline = time.time() + 300
+    try:
+        while not ctx.join(timeout=1):
+            if time.time() > deadline:
+                raise TimeoutError("DDP workers did not finish (deadlock?)")
+    finally:
+        for p in ctx.processes:
+            if p.is_alive():
+                p.kill()
+    r0, r1 = (json.loads((tmp_path / f"actions{r}.json").read_text()) for r in (0, 1))
+    # the plan covers every registered action (a new action must be added to ACTION_PLAN)
+    covered = {n for n, _ in ACTION_PLAN}
+    assert set(r0["registry"]) - {"ddp_test_scale_lr"} <= covered, set(r0["registry"]) - covered
+    for a, b in zip(r0["rows"], r1["rows"], strict=True):
+        assert a["status"] == "applied", (a["action"], a["message"])
+        assert a["digest"] == b["digest"], f"replicas differ after {a['action']}: {a['message']}"
+    assert r0["final_digest"] == r1["final_digest"]
+    assert r0["errors"] == [] and r1["errors"] == []
+    assert r0["stats"]["syncs"] == r1["stats"]["syncs"] >= len(ACTION_PLAN)
+    lr_rows = [r for r in r0["rows"] if r["action"] == "lr_find"]
+    assert all("sent to every rank" in r["message"] for r in lr_rows), lr_rows

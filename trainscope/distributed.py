@@ -25,6 +25,7 @@ replica's own loss (DDP averages parameter gradients, not output gradients); sca
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -71,6 +72,7 @@ class _SyncedActionQueue(ActionQueue):
         self._raw: dict[str, dict[str, Any]] = {}
         self._in_flight: list[Ticket] = []
         self._ready: list[Ticket] = []
+        self._sync_due = False  # actions arrived at this exchange: make the replicas identical after them
 
     def submit(
         self,
@@ -124,7 +126,40 @@ class _SyncedActionQueue(ActionQueue):
             ready, self._ready = self._ready, []
             return [self._apply(t) for t in ready] + super().apply_pending()
         ready, self._ready = self._ready, []
-        return [self._apply(t) for t in ready]
+        done = [self._apply(t) for t in ready]
+        if self._sync_due:  # decided by rank 0's control block: every rank gets here at this boundary
+            self._sync_due = False
+            self._dprobe._sync_from_rank0()
+        return done
+
+    def _apply(self, t: Ticket) -> Ticket:
+        p = self._dprobe
+        if not (p._ddp_active and t.action == "lr_find" and t.params.get("apply", "none") != "none"):
+            return super()._apply(t)
+        # every rank sweeps its own data (state restored exactly); only rank 0's suggestion is used:
+        # it travels to every rank as a set_lr / one_cycle request, so schedules stay identical too
+        how, shown = t.params["apply"], t.params
+        t.params = {**shown, "apply": "none"}
+        try:
+            t = super()._apply(t)
+        finally:
+            t.params = shown
+        if t.status != "applied":
+            return t
+        if p.rank != 0:
+            t.message += f"; rank 0's suggestion reaches this rank as a {how} request at the next exchange"
+            return t
+        ev = next((e for e in reversed(list(p.history.events)) if e.kind == "lr_find"), None)
+        sug = ev.data.get("suggestion") if ev is not None else None
+        if not isinstance(sug, (int, float)) or not math.isfinite(sug) or sug <= 0:
+            t.message += f"; no suggestion, so no {how}"
+            return t
+        params: dict[str, Any] = {"lr": float(sug)} if how == "set_lr" else {
+            "max_lr": float(sug), "total_steps": t.params.get("total_steps", 1000)}
+        follow = self.submit(how, params, source="lr_find")
+        t.message += (f"; {how} with it sent to every rank (ticket {follow.id}: {follow.status}), applied at "
+                      "the next exchange")
+        return t
 
     def take_for_broadcast(self, max_bytes: int) -> tuple[list[dict[str, Any]], int]:
         """Rank 0: move queued requests into flight, as JSON-able items for the exchange.
@@ -165,6 +200,7 @@ class _SyncedActionQueue(ActionQueue):
     def schedule(self, items: list[dict[str, Any]]) -> None:
         """Every rank: the requests decoded from the exchange are applied at this boundary."""
         p = self._dprobe
+        self._sync_due = self._sync_due or bool(items)
         if p.rank == 0:
             self._ready.extend(self._in_flight)
             self._in_flight = []
@@ -487,6 +523,128 @@ class DistributedProbe(Probe):
         if need_d > self._data_cap:
             self._data_cap = _round_up(int(need_d * 1.25))
 
+    # ------------------------------------------------------------------ identical replicas
+    def _replica_state(self) -> tuple[list[Tensor], list[list[Any]], dict[str, Any]]:
+        """The tensors that must match across ranks (parameters, buffers, optimizer state and
+        tensor hyper-parameters), their layout, and the plain values (hyper-parameters, counters)."""
+        tensors: list[Tensor] = []
+        layout: list[list[Any]] = []
+
+        def add(key: str, t: Tensor) -> None:
+            tensors.append(t)
+            layout.append([key, list(t.shape), str(t.dtype)])
+
+        for name, t in list(self.model.named_parameters()) + list(self.model.named_buffers()):
+            add(f"m.{name}", t)
+        plain: dict[str, Any] = {"groups": [], "state": []}
+        opt = self.optimizer
+        if opt is not None:
+            sharded = type(opt).__name__ == "ZeroRedundancyOptimizer"  # its state is per-rank by design
+            for gi, g in enumerate(opt.param_groups):
+                hyper: dict[str, Any] = {}
+                for k in sorted(g):
+                    if k == "params":
+                        continue
+                    v = g[k]
+                    if isinstance(v, Tensor):
+                        add(f"g{gi}.{k}", v)
+                    elif _plain(v):
+                        hyper[k] = v
+                plain["groups"].append(hyper)
+                layout.append([f"g{gi}", sorted(k for k in g if k != "params"), len(g["params"])])
+                if sharded:
+                    continue
+                for pi, prm in enumerate(g["params"]):
+                    st = opt.state.get(prm, {})
+                    layout.append([f"s{gi}.{pi}", sorted(map(str, st))])
+                    for k in sorted(st, key=str):
+                        v = st[k]
+                        if isinstance(v, Tensor):
+                            add(f"s{gi}.{pi}.{k}", v)
+                        elif _plain(v):
+                            plain["state"].append([gi, pi, k, v])
+        return tensors, layout, plain
+
+    def _sync_from_rank0(self) -> None:
+        """Every rank, at the boundary where actions were applied: make this replica bit-identical
+        to rank 0's (parameters, buffers, optimizer hyper-parameters and state).
+
+        Two collectives: an all-gather of each rank's layout digest (so that every rank takes the
+        same decision), then one broadcast of rank 0's bytes.  Random re-initializations, LSUV and
+        data-dependent inits, the LR finder and undo all draw on per-rank RNG or data; without this
+        DDP would go on averaging the gradients of different models.
+        """
+        dist = _dist()
+        dev = self._coll_device
+        try:
+            tensors, layout, plain = self._replica_state()
+            digest = hashlib.sha256(json.dumps(layout).encode()).digest()
+            extra = json.dumps(plain, allow_nan=True).encode()
+            nbytes = sum(t.numel() * t.element_size() for t in tensors)
+            head = torch.zeros(49, dtype=torch.uint8)
+            head[48] = 1  # this rank could describe its state
+            head[:32] = torch.frombuffer(bytearray(digest), dtype=torch.uint8)
+            head[32:40] = torch.tensor(list(len(extra).to_bytes(8, "little")), dtype=torch.uint8)
+            head[40:48] = torch.tensor(list(nbytes.to_bytes(8, "little")), dtype=torch.uint8)
+        except Exception as e:  # still take part in the collectives
+            self._fail("distributed sync", e)
+            tensors, plain, extra, nbytes = [], {}, b"", 0
+            head = torch.zeros(49, dtype=torch.uint8)
+        out = torch.empty(self.world_size * 49, dtype=torch.uint8, device=dev)
+        try:
+            _all_gather(out, head.to(dev), self.group)
+            heads = out.view(self.world_size, 49).cpu()
+            same = all(int(heads[r, 48]) == 1 and torch.equal(heads[r, :32], heads[0, :32])
+                       for r in range(self.world_size))
+            if not same:
+                self._warn_once(
+                    "ddp-sync",
+                    "after an action the replicas differ in structure (a layer, an optimizer or its state exists "
+                    "on some ranks only), so trainscope cannot make them identical: the ranks may now train "
+                    "different models; restart from a checkpoint",
+                )
+                self.ddp_stats["sync_skipped"] = self.ddp_stats.get("sync_skipped", 0) + 1
+                return
+            n_extra = int.from_bytes(bytes(heads[0, 32:40].tolist()), "little")
+            n_data = int.from_bytes(bytes(heads[0, 40:48].tolist()), "little")
+            if self.rank == 0:
+                parts = [t.detach().reshape(-1).contiguous().view(torch.uint8).to(dev) for t in tensors if t.numel()]
+                parts.append(torch.frombuffer(bytearray(extra), dtype=torch.uint8).to(dev) if extra
+                             else torch.zeros(0, dtype=torch.uint8, device=dev))
+                buf = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.uint8, device=dev)
+            else:
+                buf = torch.empty(n_data + n_extra, dtype=torch.uint8, device=dev)
+            dist.broadcast(buf, src=dist.get_global_rank(self.group, 0) if self.group is not None else 0,
+                           group=self.group)
+        except Exception as e:
+            self._fail("distributed sync", e)
+            return
+        self.ddp_stats["syncs"] = self.ddp_stats.get("syncs", 0) + 1
+        self.ddp_stats["sync_bytes"] = self.ddp_stats.get("sync_bytes", 0) + n_data + n_extra
+        if self.rank == 0:
+            return
+        try:
+            with torch.no_grad():
+                off = 0
+                for t in tensors:
+                    n = t.numel() * t.element_size()
+                    if n:
+                        src = buf[off: off + n].clone().to(t.device).view(t.dtype).reshape(t.shape)  # aligned
+                        t.copy_(src)
+                    off += n
+            vals = json.loads(bytes(buf[n_data:].cpu().tolist())) if n_extra else {"groups": [], "state": []}
+            opt = self.optimizer
+            if opt is not None:
+                for g, hyper in zip(opt.param_groups, vals["groups"], strict=False):
+                    for k, v in hyper.items():
+                        g[k] = tuple(v) if isinstance(g.get(k), tuple) and isinstance(v, list) else v
+                for gi, pi, k, v in vals["state"]:
+                    prm = opt.param_groups[gi]["params"][pi]
+                    cur = opt.state[prm].get(k)
+                    opt.state[prm][k] = tuple(v) if isinstance(cur, tuple) and isinstance(v, list) else v
+        except Exception as e:
+            self._fail("distributed sync", e)
+
     # ------------------------------------------------------------------ rank 0: combine
     def _combine(
         self,
@@ -575,6 +733,17 @@ class DistributedProbe(Probe):
         meta["tensors"] = tensors
         meta["record_extra"] = {"ddp": {"world_size": self.world_size, "ranks_combined": ranks}}
         return meta
+
+
+def _plain(v: Any) -> bool:
+    """A value that survives JSON exactly (tuples come back as lists and are turned back)."""
+    if v is None or isinstance(v, (bool, int, str)):
+        return True
+    if isinstance(v, float):
+        return True
+    if isinstance(v, (tuple, list)):
+        return all(_plain(x) for x in v)
+    return False
 
 
 def _jsonable(o: Any) -> Any:
