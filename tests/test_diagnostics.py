@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import threading
+import warnings
 
 import numpy as np
 import pytest
@@ -572,3 +573,30 @@ def test_checklist_results_go_stale_when_the_model_changes() -> None:
     state = {i["id"]: i for i in trainscope.checklist_state(probe)}
     probe.detach()
     assert state["tobin.normalize_inputs"]["status"] == "not_run"
+
+
+class _ReluRNN(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb, self.rnn, self.head = nn.Embedding(8, 16), nn.RNN(16, 32, nonlinearity="relu", batch_first=True), nn.Linear(32, 3)
+        with torch.no_grad():
+            self.rnn.weight_hh_l0.copy_(1.6 * torch.eye(32))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.rnn(self.emb(x))[0][:, -1])
+
+
+def test_a_recurrent_net_whose_gradient_explodes_into_nan_is_exploding_gradients() -> None:
+    x, y = torch.randint(0, 8, (16, 25)), torch.randint(0, 3, (16,))
+    model = _ReluRNN()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    probe = trainscope.Probe(model, opt, loss_fn=nn.CrossEntropyLoss())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for _ in range(6):
+            opt.zero_grad()
+            probe.loss_fn(model(x), y).backward()
+            opt.step()
+    f = [f for f in probe.findings() if f.label == "exploding_gradients"]
+    probe.detach()
+    assert f and f[0].severity == "error" and f[0].layers == ["rnn"], [x.title for x in probe.findings()]

@@ -167,7 +167,7 @@ def _gradient_scale(h: History, ctx: Context, *, vanishing: bool) -> Finding | N
         )
     if vanishing:
         return None
-    return _exploding_over_time(h, ctx) or _nonfinite_growth(h, ctx) or _spikes(h, ctx)
+    return _exploding_over_time(h, ctx) or _nonfinite_growth(h, ctx) or _recurrent_blowup(h, ctx) or _spikes(h, ctx)
 
 
 def _exploding_over_time(h: History, ctx: Context) -> Finding | None:
@@ -243,6 +243,47 @@ def _nonfinite_growth(h: History, ctx: Context) -> Finding | None:
 
 
 RECURRENT = ("RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell")
+
+
+RECURRENT_BLOWUP = 10.0
+"""A recurrent layer's gradient norm 10x its weights' norm: an order of magnitude above the ~1 or
+less of a healthy network (one SGD step at lr 0.1 would replace the weights)."""
+
+
+def _recurrent_blowup(h: History, ctx: Context) -> Finding | None:
+    """A recurrent layer whose gradient norm reached ``RECURRENT_BLOWUP`` (10x) its weights' norm,
+    in a run that then went non-finite: the gradient exploded through the recurrence (too few
+    finite steps to see it grow)."""
+    steps, g = series(h, ctx, "grad_norm")
+    _, w = series(h, ctx, "weight_norm")
+    _, lv = scalar(h, "loss")
+    if len(steps) == 0 or not (len(lv) and not np.isfinite(lv).all()):
+        return None
+    for i, info in enumerate(h.layers):
+        if info.type not in RECURRENT:
+            continue
+        with np.errstate(invalid="ignore", divide="ignore"):
+            r = g[:, i] / w[:, i]
+        ok = np.flatnonzero(np.isfinite(r) & (r >= RECURRENT_BLOWUP))
+        if len(ok):
+            k = int(ok[0])
+            return Finding(
+                label="exploding_gradients",
+                severity="error",
+                title=f"Gradients explode through the recurrence of `{info.name}` (then NaN/Inf)",
+                evidence=(
+                    f"at step {int(steps[k])} the gradient of `{info.name}` is {fmt(float(r[k]))}x its weights' norm "
+                    f"({fmt(float(g[k, i]))} vs {fmt(float(w[k, i]))}): back-propagation through time multiplies it at "
+                    "every time step, and the run went non-finite. Clip the gradient norm, or initialize the recurrent "
+                    "weights orthogonal / below 1 in scale"
+                ),
+                layers=[info.name],
+                interventions=[intervention("clip_grad", "Clip the gradient norm", max_norm=1.0),
+                               intervention("scale_lr", "Lower the learning rate 10x", factor=0.1)],
+                first_step=int(steps[k]),
+                data={"relative_gradient": float(r[k])},
+            )
+    return None
 SPIKE_FACTOR = 10.0
 """A spike: the total gradient norm of one step is 10x the median of the 20 steps before it."""
 
