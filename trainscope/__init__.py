@@ -83,10 +83,23 @@ def watch(model: Any, optimizer: Any = None, **kwargs: Any) -> Any:
         The ``nn.Module`` to watch (or an existing :class:`Probe`).
     optimizer
         Its optimizer: every ``optimizer.step()`` is a step boundary.
+    loss_fn
+        The loss *module* the loop calls (``nn.CrossEntropyLoss()``): recorded as ``loss`` in
+        training and ``val_loss`` under ``no_grad``.  Without it no training loss is captured
+        (call ``scope.log(loss=loss)`` instead).
+    total_steps, steps_per_epoch
+        The run's length (progress and ETA in the header) and the epoch shown next to the step.
+    every, budget
+        Sample the full per-layer statistics every ``every`` steps (default: every 10, lengthened
+        so the measured overhead stays within ``budget``, 2%).
+    data
+        Training batches the LR finder, checks and data-dependent inits may draw from.
+    display
+        Show the dashboard now (default; once, whether the result is assigned or not).
     **kwargs
-        Dashboard options (``display=True``, ``delivery="auto"``, ``update_interval=0.2``,
-        ``detail_interval=1.0``, ``total_steps``, ``steps_per_epoch``, ``title``); anything else
-        goes to :class:`Probe` (``loss_fn``, ``every``, ``data``...).
+        Other dashboard options (``delivery="auto"``, ``update_interval=0.2``,
+        ``detail_interval=1.0``, ``title``) and :class:`Probe` options (``cheap_every``,
+        ``histograms``, ``include``, ``exclude``, ``logdir``...).
 
     Returns
     -------

@@ -3,7 +3,7 @@
 ::
 
     %load_ext trainscope
-    %trainscope model optimizer [--loss loss_fn] [--every 10] [--total 5000] [--name scope]
+    %trainscope model optimizer [--loss loss_fn] [--every 10] [--total 5000] [--steps-per-epoch 47] [--name scope]
     %trainscope show [name]        # display the dashboard again
     %trainscope detach [name]      # detach the probe (hooks removed), keep the final state
     %trainscope info               # how clicks reach Python in this kernel
@@ -28,7 +28,7 @@ __all__ = ["TrainscopeMagics", "load_ipython_extension", "unload_ipython_extensi
 
 USAGE = (
     "usage: %trainscope MODEL [OPTIMIZER] [--loss LOSS_FN] [--every N] [--total N] "
-    "[--delivery auto|subshell|pump|ui_poll|none] [--name VAR]\n"
+    "[--steps-per-epoch N] [--delivery auto|subshell|pump|ui_poll|none] [--name VAR]\n"
     "       %trainscope show [VAR] | detach [VAR] | info"
 )
 HELP = (
