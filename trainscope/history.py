@@ -461,6 +461,9 @@ class History:
         self._sub_ids = itertools.count()
         self.subscriber_errors: list[str] = []
         self.latest: StepRecord | None = None
+        # the first sampled step, whole (normally step 0: the forward scale of the initialization
+        # on the first batch); the bounded series fold it into buckets on long runs, this keeps it
+        self.first_record: StepRecord | None = None
         self.step = -1  # the latest step anything was recorded for
         self.meta: dict[str, Any] = {}
         self.layers: list[LayerInfo] = []
@@ -491,6 +494,7 @@ class History:
             self._dead_windows: dict[int, deque[np.ndarray]] = {}
             self.forward_order: list[int] = list(range(L))
             self.latest = None
+            self.first_record = None
 
     def set_forward_order(self, order: list[int]) -> None:
         """Record the order in which layers ran (indices into ``layers``); storage is unchanged."""
@@ -551,6 +555,8 @@ class History:
             if rec.ograd_hist is not None:
                 self._ograd_hist.append(rec.step, rec.ograd_hist)
             self.latest = rec
+            if self.first_record is None or rec.step < self.first_record.step:
+                self.first_record = rec
             self.step = max(self.step, rec.step)
 
     def add_param_rows(self, steps: np.ndarray, rows: np.ndarray) -> None:

@@ -54,6 +54,16 @@ _ATTACHED: weakref.WeakKeyDictionary[nn.Module, Probe] = weakref.WeakKeyDictiona
 _MAX_UNITS = 1 << 16  # per-unit masks are kept for layers with at most this many units
 DEFAULT_EVERY = 10
 """Default sampling interval (optimizer steps) of the full statistics."""
+START_RATIO = 3
+"""Default policy: after a full sample at step ``k`` (counted from the first step the probe saw)
+the next one comes ``max(1, k // START_RATIO)`` steps later, until that reaches the budget's
+interval: every step for the first 6, then 2, 3, 4, 5, 7, 9, 12... (21 samples in 300 steps,
+about ``START_RATIO * ln(n)`` more over ``n`` steps)."""
+JUMP_WINDOW = 64
+"""Per-step values (loss, whole-model gradient norm) a jump is judged against."""
+JUMP_SIGMAS = 6.0
+"""A value this many robust standard deviations (1.4826 MAD) above the window's median, and at
+least twice the median's magnitude above zero, jumps."""
 DEFAULT_BUDGET = 0.02
 """Default overhead budget (fraction of step time) when ``every`` is not given."""
 COST_WINDOW = 2.0
@@ -99,9 +109,17 @@ class Probe:
         summarized (for the "probabilities into the loss" and "wrong loss" checks).
     every
         Sample the full statistics every ``every`` optimizer steps (step 0 is always sampled), or
-        a callable ``step -> bool``.  ``None`` (default): every :data:`DEFAULT_EVERY` steps,
-        lengthened automatically so that the measured overhead stays within
-        :data:`DEFAULT_BUDGET` of the step time.
+        a callable ``step -> bool``.  ``None`` (default): evidence first, then the budget.  Every
+        step is sampled at the start, then intervals grow with the step count (after a sample at
+        step ``k``, the next at ``k + max(1, k // 3)``: 21 full samples in the first 300 steps)
+        until they reach the budget's interval: every :data:`DEFAULT_EVERY` steps, lengthened
+        automatically so that the measured overhead stays within :data:`DEFAULT_BUDGET` of the
+        step time.  On top of that a full sample is taken right after a jump of a per-step value
+        the probe already holds on the host (the loss, and the whole-model gradient norm when
+        ``cheap_every`` records it): the first non-finite value, or a value more than
+        :data:`JUMP_SIGMAS` robust deviations above its recent median and at least double it
+        (at most one such sample per interval).  The first step the probe sees (before the first
+        ``optimizer.step()``) is always sampled fully; ``history.first_record`` keeps it.
     cheap_every
         Additionally record the cheap, parameter-level set (weight / gradient norms, update ratio,
         distance from init) every ``cheap_every`` steps; ``None``: only at sampled steps.
@@ -187,6 +205,7 @@ class Probe:
                 "loss_fn must be a loss module such as nn.CrossEntropyLoss() so the probe can hook it; "
                 f"got {type(loss_fn).__name__}. For a functional loss call probe.log(loss=loss) instead."
             )
+        self._auto = every is None  # the default policy: dense start, budget, jump triggers
         if every is None:
             every = DEFAULT_EVERY
             if budget is None:
@@ -299,6 +318,14 @@ class Probe:
         self._cheap_now = False
         self._next_sample = 0
         self._force_sample = False
+        self._start_step: int | None = None  # the first step the probe saw (its step 0)
+        self._last_sample_step = -1
+        self._last_trigger_step = -(10**9)
+        self._reason_next = "requested"  # why the forced sample is taken
+        self._reason_now = ""  # why the step in progress is sampled
+        # per-step host-side values watched for jumps: name -> recent values (numpy, bounded)
+        self._jump_windows: dict[str, np.ndarray] = {}
+        self.sample_reasons: dict[str, int] = {}  # full samples taken, by reason
         self._exact_nonfinite = False
         self._forward_since_boundary = False
         self._reset_step_buffers()
@@ -391,6 +418,8 @@ class Probe:
         self._attached = True
         _ATTACHED[self.model] = self
         self._next_sample = self.step_count
+        if self._start_step is None:
+            self._start_step = self.step_count
         self._begin_step()
         return self
 
@@ -515,6 +544,8 @@ class Probe:
 
     def sample_next(self) -> None:
         """Record full statistics at the next step, whatever the schedule."""
+        if not self._force_sample:
+            self._reason_next = "requested"
         self._force_sample = True
         if self._attached and not self._sampling:
             self._install_sampling()
@@ -655,9 +686,14 @@ class Probe:
         return self.every if isinstance(self.every, int) else None
 
     def _is_sample_step(self, step: int) -> bool:
-        if self._force_sample or step == 0:
+        if self._force_sample or step == 0 or step == self._start_step:
             return True
-        if self.budget is not None and len(self._dur_plain) < 8 and step % 2 == 1:
+        if (
+            not self._auto
+            and self.budget is not None
+            and len(self._dur_plain) < 8
+            and step % 2 == 1
+        ):
             return False  # the budget needs plain steps to measure the baseline against
         if callable(self.every):
             try:
@@ -672,6 +708,12 @@ class Probe:
         """Decide what the step now starting records, and (un)install hooks accordingly."""
         k = self.step_count
         sample = self._is_sample_step(k)
+        if sample:
+            self._reason_now = (
+                self._reason_next
+                if self._force_sample
+                else ("first_step" if k == self._start_step else "schedule")
+            )
         self._cheap_now = sample or (self.cheap_every is not None and k % self.cheap_every == 0)
         if sample and not self._sampling:
             self._install_sampling()
@@ -1094,9 +1136,12 @@ class Probe:
                 self._forward_since_boundary = False
                 if sampled:
                     self._force_sample = False
+                    self._last_sample_step = k
+                    self.sample_reasons[self._reason_now] = (
+                        self.sample_reasons.get(self._reason_now, 0) + 1
+                    )
                     self._adapt_interval()
-                    ev = self._every_int()
-                    self._next_sample = k + (ev if ev else 1)
+                    self._next_sample = k + self._interval_after(k)
                 self._process_ready()
                 due = (
                     payload is not None
@@ -1166,7 +1211,12 @@ class Probe:
     def _collect(self, k: int) -> dict[str, Any]:
         """Gather a sampled step's device tensors (no sync) into one payload for a single transfer."""
         tensors: list[Tensor] = []
-        meta: dict[str, Any] = {"step": k, "full": True, "time": time.time()}
+        meta: dict[str, Any] = {
+            "step": k,
+            "full": True,
+            "time": time.time(),
+            "reason": self._reason_now,
+        }
 
         def add(key: str, t: Tensor | None) -> None:
             if t is None:
@@ -1314,9 +1364,12 @@ class Probe:
                 uniq, inv = np.unique(steps, return_inverse=True)
                 values = np.bincount(inv, weights=values) / np.bincount(inv)
                 steps = uniq
-            if name == "loss" and not self._exact_nonfinite and not np.isfinite(values).all():
-                self._exact_nonfinite = True  # count non-finite values exactly from now on
-                self.sample_next()
+            if name == "loss":
+                if not self._exact_nonfinite and not np.isfinite(values).all():
+                    self._exact_nonfinite = True  # count non-finite values exactly from now on
+                    self._trigger_sample("nonfinite_loss", limited=False)
+                else:
+                    self._watch_jumps("loss", values)
             self.history.add_scalar_series(name, steps, values)
         if not meta.get("full") and not meta.get("param_steps"):
             self.history.notify(Update(step=self.history.step, scalars=True))
@@ -1331,6 +1384,12 @@ class Probe:
             keep = ~np.isnan(v)  # finite or ±Inf
             if keep.any():
                 self.history.add_scalar_series(name, steps[keep].tolist(), v[keep].tolist())
+            if name == "grad_norm_total" and keep.any():
+                if not self._exact_nonfinite and not np.isfinite(v[keep]).all():
+                    self._exact_nonfinite = True
+                    self._trigger_sample("nonfinite_grad", limited=False)
+                else:
+                    self._watch_jumps("grad_norm_total", v[keep])
         if not meta.get("full"):
             self.history.notify(Update(step=int(steps[-1]), scalars=True))
 
@@ -1413,7 +1472,7 @@ class Probe:
         nonfinite_seen |= bool(np.nan_to_num(gnf, nan=0.0).any())
         if nonfinite_seen and not self._exact_nonfinite:
             self._exact_nonfinite = True  # count exactly from now on (see stats.py)
-            self.sample_next()
+            self._trigger_sample("nonfinite", limited=False)
         if (
             fwd
             and len(fwd) >= len(self.history.forward_order[: len(fwd)])
@@ -1439,6 +1498,7 @@ class Probe:
                 "forward_modes": meta.get("modes", {}),
                 "exact_nonfinite": meta.get("exact_nonfinite", False),
                 "dead_window_fill": {i: self.history.dead_window_fill(i) for i in dead},
+                "sample_reason": meta.get("reason", ""),
                 **meta.get("record_extra", {}),  # e.g. trainscope.distributed: ranks combined
             },
         )
@@ -1454,8 +1514,34 @@ class Probe:
         totals = {n: v for n, v in totals.items() if not np.isnan(v)}
         if totals:
             self.history.add_scalars(k, totals)
+        first = self.history.first_record is None
         self.history.add_record(rec)
+        if first:
+            self._keep_first_sample(rec)
         self.history.notify(Update(step=k, scalars=True, record=True))
+
+    def _keep_first_sample(self, rec: StepRecord) -> None:
+        """The first full sample (normally step 0, before any update: the forward scale of the
+        initialization on the first batch) in ``history.meta["first_sample"]``, per layer in
+        forward order, so that it survives any length of run and travels with the run directory.
+        ``history.first_record`` holds the whole record in memory."""
+
+        def col(metric: str, order: list[int]) -> list[float | None]:
+            v = rec.metrics[metric]
+            return [float(v[i]) if np.isfinite(v[i]) else None for i in order]
+
+        order = list(rec.forward_order) or list(range(len(self.layers)))
+        self.history.meta["first_sample"] = {
+            "step": int(rec.step),
+            "before_first_update": int(rec.step) == (self._start_step or 0),
+            "layers": [self.layers[i].name for i in order],
+            **{
+                m: col(m, order)
+                for m in ("act_mean", "act_std", "act_abs_max", "act_nonfinite", "act_frac_zero")
+            },
+            "input_mean": rec.inputs.get("mean"),
+            "input_std": rec.inputs.get("std"),
+        }
 
     def _hist(
         self, buf: np.ndarray, meta: dict[str, Any], key: str, layer_key: str, summ: S.ActSummary
@@ -1506,6 +1592,48 @@ class Probe:
         ]
         lm.update({n: float(x) for n, x in zip(names, v, strict=False)})
         return lm
+
+    def _interval_after(self, k: int) -> int:
+        """Steps from a full sample at step ``k`` to the next scheduled one."""
+        ev = self._every_int() or 1
+        if not self._auto:
+            return ev
+        since = k - (self._start_step or 0)
+        return max(1, min(ev, since // START_RATIO))
+
+    def _trigger_sample(self, reason: str, *, limited: bool = True) -> None:
+        """A full sample at the next step because a per-step value jumped.  ``limited``: at most
+        one such sample per scheduled interval (at least DEFAULT_EVERY steps), so that triggers
+        at most double the sampling rate (a run whose loss jumps all the time is sampled at
+        twice its interval, no more)."""
+        if not self._attached or self._force_sample:
+            return
+        if limited:
+            if self.step_count - self._last_trigger_step < self._interval_after(
+                max(self.step_count, (self._start_step or 0) + 3 * DEFAULT_EVERY)
+            ):
+                return
+            self._last_trigger_step = self.step_count
+        self.sample_next()
+        self._reason_next = reason
+
+    def _watch_jumps(self, name: str, values: np.ndarray) -> None:
+        """Trigger a sample when a per-step value (already on the host: no sync) jumps above its
+        recent median by more than JUMP_SIGMAS robust deviations.  Vectorized per flush."""
+        if not self._auto or not len(values):
+            return
+        win = self._jump_windows.get(name)
+        finite = values[np.isfinite(values)]
+        if win is not None and len(win) >= 32 and len(finite):
+            med = float(np.median(win))
+            spread = 1.4826 * float(np.median(np.abs(win - med)))
+            # a jump is both unusual (robust deviations) and large (the value at least doubles
+            # its median): heavy-tailed mini-batch noise alone does not take samples
+            if float(finite.max()) > med + max(JUMP_SIGMAS * spread, abs(med)):
+                self._trigger_sample(f"{name}_jump")
+        if len(finite):
+            win = finite if win is None else np.concatenate([win, finite])
+            self._jump_windows[name] = win[-JUMP_WINDOW:]
 
     def _adapt_interval(self) -> None:
         if self.budget is None or not isinstance(self.every, int):
