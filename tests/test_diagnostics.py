@@ -600,3 +600,22 @@ def test_a_recurrent_net_whose_gradient_explodes_into_nan_is_exploding_gradients
     f = [f for f in probe.findings() if f.label == "exploding_gradients"]
     probe.detach()
     assert f and f[0].severity == "error" and f[0].layers == ["rnn"], [x.title for x in probe.findings()]
+
+
+class _KwOnly(nn.Module):
+    def __init__(self, mix: bool) -> None:
+        super().__init__()
+        self.emb, self.out, self.mix = nn.Embedding(10, 8), nn.Linear(8, 2), mix
+
+    def forward(self, *, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        h = self.emb(input_ids) * attention_mask[..., None]
+        if self.mix:
+            h = h - h.mean(0, keepdim=True)
+        return self.out(h.mean(1))
+
+
+def test_batch_mixing_check_runs_on_keyword_inputs() -> None:
+    kw = {"input_ids": torch.randint(0, 10, (6, 5)), "attention_mask": torch.ones(6, 5)}
+    assert trainscope.run_check("batch_mixing", _KwOnly(False), batch=(kw, None)).status == "pass"
+    bad = trainscope.run_check("batch_mixing", _KwOnly(True), batch=(kw, None))
+    assert bad.status == "fail" and bad.layers and not any(x.startswith("inner") for x in bad.layers)

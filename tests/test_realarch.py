@@ -33,3 +33,5 @@ def test_healthy_real_architecture_gets_no_warning(case) -> None:  # type: ignor
     assert o.probe.history.samples() >= 10  # the rules had evidence to judge on
     alarms = [(f.label, f.severity, f.evidence) for f in o.severe]
     assert alarms == [], alarms
+    mixing = (o.probe.history.meta.get("checks") or {}).get("batch_mixing", {})
+    assert mixing.get("status") == "pass", mixing  # the automatic check ran, on the right batch dimension

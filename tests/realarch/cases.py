@@ -414,6 +414,27 @@ class TiedGRU(nn.Module):
         return self.out(h)
 
 
+class SeqFirstTransformer(nn.Module):
+    """nn.TransformerEncoder in its default (S, B, E) layout, causal mask."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(V, 32)
+        self.pos = nn.Parameter(0.02 * torch.randn(T, 1, 32))
+        layer = nn.TransformerEncoderLayer(32, 2, 64, dropout=0.0)
+        self.enc = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.out = nn.Linear(32, V)
+
+    def forward(self, x: Tensor) -> Tensor:
+        n = x.shape[0]
+        mask = nn.Transformer.generate_square_subsequent_mask(n)
+        return self.out(self.enc(self.emb(x) + self.pos[:n], mask=mask, is_causal=True))
+
+
+def transformer_seq_first() -> Run:
+    return _lm_run(SeqFirstTransformer(), 3e-3, batch_first=False, steps=80)
+
+
 def lstm_seq_first() -> Run:
     return _lm_run(SeqFirstLSTM(), 1e-2, batch_first=False, steps=100)
 
@@ -436,4 +457,5 @@ CASES: tuple[Case, ...] = (
     Case("frozen_backbone", frozen_backbone, "requires_grad=False backbone in eval mode, trained head"),
     Case("lstm_seq_first", lstm_seq_first, "nn.LSTM in the default (T, B, F) layout"),
     Case("gru_tied", gru_tied, "GRU LM with the output layer tied to the embedding"),
+    Case("transformer_seq_first", transformer_seq_first, "nn.TransformerEncoder in the default (S, B, E) layout"),
 )

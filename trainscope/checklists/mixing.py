@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from ..layers import select_layers
+from ..probe import Batch
 from .checks import CheckEnv, CheckResult, forward, primary
 
 _SEED = 0xB47C
@@ -76,10 +77,31 @@ def infer_batch_dim(model: nn.Module, batch: Any, pos: int) -> tuple[int | None,
     return 0, ""
 
 
+class _ByKeyword(nn.Module):
+    """Calls ``model(**{key: x}, **rest)``: a keyword-only input (``input_ids=...``) as positional."""
+
+    def __init__(self, model: nn.Module, key: str, rest: dict[str, Any]) -> None:
+        super().__init__()
+        self.inner, self.key, self.rest = model, key, rest
+
+    def forward(self, x: Tensor) -> Any:
+        return self.inner(**{self.key: x}, **self.rest)
+
+
+_PREFERRED = ("input_ids", "pixel_values", "inputs_embeds", "input_values", "x", "input", "inputs")
+
+
 def mixing_test(env: CheckEnv, *, batch_dim: int | None = None, tolerance: float = 1e-5) -> CheckResult:
     batch = env.batch
     assert batch is not None
     model = env.model
+    if not any(isinstance(a, Tensor) and a.dim() >= 1 for a in batch.args):
+        keys = [k for k, v in batch.kwargs.items() if isinstance(v, Tensor) and v.dim() >= 1]
+        if keys:  # keyword inputs (HF models called with input_ids=...): test the main one
+            key = next((k for k in _PREFERRED if k in keys), keys[0])
+            rest = {k: v for k, v in batch.kwargs.items() if k != key}
+            model = _ByKeyword(model, key, rest)
+            batch = Batch(batch.step, (batch.kwargs[key],), {}, batch.target)
     args = list(batch.args)
     layout = ""
     if batch_dim is None:
@@ -98,7 +120,7 @@ def mixing_test(env: CheckEnv, *, batch_dim: int | None = None, tolerance: float
     if n < 2:
         return CheckResult("batch_mixing", "not_run", f"needs at least 2 examples in the batch, got {n}")
     names = [x.name for x in env.probe.layers] if env.probe is not None else None
-    chosen = [(nm or "model", m) for nm, m in select_layers(model)]
+    chosen = [(nm or "model", m) for nm, m in select_layers(env.model)]
     if names is not None:
         chosen = [(nm, m) for nm, m in chosen if nm in set(names)] or chosen
     captured: list[tuple[str, Tensor]] = []
