@@ -294,7 +294,7 @@ def c05(fixed: bool) -> Program:
 
 @case(6, "38648195", "act loss epoch",
       "Softmax over a one-unit output (always 1.0) trained with MSE: the output is constant and nothing learns",
-      expect=("not_learning", "vanishing_gradients", "frozen_parameters"), root=("wrong_loss",), module=HEAD,
+      expect=("wrong_loss", "not_learning", "vanishing_gradients", "frozen_parameters"), root=("wrong_loss",), module=HEAD,
       proposed=("head_loss_mismatch",),
       note="Fixed: sigmoid + binary cross-entropy (BCELoss on the sigmoid), twice the epochs. Breast-cancer "
            "data, standardized.")
@@ -307,7 +307,7 @@ def c06(fixed: bool) -> Program:
 
 @case(7, "33969059", "act",
       "Softmax over the one-unit regression output: the prediction is the constant 1.0",
-      expect=("not_learning", "vanishing_gradients", "frozen_parameters"), root=("wrong_loss",), module=HEAD,
+      expect=("wrong_loss", "not_learning", "vanishing_gradients", "frozen_parameters"), root=("wrong_loss",), module=HEAD,
       proposed=("head_loss_mismatch",),
       note="Fixed: linear output. DeepFD notes no fix helped the original (stock prices); here the fixed program "
            "does learn.")
@@ -345,7 +345,7 @@ def c09(fixed: bool) -> Program:
 
 @case(10, "31880720", "act epoch",
       "Softmax over a one-unit binary output (constant 1.0) into binary cross-entropy, one epoch",
-      expect=("not_learning", "vanishing_gradients", "frozen_parameters"), root=("wrong_loss",), module=HEAD,
+      expect=("wrong_loss", "not_learning", "vanishing_gradients", "frozen_parameters"), root=("wrong_loss",), module=HEAD,
       proposed=("head_loss_mismatch", "still_improving"),
       note="Fixed: sigmoid output and 40 epochs (the patch); sizes scaled: 1 -> 15 epochs buggy, 40 fixed would be "
            "thousands of steps, so 5 -> 20.")
@@ -563,7 +563,7 @@ def c27(fixed: bool) -> Program:
 
 @case(28, "31627380", "opt act loss",
       "Softmax over a one-unit binary output (constant 1.0), Adam",
-      expect=("not_learning", "vanishing_gradients", "frozen_parameters"), root=("wrong_loss",), module=HEAD,
+      expect=("wrong_loss", "not_learning", "vanishing_gradients", "frozen_parameters"), root=("wrong_loss",), module=HEAD,
       proposed=("head_loss_mismatch",),
       note="Fixed: sigmoid output and SGD (the patch's kept lines). Binary cross-entropy (BCELoss) in both: Keras' "
            "categorical cross-entropy over one unit is case 29's fault.")
@@ -746,7 +746,7 @@ def c40(fixed: bool) -> Program:
 
 @case(41, "42800203", "act",
       "Softmax over a one-unit binary output (constant 1.0) into binary cross-entropy",
-      expect=("not_learning", "vanishing_gradients", "frozen_parameters"), root=("wrong_loss",), module=HEAD,
+      expect=("wrong_loss", "not_learning", "vanishing_gradients", "frozen_parameters"), root=("wrong_loss",), module=HEAD,
       proposed=("head_loss_mismatch",),
       note="Fixed: sigmoid output (the patch).")
 def c41(fixed: bool) -> Program:
