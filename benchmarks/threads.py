@@ -9,7 +9,7 @@ quickstart's MLP (64-128-128-64-10, batch 32, digits) is trained in interleaved 
   widgets attached (updated at their normal rates; no browser is connected, so this measures
   the Python side of the dashboard).
 
-Run:  python benchmarks/threads.py [--seconds 2] [--rounds 5]
+Run:  python benchmarks/threads.py [--seconds 2] [--rounds 5] [--threads 2] [--modes none probe+dashboard]
 Prints the median steps/s of each configuration and the ratios.
 """
 
@@ -71,13 +71,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seconds", type=float, default=2.0)
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--threads", type=int, nargs="*", help="thread counts (default: 1 and torch's)")
+    ap.add_argument("--modes", nargs="*", default=["none", "probe", "probe+dashboard"])
     args = ap.parse_args()
     d = load_digits()
     X = torch.tensor(d.data, dtype=torch.float32) / 16
     y = torch.tensor(d.target)
     default = torch.get_num_threads()
-    modes = ("none", "probe", "probe+dashboard")
-    configs = [(m, t) for t in sorted({1, default}) for m in modes]
+    modes = args.modes
+    configs = [(m, t) for t in (args.threads or sorted({1, default})) for m in modes]
     res: dict[tuple[str, int], list[float]] = {c: [] for c in configs}
     for _ in range(args.rounds):
         for c in configs:
