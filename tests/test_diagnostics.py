@@ -67,7 +67,7 @@ def test_finding_as_dict_is_exactly_the_contract() -> None:
 
 def test_every_label_has_a_documented_rule_linked_to_existing_checklist_items() -> None:
     ids = {i.id for i in ITEMS}
-    assert len(LABELS) == 23 and set(RULES) == set(LABELS)
+    assert len(LABELS) == 24 and set(RULES) == set(LABELS)
     for label, spec in RULES.items():
         assert len(spec.definition) > 80, f"{label}: the rule's docstring documents its definition"
         assert spec.checklist and set(spec.checklist) <= ids, label
@@ -619,3 +619,15 @@ def test_batch_mixing_check_runs_on_keyword_inputs() -> None:
     assert trainscope.run_check("batch_mixing", _KwOnly(False), batch=(kw, None)).status == "pass"
     bad = trainscope.run_check("batch_mixing", _KwOnly(True), batch=(kw, None))
     assert bad.status == "fail" and bad.layers and not any(x.startswith("inner") for x in bad.layers)
+
+
+def test_over_regularization_needs_strong_regularization_and_a_run_that_cannot_fit() -> None:
+    flat = _history_with_loss([2.3 - 0.2 * (1 - math.exp(-k / 10)) for k in range(120)])  # stalls at 2.1
+    strong = Context(regularization={"decay_per_step": 0.05, "dropout": {}})
+    f = diagnose(flat, strong, labels=["over_regularization"])
+    assert f and f[0].severity == "warning" and "5%" in f[0].evidence
+    assert diagnose(flat, Context(regularization={"decay_per_step": 1e-5, "dropout": {}}), labels=["over_regularization"]) == []
+    fits = _history_with_loss(list(np.linspace(2.3, 0.3, 120)))
+    assert diagnose(fits, strong, labels=["over_regularization"]) == []
+    heavy_dropout = Context(regularization={"decay_per_step": 0.0, "dropout": {"fc": 0.9}})
+    assert diagnose(flat, heavy_dropout, labels=["over_regularization"])[0].layers == ["fc"]

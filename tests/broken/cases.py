@@ -508,6 +508,19 @@ def b_nll_on_logits() -> Setup:
     return Setup(m, torch.optim.Adam(m.parameters(), 1e-3), nn.NLLLoss(), x, y, xv, yv, steps=40)
 
 
+def b_weight_decay_too_high() -> Setup:
+    m = M.init_linear(M.mlp((64, 128, 64, 10)), "he")
+    x, y, xv, yv = standardized_digits()
+    return Setup(m, torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9, weight_decay=0.5), nn.CrossEntropyLoss(),
+                 x, y, xv, yv, steps=150)
+
+
+def b_dropout_everywhere() -> Setup:
+    m = nn.Sequential(nn.Dropout(0.8), nn.Linear(64, 32), nn.ReLU(), nn.Dropout(0.9), nn.Linear(32, 32), nn.ReLU(),
+                      nn.Dropout(0.9), nn.Linear(32, 10))
+    return _digits_setup(m, "sgd", 0.01, steps=150)
+
+
 BROKEN: list[Case] = [
     Case("tiny_init_deep_tanh", "vanishing_activations", b_tiny_init_tanh, note="8 tanh layers, N(0, 0.02) init, SGD"),
     Case("default_init_deep_gelu", "vanishing_activations", b_default_init_deep_gelu, note="12 GELU layers, PyTorch default init, SGD"),
@@ -561,6 +574,9 @@ BROKEN: list[Case] = [
     Case("mse_broadcast", "wrong_loss", b_mse_broadcast, note="MSE of (N, 1) against (N,)"),
     Case("bce_on_class_indices", "wrong_loss", b_bce_class_indices, note="BCEWithLogits with targets 0..9"),
     Case("nll_on_logits", "wrong_loss", b_nll_on_logits, note="NLLLoss without log_softmax"),
+    Case("weight_decay_too_high", "over_regularization", b_weight_decay_too_high, note="SGD weight_decay 0.5 at lr 0.1"),
+    Case("dropout_0.9_everywhere", "over_regularization", b_dropout_everywhere, ("3", "6"),
+         note="dropout 0.8 on the inputs, 0.9 on the hidden layers, SGD"),
 ]
 
 # ------------------------------------------------------------------------------ held out

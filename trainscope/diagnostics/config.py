@@ -72,3 +72,6 @@ class Thresholds:
     input_spread: float = 100.0  # per-feature std differing by more than 100x between features
     zero_grad_ratio: float = 1e-3  # gradient left over before backward, relative to the new one
     mixing_tolerance: float = 1e-5  # relative gradient leaking to other examples (exact 0 expected)
+    decay_high: float = 1e-2  # weight decay shrinking the weights by 1% per step (lr * weight_decay):
+    # half of any weight the gradient does not defend is gone in ~70 steps
+    dropout_high: float = 0.7  # dropout dropping 70% of the units

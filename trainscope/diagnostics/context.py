@@ -43,6 +43,9 @@ class Context:
         Per tracked layer whose trainable parameters all belong to another module as well (weight
         tying, e.g. an LM head sharing the embedding matrix): the name of that other module.  The
         probe measures a shared parameter once, under its first owner.
+    regularization
+        ``{"decay_per_step": max over parameter groups of lr * weight_decay, "dropout": {module: p}}``
+        read from the optimizer and the model.
     n_classes
         Number of classes, when it cannot be read from the loss inputs.
     thresholds
@@ -53,6 +56,7 @@ class Context:
     symmetry: dict[str, tuple[int, int]] | None = None
     requires_grad: dict[str, bool] | None = None
     tied: dict[str, str] | None = None
+    regularization: dict[str, Any] | None = None
     n_classes: int | None = None
     thresholds: Thresholds = field(default_factory=Thresholds)
     _memo: dict[str, Any] = field(default_factory=dict, repr=False)
@@ -118,6 +122,19 @@ def tied_layers(model: torch.nn.Module, layer_names: list[str]) -> dict[str, str
     return out
 
 
+def regularization(model: torch.nn.Module, optimizer: Any) -> dict[str, Any]:
+    """How strongly the set-up regularizes: the weight decay per step (``lr * weight_decay``,
+    largest over the parameter groups) and the dropout probability of every dropout module."""
+    decay = 0.0
+    for g in getattr(optimizer, "param_groups", None) or []:
+        lr, wd = g.get("lr"), g.get("weight_decay")
+        if isinstance(lr, (int, float)) and isinstance(wd, (int, float)) and wd > 0:
+            decay = max(decay, float(lr) * float(wd))
+    drop = {n or "model": float(m.p) for n, m in model.named_modules()
+            if isinstance(m, torch.nn.modules.dropout._DropoutNd) and isinstance(getattr(m, "p", None), (int, float))}
+    return {"decay_per_step": decay, "dropout": drop}
+
+
 def context_from_probe(probe: Probe, **overrides: Any) -> Context:
     """Build the :class:`Context` of a probe (reads the model; changes nothing)."""
     symmetry: dict[str, tuple[int, int]] = {}
@@ -133,6 +150,7 @@ def context_from_probe(probe: Probe, **overrides: Any) -> Context:
         if s is not None:
             symmetry[info.name] = s
     overrides.setdefault("tied", tied_layers(model, [x.name for x in probe.layers]))
+    overrides.setdefault("regularization", regularization(model, probe.optimizer))
     return Context(
         forward_modes=dict(probe.forward_modes),
         symmetry=symmetry,

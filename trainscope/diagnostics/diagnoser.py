@@ -121,6 +121,7 @@ class _ProbeState:
         self.sym_step: int | None = None
         self.symmetry: dict[str, tuple[int, int]] | None = None
         self.tied: dict[str, str] | None = None
+        self.regularization: dict[str, Any] | None = None
         self.demanded: dict[str, int] = {}  # on-demand check -> step it was last asked for
         self.thread: int | None = None  # the thread step boundaries run on (the training thread)
         self.tasks: dict[str, Callable[[Any], None]] = {}
@@ -262,11 +263,13 @@ def diagnose_probe(
         if st.sym_step is None or (h.step != st.sym_step and (h.step < 2 * REFRESH_STEPS or h.step - st.sym_step >= REFRESH_STEPS)):
             ctx = context_from_probe(probe, thresholds=d.thresholds)
             st.symmetry, st.tied, st.sym_step = ctx.symmetry, ctx.tied, h.step
+            st.regularization = ctx.regularization
         else:
             ctx = Context(
                 forward_modes=dict(probe.forward_modes),
                 symmetry=st.symmetry,
                 tied=st.tied,
+                regularization=st.regularization,
                 requires_grad={n: bool(p.requires_grad) for n, p in probe.model.named_parameters()},
                 thresholds=d.thresholds,
             )

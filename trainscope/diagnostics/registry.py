@@ -54,6 +54,7 @@ LABELS: tuple[str, ...] = (
     "batch_mixing",
     "label_noise",
     "wrong_loss",
+    "over_regularization",
 )
 """The diagnosis vocabulary, in display order."""
 

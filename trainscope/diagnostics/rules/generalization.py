@@ -178,3 +178,60 @@ def label_noise(h: History, ctx: Context) -> Finding | None:
         title="Labels look unrelated to the inputs",
         evidence="; ".join(parts) + ". Check that labels stay aligned with their inputs (shuffling, indexing, augmentation)",
     )
+
+
+@rule("over_regularization", checklist=("karpathy.simplify", "tobin.error_dynamics"), finite=True)
+def over_regularization(h: History, ctx: Context) -> Finding | None:
+    """Regularization too strong for the model to fit: weight decay shrinking the weights by
+    ``decay_high`` (1%) or more per step (``lr * weight_decay``), or dropout of ``dropout_high``
+    (0.7) or more -- while, after ``min_steps_plateau`` steps, the training loss is still above
+    ``lr_low_progress`` (half) of its initial value, and so is validation when it is logged (its
+    loss or error, which dropout does not inflate), and neither improves any more (training: less
+    than ``plateau_progress``, 5%, between the last two windows of ``w`` losses; validation: over
+    its last third of evaluations).  Warning.  (Heavy regularization on a run that
+    fits is a choice, not a fault.)"""
+    th = ctx.thresholds
+    reg = ctx.regularization or {}
+    decay = float(reg.get("decay_per_step") or 0.0)
+    drops = {n: p for n, p in (reg.get("dropout") or {}).items() if p >= th.dropout_high}
+    if decay < th.decay_high and not drops:
+        return None
+    c = loss_curve(h, ctx)
+    if c is None or int(c.steps[-1] - c.steps[0]) + 1 < th.min_steps_plateau or c.head <= 0:
+        return None
+    if c.tail < th.lr_low_progress * c.head:
+        return None
+    vs_ = val_series(h)
+    if vs_ is not None and len(vs_[1]) >= 2 and float(vs_[1].min()) < th.lr_low_progress * float(vs_[1][0]):
+        return None  # validation (no dropout) halved its loss / error: the model does fit
+    if vs_ is not None and len(vs_[1]) >= 3:
+        vv = vs_[1]
+        earlier = float(vv[-min(len(vv), max(3, len(vv) // 3))])  # at least two evaluation intervals back
+        if earlier > 0 and (earlier - float(vv[-1])) / earlier > th.plateau_progress:
+            return None  # validation still improving
+    prev = float(np.median(c.values[-2 * c.w : -c.w])) if c.n >= 2 * c.w else c.head
+    if prev > 0 and (prev - c.tail) / prev > th.plateau_progress:
+        return None  # still improving: heavy regularization slows it down, it does not stop it
+    parts, fixes = [], []
+    if decay >= th.decay_high:
+        parts.append(f"weight decay shrinks the weights by {pct(decay)} per step (lr x weight_decay = {fmt(decay)})")
+        _, lr = scalar(h, "lr")
+        lr = lr[np.isfinite(lr)]
+        if len(lr) and lr[-1] > 0:
+            fixes.append(intervention("weight_decay", "Lower the weight decay 100x", value=float(decay / lr[-1] / 100)))
+    if drops:
+        worst = max(drops, key=lambda n: drops[n])
+        parts.append(f"dropout drops {pct(drops[worst])} of the units at `{worst}`"
+                     + (f" and {len(drops) - 1} more module(s)" if len(drops) > 1 else ""))
+        fixes.append(intervention("set_dropout", "Lower dropout to 0.2", p=0.2))
+    known = set(h.layer_names)
+    return Finding(
+        label="over_regularization",
+        severity="warning",
+        title="Regularization too strong: the model cannot fit the training data",
+        evidence="; ".join(parts) + f", and after {int(c.steps[-1] - c.steps[0]) + 1} steps the training loss went only "
+        f"from {fmt(c.head)} to {fmt(c.tail)}. Karpathy: get a model that fits first, then regularize",
+        layers=[n for n in drops if n in known],
+        interventions=fixes,
+        data={"decay_per_step": decay, "dropout": drops},
+    )
