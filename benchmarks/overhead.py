@@ -8,8 +8,10 @@ to the baseline (no instrumentation) of the same model.
 
 Models: (1) an MLP on scikit-learn's bundled digits, (2) a small CNN (2 conv + dense, 1x28x28),
 (3) a ResNet-style CNN with 30+ modules.  Configurations: trainscope at its defaults (every 10 steps,
-lengthened to keep a 2% overhead budget); full statistics every 10 steps, fixed; the cheap
-parameter-level set every step; full statistics with histograms every step; and, where installed,
+lengthened to keep a 2% overhead budget, after a dense start: every step at first, then
+intervals growing as step // 3; run long enough that the start is a small part); full
+statistics every 10 steps, fixed; the cheap parameter-level set every step; full statistics
+with histograms every step; and, where installed,
 ``wandb.watch(log="all")`` (offline) and TensorBoard ``add_histogram`` of every parameter and
 gradient at the same frequencies (every step, and every 10th step like trainscope's default).
 Two *floors* write the bare tensor ops of a measurement by hand, with nothing around them: the
@@ -273,7 +275,7 @@ def configurations(groups: set[str] | None = None) -> dict[str, Callable[..., An
     """
     every = {
         "baseline": lambda m, o, f: None,
-        "trainscope defaults (every>=10, 2% budget)": trainscope_setup(),
+        "trainscope defaults (dense start, every>=10, 2% budget)": trainscope_setup(),
         "trainscope full every 10 (fixed)": trainscope_setup(every=10),
         "trainscope cheap set every step": trainscope_setup(every=10**9, cheap_every=1),
         "trainscope full + histograms every step": trainscope_setup(every=1),
