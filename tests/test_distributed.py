@@ -503,3 +503,19 @@ def test_every_registered_action_leaves_the_replicas_identical(tmp_path: Any) ->
     assert r0["stats"]["syncs"] == r1["stats"]["syncs"] >= len(ACTION_PLAN)
     lr_rows = [r for r in r0["rows"] if r["action"] == "lr_find"]
     assert all("sent to every rank" in r["message"] for r in lr_rows), lr_rows
+
+
+def test_rank0_ids_never_collide_with_a_browser_id(blobs) -> None:
+    """Rank 0 numbered its own requests ``a{n}`` without looking at ids already in use, so a
+    request the browser had sent as ``a1`` made rank 0's next Python request a refused duplicate."""
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    probe = DistributedProbe(model, opt, every=2)
+    probe._ddp_active = True  # the id choice only; no collective runs at submit time
+    browser = probe.actions.submit("scale_lr", {"factor": 0.5}, source="dashboard", id="a1")
+    mine = probe.actions.submit("scale_lr", {"factor": 0.5})
+    assert browser.status == "pending" and browser.id == "a1"
+    assert mine.status == "pending", mine.message
+    assert mine.id != "a1"
+    probe._ddp_active = False
+    probe.detach()

@@ -86,10 +86,12 @@ class _SyncedActionQueue(ActionQueue):
         if not p._ddp_active:
             return super().submit(action, params, source=source, id=id)
         raw = dict(params or {})
-        if p.rank != 0:  # ids of rank 0's requests are reused on every rank: keep local ones apart
-            tid = str(id) if id is not None else f"r{p.rank}-a{next(self._ids)}"
+        # ids of rank 0's requests are reused on every rank: keep local ones apart; new_id skips ids
+        # a browser already used, so a Python request never collides with a clicked one
+        if id is not None:
+            tid = str(id)
         else:
-            tid = str(id) if id is not None else f"a{next(self._ids)}"
+            tid = self.new_id(f"r{p.rank}-a" if p.rank != 0 else "a")
         if p.rank != 0:
             t = Ticket(
                 id=tid, action=str(action), params=raw, source=source, submitted_step=p.step_count
