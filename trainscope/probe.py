@@ -300,6 +300,7 @@ class Probe:
             from .runlog import RunWriter
 
             self.run_writer = RunWriter(logdir, self.history)
+            self.run_writer.on_failure(self._writer_failed)
 
         self.errors: list[ProbeError] = []
         self._warned: set[str] = set()
@@ -661,6 +662,10 @@ class Probe:
             "layer's statistics, every other parameter is still measured",
             exc,
         )
+
+    def _writer_failed(self, msg: str) -> None:
+        if len(self.errors) < 1000:
+            self.errors.append(ProbeError("logdir", self.step_count, msg, ""))
 
     def _fail(self, where: str, exc: BaseException) -> None:
         if len(self.errors) < 1000:

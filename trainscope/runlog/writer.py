@@ -19,7 +19,6 @@ import os
 import platform
 import threading
 import time
-import traceback
 import warnings
 import weakref
 from collections.abc import Callable
@@ -91,6 +90,7 @@ class RunWriter:
         self.segment_bytes = segment_bytes
         self.fsync = fsync
         self.errors: list[str] = []
+        self._failure_callbacks: list[Callable[[str], None]] = []
         self.stats = {"records": 0, "bytes": 0, "flushes": 0, "compactions": 0, "missed_records": 0}
         if os.path.exists(self.path) and not os.path.isdir(self.path):
             raise NotADirectoryError(f"logdir {self.path!r} exists and is not a directory")
@@ -371,6 +371,11 @@ class RunWriter:
         self._write_snapshot(src, seq)  # (4)
         self.stats["compactions"] += 1
 
+    def on_failure(self, callback: Callable[[str], None]) -> None:
+        """Call ``callback(message)`` once when writing fails and the writer stops (the probe that
+        owns the writer records it in ``probe.errors``)."""
+        self._failure_callbacks.append(callback)
+
     def _fail(self, e: BaseException) -> None:
         """Stop for good after an I/O error: hold no data any more, keep what was written
         readable, and say so once (``errors``, the owning probe's ``errors``, one warning)."""
@@ -391,7 +396,9 @@ class RunWriter:
             return
         msg = f"{type(e).__name__}: {e}"
         self.errors.append(msg)
-        _tell_owner(self, msg)
+        for cb in list(self._failure_callbacks):
+            with contextlib.suppress(Exception):  # reporting must never fail the writer
+                cb(msg)
         warnings.warn(
             f"trainscope: writing the run directory {self.path!r} failed and stopped "
             f"({msg}); training continues, and what was written before stays readable. "
@@ -444,29 +451,6 @@ class RunWriter:
                 os.close(self._fd)
         except Exception:
             pass
-
-
-def _tell_owner(writer: RunWriter, msg: str) -> None:
-    """Add a failure to ``probe.errors`` of the attached probe whose ``run_writer`` this is."""
-    import sys
-
-    mod = sys.modules.get("trainscope.probe")
-    attached = getattr(mod, "_ATTACHED", None)
-    if attached is None:
-        return
-    try:
-        for probe in list(attached.values()):
-            if getattr(probe, "run_writer", None) is writer:
-                errors = probe.errors
-                if len(errors) < 1000:
-                    errors.append(
-                        mod.ProbeError(  # type: ignore[union-attr]
-                            "logdir", int(probe.step_count), msg, traceback.format_exc()
-                        )
-                    )
-    except Exception:  # pragma: no cover - reporting must never fail the writer thread
-        pass
-
 
 def _unlink(path: str) -> None:
     try:
