@@ -202,10 +202,9 @@ def test_kernel_reads_busy_while_the_cell_runs_after_a_click(kernel_factory, lin
         {"kind": "action", "action": "scale_lr_test", "params": {"factor": 0.5}, "id": "click-s"},
     )
     k.drain(1.5)  # the click was handled; the cell still runs (4 s)
-    clicks = [s for s in k.statuses if s[2] == "comm_msg"]
-    assert ("idle", "comm_msg") in [(s[0], s[2]) for s in clicks], (
-        f"{line}: the click's comm_msg was not handled during the cell: {k.statuses[-8:]}"
-    )
+    # The subshell (7.4) publishes busy / idle for the comm_msg it handles; the pump (7.1-7.3) and
+    # jupyter-ui-poll (6.x, 7.0) handle it inside the running execute_request and publish none.
+    # Either way the kernel's latest status must read busy, parented to the training cell.
     assert k.statuses[-1][:2] == ("busy", train), (
         f"{line}: the kernel reads {k.statuses[-1][0]!r} while the training cell runs "
         f"(last statuses: {k.statuses[-6:]})"
@@ -213,3 +212,10 @@ def test_kernel_reads_busy_while_the_cell_runs_after_a_click(kernel_factory, lin
     tr = k.result(train, timeout=120)
     assert tr.status == "ok", tr.text
     assert k.statuses[-1][:2] == ("idle", train)
+    rep = k.run(REPORT.replace("{id}", "click-s")).value("REPORT")
+    assert rep["status"] == "applied" and rep["t_done"] < rep["t_end"], (
+        f"{line}: the click was not handled while the cell ran: {rep}"
+    )
+    if LINES[line][1] == "subshell":  # the case the fix is for: the click's own idle came first
+        clicks = [(s[0], s[2]) for s in k.statuses if s[2] == "comm_msg"]
+        assert ("idle", "comm_msg") in clicks, k.statuses[-8:]
