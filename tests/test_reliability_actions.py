@@ -536,3 +536,32 @@ def test_weight_decay_undo_restores_the_value_exactly() -> None:
     a.undo()
     wd = opt.param_groups[0]["weight_decay"]
     assert wd == 0 and type(wd) is int  # before: 0.0 (a float)
+
+
+def test_snapshots_and_early_stopping_do_not_keep_a_deleted_model_alive() -> None:
+    import weakref
+
+    from trainscope.interventions import early_stopping_, snapshot_
+
+    model = _mlp()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    probe = trainscope.Probe(model, opt, every=50)
+    _steps(model, opt, 1)
+    for i in range(3):  # through the probe (a request applied at a step boundary) and the plain function
+        _apply(probe, "snapshot", label=f"p{i}")
+        _steps(model, opt, 1)
+    snapshot_(model, opt, label="plain")
+    assert len(snapshots(model)) == 4
+    stopper = early_stopping_(model, opt, patience=1, smoothing=1).result
+    stopper.observe(1.0)
+    _steps(model, opt, 1)
+    assert stopper.observe(2.0) is True  # stopped: the best weights were written back, the lr frozen
+    assert snapshots(model).best is not None
+    assert trainscope.interventions.should_stop(model)
+    probe.detach()
+    ref, opt_ref = weakref.ref(model), weakref.ref(opt)
+    del model, opt, probe, stopper
+    gc.collect()
+    # before the fix: the stores (weak dicts keyed by the model) held captures that held the model
+    assert ref() is None
+    assert opt_ref() is None

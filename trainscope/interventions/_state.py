@@ -7,6 +7,7 @@ import copy
 import random
 import signal
 import threading
+import weakref
 from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -71,17 +72,22 @@ def _clone(v: Any, device: torch.device | str | None) -> Any:
 class ModelCapture:
     """Exact copy of a model's parameters, buffers (BatchNorm statistics included), gradients and
     train / eval flags.  :meth:`restore` writes the values back *into the same tensor objects*.
+
+    The model and its sub-modules are held weakly (a capture kept in a store keyed weakly by the
+    model must not keep the model alive); the tensors themselves are held, so a rebinding is undone.
+    ``model`` is ``None`` once the model has been freed.
     """
 
     def __init__(self, model: nn.Module, *, grads: bool = True, device: torch.device | str | None = None,
                  extra: Iterable[Tensor] = ()) -> None:
-        self.model = model
-        self.tensors: list[tuple[nn.Module, str, Tensor, Tensor]] = []
+        self._model = weakref.ref(model)
+        self.tensors: list[tuple[weakref.ref[nn.Module], str, Tensor, Tensor]] = []
         seen: set[int] = set()
         for mod in model.modules():
+            ref = weakref.ref(mod)
             for name, t in list(mod._parameters.items()) + list(mod._buffers.items()):
                 if t is not None:
-                    self.tensors.append((mod, name, t, _clone(t, device)))
+                    self.tensors.append((ref, name, t, _clone(t, device)))
                     seen.add(id(t))
         # tensors outside the model (an optimizer also training a loss temperature, a head...)
         self.extra: list[tuple[Tensor, Tensor]] = []
@@ -94,7 +100,12 @@ class ModelCapture:
             for p in list(model.parameters()) + [t for t, _ in self.extra]:
                 g = p.grad
                 self.grads.append((p, g, None if g is None else _clone(g, device)))
-        self.training = [(m, m.training) for m in model.modules()]
+        self.training = [(weakref.ref(m), m.training) for m in model.modules()]
+
+    @property
+    def model(self) -> nn.Module | None:
+        """The captured model (``None`` once it has been freed)."""
+        return self._model()
 
     @property
     def nbytes(self) -> int:
@@ -103,10 +114,12 @@ class ModelCapture:
 
     @torch.no_grad()
     def restore(self, *, grads: bool = True, modes: bool = True) -> None:
-        for mod, name, orig, saved in self.tensors:
-            store: dict[str, Any] = mod._parameters if name in mod._parameters else mod._buffers
-            if store.get(name) is not orig:
-                store[name] = orig  # a rebinding (rare) is undone too
+        for ref, name, orig, saved in self.tensors:
+            mod = ref()
+            if mod is not None:
+                store: dict[str, Any] = mod._parameters if name in mod._parameters else mod._buffers
+                if store.get(name) is not orig:
+                    store[name] = orig  # a rebinding (rare) is undone too
             orig.copy_(saved)
         for t, saved in self.extra:
             t.copy_(saved)
@@ -119,13 +132,23 @@ class ModelCapture:
                     g.copy_(gsaved)
                     p.grad = g
         if modes:
-            for m, flag in self.training:
-                m.training = flag
+            for ref, flag in self.training:
+                m = ref()
+                if m is not None:
+                    m.training = flag
 
     def values(self) -> dict[str, Tensor]:
         """``{qualified name: saved tensor}`` of parameters and buffers (for ensembles)."""
-        names = {id(m): n for n, m in self.model.named_modules()}
-        return {f"{names[id(m)]}.{k}".lstrip("."): c for m, k, _, c in self.tensors if id(m) in names}
+        model = self.model
+        if model is None:
+            return {}
+        names = {id(m): n for n, m in model.named_modules()}
+        out: dict[str, Tensor] = {}
+        for ref, k, _, c in self.tensors:
+            m = ref()
+            if m is not None and id(m) in names:
+                out[f"{names[id(m)]}.{k}".lstrip(".")] = c
+        return out
 
 
 class OptimizerCapture:

@@ -65,7 +65,10 @@ class Snapshot:
         """Why writing this snapshot back into ``model`` would not be exact (``None`` if fine)."""
         if self.model.model is not model:
             return "the snapshot belongs to another model"
-        for mod, name, orig, _ in self.model.tensors:
+        for ref, name, orig, _ in self.model.tensors:
+            mod = ref()
+            if mod is None:
+                return f"the model changed since the snapshot (a module holding {name!r} was freed)"
             store = mod._parameters if name in mod._parameters else mod._buffers
             if store.get(name) is not orig:
                 return f"the model changed since the snapshot ({type(mod).__name__}.{name} was replaced)"

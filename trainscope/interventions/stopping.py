@@ -25,7 +25,7 @@ every cycle; see :class:`~trainscope.interventions.snapshots.SnapshotEnsemble`.
 from __future__ import annotations
 
 import weakref
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
@@ -69,55 +69,74 @@ class EarlyStopping:
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *, monitor: str = "val_loss",
                  mode: str = "min", patience: int = 5, smoothing: int = 3, min_delta: float = 0.0,
                  restore_best: bool = True, freeze: bool = True, probe: Probe | None = None) -> None:
-        self.model = model
-        self.optimizer = optimizer
+        # model, optimizer and probe are held weakly: the stopper lives in a store keyed weakly by the
+        # model (and in the optimizer's controller while it freezes), which must not keep them alive
+        self._model = weakref.ref(model)
+        self._optimizer = weakref.ref(optimizer) if optimizer is not None else None
         self.name = monitor
         self.restore_best = restore_best
         self.freeze = freeze
-        self.probe = probe
+        self._probe = weakref.ref(probe) if probe is not None else None
         self.monitor = Monitor(mode=mode, patience=patience, smoothing=smoothing, min_delta=min_delta)
         self.stopped = False
         self.stop_step: int | None = None
         self.best_snapshot: Snapshot | None = None
         self._at_stop: ModelCapture | None = None
-        self._feed = ScalarFeed(probe, monitor) if probe is not None else None
+        # the feed reads the probe through a proxy: it is only read from the probe's own step hook
+        self._feed = ScalarFeed(cast("Probe", weakref.proxy(probe)), monitor) if probe is not None else None
         self._handle = probe.on_step(self._poll) if probe is not None else None
         self.active = True
+
+    @property
+    def model(self) -> nn.Module | None:
+        """The watched model (``None`` once it has been freed)."""
+        return self._model()
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer | None:
+        return self._optimizer() if self._optimizer is not None else None
+
+    @property
+    def probe(self) -> Probe | None:
+        return self._probe() if self._probe is not None else None
 
     @property
     def best(self) -> float:
         return self.monitor.best
 
     def observe(self, value: float, step: int | None = None) -> bool:
-        if not self.active or self.stopped:
+        model = self.model
+        if not self.active or self.stopped or model is None:
             return False
-        if step is None and self.probe is not None:
-            step = self.probe.step_count
+        probe = self.probe
+        if step is None and probe is not None:
+            step = probe.step_count
         if self.monitor.observe(value, step):
-            snap = Snapshot(id="best", label="best", step=step or 0, model=ModelCapture(self.model, grads=False, device="cpu"),
+            snap = Snapshot(id="best", label="best", step=step or 0, model=ModelCapture(model, grads=False, device="cpu"),
                             optimizer=None, optimizer_class=None, metric=self.monitor.best)
             self.best_snapshot = snap
-            snapshots(self.model).best = snap
+            snapshots(model).best = snap
         if self.monitor.exhausted:
-            self._stop(step)
+            self._stop(model, step)
             return True
         return False
 
-    def _stop(self, step: int | None) -> None:
+    def _stop(self, model: nn.Module, step: int | None) -> None:
         self.stopped = True
         self.stop_step = step
-        if self.restore_best and self.best_snapshot is not None and self.best_snapshot.stale(self.model) is None:
-            self._at_stop = ModelCapture(self.model, grads=False)
+        if self.restore_best and self.best_snapshot is not None and self.best_snapshot.stale(model) is None:
+            self._at_stop = ModelCapture(model, grads=False)
             self.best_snapshot.model.restore(grads=False, modes=False)
-        if self.freeze and self.optimizer is not None:
-            ctl = controller(self.optimizer)
+        optimizer, probe = self.optimizer, self.probe
+        if self.freeze and optimizer is not None:
+            ctl = controller(optimizer)
             assert ctl is not None
-            ctl.freeze(self, self.probe)
-        if self.probe is not None:
-            self.probe.history.add_event(
-                "early_stop", f"early stop ({self.name})", step=self.probe.step_count, monitor=self.name,
+            ctl.freeze(self, probe)
+        if probe is not None:
+            probe.history.add_event(
+                "early_stop", f"early stop ({self.name})", step=probe.step_count, monitor=self.name,
                 best=self.monitor.best, best_step=self.monitor.best_step,
-                restored_best=self._at_stop is not None, frozen=self.freeze and self.optimizer is not None,
+                restored_best=self._at_stop is not None, frozen=self.freeze and optimizer is not None,
             )
 
     def _poll(self, probe: Probe) -> None:
@@ -132,8 +151,9 @@ class EarlyStopping:
         if self._handle is not None:
             self._handle.remove()
             self._handle = None
-        if self.optimizer is not None:
-            ctl = controller(self.optimizer, create=False)
+        optimizer = self.optimizer
+        if optimizer is not None:
+            ctl = controller(optimizer, create=False)
             if ctl is not None:
                 ctl.unfreeze(self)
 
