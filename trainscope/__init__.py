@@ -10,6 +10,7 @@ from typing import Any
 
 from . import interventions
 from ._version import __version__
+from .builtins import register_builtins
 from .checklists import checklist_state, run_check
 from .history import LAYER_METRICS, History, StepRecord
 from .interventions import (
@@ -33,6 +34,8 @@ from .interventions import (
 from .layers import LayerInfo
 from .lr_finder import LRFinderResult, lr_find
 from .probe import Probe, ProbeError
+
+register_builtins()
 
 __all__ = [
     "LAYER_METRICS",
