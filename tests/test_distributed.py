@@ -164,7 +164,7 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
             tickets["main"] = (t.status, t.message)
             tickets["main_ticket"] = t
         if step == SHRINK_AT:
-            probe._data_cap = 4096  # smaller than one rank's payload: the next exchange overflows
+            probe._ddp._data_cap = 4096  # smaller than one rank's payload: the next exchange overflows
         before = calls[0]
         xb, yb = x[step, rank * B : (rank + 1) * B], y[step, rank * B : (rank + 1) * B]
         opt.zero_grad()
@@ -409,6 +409,7 @@ ACTION_PLAN: list[tuple[str, dict[str, Any]]] = [
     ("early_stopping", {}),
     ("snapshot_ensemble", {"T_0": 10}),
     ("run_check", {"check": "overfit_batch"}),
+    ("loss_landscape", {"dims": 2, "points": 5}),
 ]
 PER_ACTION = 2 * EVERY + 1  # the request's exchange, and one more for a follow-up (lr_find's suggestion)
 

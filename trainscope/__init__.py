@@ -31,6 +31,7 @@ from .interventions import (
     switch_optimizer_,
     weight_decay_,
 )
+from .landscape import LandscapeResult, loss_landscape
 from .layers import LayerInfo
 from .lr_finder import LRFinderResult, lr_find
 from .probe import Probe, ProbeError
@@ -41,6 +42,7 @@ __all__ = [
     "LAYER_METRICS",
     "History",
     "LRFinderResult",
+    "LandscapeResult",
     "LayerInfo",
     "Probe",
     "ProbeError",
@@ -54,6 +56,7 @@ __all__ = [
     "interventions",
     "l1_",
     "load_ipython_extension",
+    "loss_landscape",
     "lr_find",
     "one_cycle_",
     "reinit_",
