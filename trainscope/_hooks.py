@@ -10,24 +10,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .run import Handle
+
 __all__ = ["Handle", "HookFn", "Pending", "primary_tensor"]
-
-
-class Handle:
-    """Removable handle for callbacks kept in a dict (``remove()`` or a context manager)."""
-
-    def __init__(self, registry: dict[int, Any], key: int) -> None:
-        self._registry = registry
-        self._key = key
-
-    def remove(self) -> None:
-        self._registry.pop(self._key, None)
-
-    def __enter__(self) -> Handle:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.remove()
 
 
 def primary_tensor(out: Any) -> Tensor | None:

@@ -25,8 +25,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from .run import MAX_DEPTH, jsonable
+
 if TYPE_CHECKING:
-    from .probe import Probe
+    from .run import RunContext
 
 __all__ = [
     "MAX_DEPTH",
@@ -40,9 +42,9 @@ __all__ = [
     "register_action",
 ]
 
-MAX_DEPTH = 32
-"""Deepest nesting of lists / dicts accepted in a request's parameters (no action needs more than
-2 or 3); deeper requests are refused before anything recurses over them."""
+# MAX_DEPTH (from trainscope.run): deepest nesting of lists / dicts accepted in a request's
+# parameters (no action needs more than 2 or 3); deeper requests are refused before anything
+# recurses over them.
 
 _LOCAL = threading.local()
 
@@ -86,8 +88,8 @@ class Undoable(Protocol):
     def undo(self) -> None: ...
 
 
-Validator = Callable[["Probe", dict[str, Any]], dict[str, Any]]
-Applier = Callable[["Probe", dict[str, Any]], Any]
+Validator = Callable[["RunContext", dict[str, Any]], dict[str, Any]]
+Applier = Callable[["RunContext", dict[str, Any]], Any]
 
 
 @dataclass(frozen=True)
@@ -166,7 +168,7 @@ class Ticket:
         return {
             "id": self.id,
             "action": self.action,
-            "params": _jsonable(self.params),
+            "params": jsonable(self.params),
             "source": self.source,
             "status": self.status,
             "message": self.message,
@@ -195,25 +197,10 @@ def _undoable(result: Any) -> bool:
     return bool(flag)
 
 
-def _jsonable(v: Any, _depth: int = 0) -> Any:
-    if isinstance(v, (Mapping, list, tuple)) and _depth >= MAX_DEPTH:
-        return f"<nested deeper than {MAX_DEPTH} levels>"
-    if isinstance(v, Mapping):
-        return {str(k): _jsonable(x, _depth + 1) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x, _depth + 1) for x in v]
-    if isinstance(v, (str, int, float, bool)) or v is None:
-        return v
-    try:
-        return repr(v)
-    except Exception as e:  # a broken __repr__ must not lose the acknowledgement
-        return f"<{type(v).__name__}: repr failed: {type(e).__name__}>"
-
-
 class ActionQueue:
     """Thread-safe queue of validated requests for one probe."""
 
-    def __init__(self, probe: Probe, *, keep: int = 500) -> None:
+    def __init__(self, probe: RunContext, *, keep: int = 500) -> None:
         self._probe = probe
         self._lock = threading.Lock()
         self._queue: deque[Ticket] = deque()
@@ -396,11 +383,11 @@ class ActionQueue:
             spec.label,
             step=probe.step_count,
             action=t.action,
-            params=_jsonable(t.params),
+            params=jsonable(t.params),
             ticket=t.id,
             source=t.source,
             undoable=hasattr(out, "undo"),
-            **_jsonable(details),
+            **jsonable(details),
         )
         t.event_id = ev.id
         msg = details.get("message", "") if isinstance(details, dict) else ""
@@ -431,7 +418,7 @@ class ActionQueue:
 
 
 # ------------------------------------------------------------------ built-in: undo
-def _validate_undo(probe: Probe, params: dict[str, Any]) -> dict[str, Any]:
+def _validate_undo(probe: RunContext, params: dict[str, Any]) -> dict[str, Any]:
     target = params.get("ticket")
     if not isinstance(target, str) or not target:
         raise ValueError("undo needs ticket=<id of an applied action>")
@@ -451,7 +438,7 @@ def _undo_blocker(t: Ticket) -> str | None:
     return blocker() if callable(blocker) else None
 
 
-def _apply_undo(probe: Probe, params: dict[str, Any]) -> tuple[None, dict[str, Any]]:
+def _apply_undo(probe: RunContext, params: dict[str, Any]) -> tuple[None, dict[str, Any]]:
     t = probe.actions.find(params["ticket"])
     if t is None or t.status != "applied" or not hasattr(t.result, "undo"):
         raise RuntimeError("the action is no longer undoable")

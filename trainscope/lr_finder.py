@@ -46,7 +46,7 @@ from .interventions._state import (
 )
 
 if TYPE_CHECKING:
-    from .probe import Probe
+    from .run import RunContext
 
 __all__ = ["RULES", "LRFinderResult", "consensus", "lr_find", "minimum", "slide", "steep", "suggest", "valley"]
 
@@ -276,7 +276,7 @@ class LRFinderResult:
         return ". ".join(p.rstrip(". ") for p in parts if p)
 
     def apply(self, optimizer: torch.optim.Optimizer, how: str = "set_lr", *, total_steps: int = 1000,
-              probe: Probe | None = None) -> Applied:
+              probe: RunContext | None = None) -> Applied:
         """Use the suggestion: ``"set_lr"`` sets it, ``"one_cycle"`` starts a one-cycle schedule
         peaking at it over ``total_steps`` steps."""
         from .interventions.schedule import one_cycle_, set_lr_
@@ -387,7 +387,7 @@ def lr_find(
     diverge_patience: int = 3,
     rules: Sequence[str] = ("steep", "valley", "minimum"),
     step_fn: Callable[[nn.Module, Any], Tensor] | None = None,
-    probe: Probe | None = None,
+    probe: RunContext | None = None,
     data_note: str = "the loader passed to lr_find",
 ) -> LRFinderResult:
     """Run the LR range test and restore everything afterwards (see the module docstring).

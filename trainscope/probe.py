@@ -31,7 +31,6 @@ import warnings
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -47,6 +46,7 @@ from ._params import ParamTracker
 from .actions import ActionQueue, Ticket
 from .history import LAYER_METRICS, PARAM_METRICS, History, StepRecord, Update
 from .layers import LayerInfo, Selector, classify, select_layers
+from .run import Batch, ProbeError
 
 __all__ = ["Batch", "Probe", "ProbeError"]
 
@@ -70,26 +70,6 @@ COST_WINDOW = 2.0
 """Seconds over which the probe's per-step cost is averaged (its flushes run every 0.5 s)."""
 MAX_SAMPLE_GAP = 5.0
 """Seconds of training after which the budget lets the probe take a full sample anyway."""
-
-
-@dataclass
-class Batch:
-    """References (no copies) to one training batch as the model and the loss saw it."""
-
-    step: int
-    args: tuple[Any, ...]
-    kwargs: dict[str, Any]
-    target: Any = None
-
-
-@dataclass
-class ProbeError:
-    """An exception caught inside the probe (it never reaches the training loop)."""
-
-    where: str
-    step: int
-    error: str
-    traceback: str
 
 
 class Probe:

@@ -96,7 +96,7 @@ class _Source:
 
 
 def _sources(source: Any) -> list[_Source]:
-    from .probe import Probe
+    from .run import RunContext
     from .runlog import Run, RunSet
 
     if isinstance(source, (str, os.PathLike)):
@@ -105,7 +105,7 @@ def _sources(source: Any) -> list[_Source]:
         source = open_run(source, follow=False)
     if isinstance(source, RunSet):
         source = list(source.runs)
-    if isinstance(source, Probe):
+    if isinstance(source, RunContext):
         return [_Source(str(source.history.meta.get("model", "run")), source.history, probe=source)]
     if isinstance(source, History):
         return [_Source(str(source.meta.get("model", "run")), source)]

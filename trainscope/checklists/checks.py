@@ -23,7 +23,7 @@ from ..diagnostics.assess import (
 )
 from ..diagnostics.config import Thresholds
 from ..diagnostics.rules.setup import MODE_DEPENDENT
-from ..probe import Batch
+from ..run import Batch
 
 __all__ = ["CHECKS", "CheckEnv", "CheckResult", "CheckSpec"]
 

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from ..layers import select_layers
-from ..probe import Batch
+from ..run import Batch
 from .checks import CheckEnv, CheckResult, forward, primary
 
 _SEED = 0xB47C

@@ -14,13 +14,13 @@ from torch import nn
 
 from ..actions import register_action
 from ..interventions._state import as_batch
-from ..probe import Batch
+from ..run import Batch
 from .checks import CHECKS, CheckEnv, CheckResult
 from .isolation import isolated
 from .items import ITEMS, last_model_change
 
 if TYPE_CHECKING:
-    from ..probe import Probe
+    from ..run import RunContext
 
 __all__ = ["auto_checks", "check_names", "checklist_state", "run_check", "run_checks"]
 
@@ -52,7 +52,7 @@ def _as_batch(batch: Any) -> Batch:
     return as_batch(batch)
 
 
-def _probe_batch(probe: Probe) -> Batch | None:
+def _probe_batch(probe: RunContext) -> Batch | None:
     for b in reversed(probe.recent_batches):
         return b
     if probe.data is not None:
@@ -65,9 +65,9 @@ def _probe_batch(probe: Probe) -> Batch | None:
 
 
 def _env(name: str, model: Any, optimizer: Any, loss_fn: Any, batch: Any, probe: Any) -> CheckEnv:
-    from ..probe import Probe
+    from ..run import RunContext
 
-    if isinstance(model, Probe):
+    if isinstance(model, RunContext):
         probe, model = model, None
     if probe is not None:
         model = model if model is not None else probe.model
@@ -103,7 +103,7 @@ def run_check(
     loss_fn: Any = None,
     batch: Any = None,
     *,
-    probe: Probe | None = None,
+    probe: RunContext | None = None,
     record: bool = True,
     **options: Any,
 ) -> CheckResult:
@@ -160,7 +160,7 @@ def run_check(
     return res
 
 
-def _record(probe: Probe, res: CheckResult, *, event: bool) -> None:
+def _record(probe: RunContext, res: CheckResult, *, event: bool) -> None:
     d = res.as_dict()
     d.get("details", {}).pop("traceback", None)
     probe.history.meta.setdefault("checks", {})[res.name] = d
@@ -169,7 +169,7 @@ def _record(probe: Probe, res: CheckResult, *, event: bool) -> None:
                                 status=res.status, evidence=res.evidence)
 
 
-def run_checks(probe: Probe, names: Iterable[str] | None = None) -> dict[str, CheckResult]:
+def run_checks(probe: RunContext, names: Iterable[str] | None = None) -> dict[str, CheckResult]:
     """Run several checks on a probe (default: every check whose inputs are available)."""
     out: dict[str, CheckResult] = {}
     for n in names if names is not None else CHECKS:
@@ -184,7 +184,7 @@ def run_checks(probe: Probe, names: Iterable[str] | None = None) -> dict[str, Ch
 _ATTEMPTED: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictionary()
 
 
-def _run_auto(probe: Probe) -> None:
+def _run_auto(probe: RunContext) -> None:
     done = set((probe.history.meta.get("checks") or {}).keys())
     tried = _ATTEMPTED.setdefault(probe, set())
     for n in AUTO_CHECKS:
@@ -197,7 +197,7 @@ def _run_auto(probe: Probe) -> None:
             tried.discard(n)  # inputs missing (no batch yet): try again later
 
 
-def auto_checks(probe: Probe) -> None:
+def auto_checks(probe: RunContext) -> None:
     """Run the :data:`AUTO_CHECKS` not yet run on this probe: now when called on the training
     thread (or on the main thread before any step boundary was seen), else at the next boundary."""
     from ..diagnostics.diagnoser import on_training_thread
@@ -210,7 +210,7 @@ def auto_checks(probe: Probe) -> None:
 
 
 # -------------------------------------------------------------------- the action
-def _validate(probe: Probe, params: dict[str, Any]) -> dict[str, Any]:
+def _validate(probe: RunContext, params: dict[str, Any]) -> dict[str, Any]:
     unknown = set(params) - {"check"}
     if unknown:
         raise ValueError(f"run_check takes only check=<name>; got {', '.join(sorted(unknown))}")
@@ -219,7 +219,7 @@ def _validate(probe: Probe, params: dict[str, Any]) -> dict[str, Any]:
     return {"check": name}
 
 
-def _apply(probe: Probe, params: dict[str, Any]) -> tuple[None, dict[str, Any]]:
+def _apply(probe: RunContext, params: dict[str, Any]) -> tuple[None, dict[str, Any]]:
     res = run_check(params["check"], probe, record=False)
     _record(probe, res, event=False)  # the action queue puts it on the timeline itself
     return None, {"message": f"{CHECKS[res.name].title}: {res.status} - {res.evidence}", "status": res.status,
@@ -238,7 +238,7 @@ register_action(
 
 
 # -------------------------------------------------------------------- checklist state
-def checklist_state(probe: Probe | None = None) -> list[dict[str, Any]]:
+def checklist_state(probe: RunContext | None = None) -> list[dict[str, Any]]:
     """The Tobin / Karpathy checklist with each item's status and evidence.
 
     Status: the item's check result when it ran (``pass`` / ``warn`` / ``fail`` / ``not_run``),

@@ -18,7 +18,7 @@ import torch
 from .config import Thresholds
 
 if TYPE_CHECKING:
-    from ..probe import Probe
+    from ..run import RunContext
 
 __all__ = ["Context", "context_from_probe", "tied_layers", "weight_symmetry"]
 
@@ -135,7 +135,7 @@ def regularization(model: torch.nn.Module, optimizer: Any) -> dict[str, Any]:
     return {"decay_per_step": decay, "dropout": drop}
 
 
-def context_from_probe(probe: Probe, **overrides: Any) -> Context:
+def context_from_probe(probe: RunContext, **overrides: Any) -> Context:
     """Build the :class:`Context` of a probe (reads the model; changes nothing)."""
     symmetry: dict[str, tuple[int, int]] = {}
     model = probe.model

@@ -16,7 +16,7 @@ from .finding import Finding, severity_rank
 from .registry import LABELS, diagnose
 
 if TYPE_CHECKING:
-    from ..probe import Probe
+    from ..run import RunContext
 
 __all__ = ["REFRESH_STEPS", "Diagnoser", "diagnose_probe", "diagnoser_for", "on_training_thread"]
 
@@ -158,7 +158,7 @@ _ON_DEMAND: dict[str, Callable[[Any], None]] = {"bn_lag": _run_named_check("bn_l
 
 def _report_failures(probe: Any, d: Diagnoser) -> None:
     """Record switched-off rules in ``probe.errors`` (where the probe lists what it caught)."""
-    from ..probe import ProbeError
+    from ..run import ProbeError
 
     for label in d.newly_failed:
         tb = next((e for e in reversed(d.errors) if e.startswith(f"{label}:")), "")
@@ -168,7 +168,7 @@ def _report_failures(probe: Any, d: Diagnoser) -> None:
     d.newly_failed = []
 
 
-def diagnoser_for(probe: Probe) -> Diagnoser:
+def diagnoser_for(probe: RunContext) -> Diagnoser:
     """The :class:`Diagnoser` that :func:`diagnose_probe` keeps for this probe."""
     return _state(probe).diagnoser
 
@@ -187,7 +187,7 @@ def _at_boundary(probe: Any) -> None:
                 st.diagnoser.errors.append(traceback.format_exc())
 
 
-def _state(probe: Probe) -> _ProbeState:
+def _state(probe: RunContext) -> _ProbeState:
     with _STATES_LOCK:
         st = _STATES.get(probe)
         if st is None:
@@ -201,7 +201,7 @@ IDLE_SECONDS = 1.0
 calling thread) once the probe's step count has not moved for this long, or when it is detached."""
 
 
-def on_training_thread(probe: Probe, key: str, task: Callable[[Any], None]) -> bool:
+def on_training_thread(probe: RunContext, key: str, task: Callable[[Any], None]) -> bool:
     """Run ``task(probe)`` where it cannot race with training: now if this is the thread step
     boundaries run on, or if training is idle (detached probe, or no step for
     :data:`IDLE_SECONDS`); otherwise at the next step boundary, on the training thread.  Returns
@@ -220,7 +220,7 @@ def on_training_thread(probe: Probe, key: str, task: Callable[[Any], None]) -> b
 
 
 def diagnose_probe(
-    probe: Probe,
+    probe: RunContext,
     min_severity: str | None = None,
     *,
     active_only: bool = False,

@@ -27,8 +27,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from torch import Tensor, nn
 
+from ..run import ProbeError, jsonable
+
 if TYPE_CHECKING:
-    from ..probe import Probe
+    from ..run import RunContext
 
 __all__ = ["MAX_HEAVY_UNDO", "Applied", "validate_params"]
 
@@ -107,7 +109,7 @@ class Applied:
         *,
         message: str = "",
         details: Mapping[str, Any] | None = None,
-        probe: Probe | None = None,
+        probe: RunContext | None = None,
         label: str | None = None,
         touches: Iterable[str] | Callable[[], Iterable[str]] = (),
         heavy: bool = False,
@@ -279,17 +281,15 @@ def action_context() -> Iterator[None]:
         _LOCAL.action -= 1
 
 
-def owner_alive(owner: Probe | None) -> bool:
+def owner_alive(owner: RunContext | None) -> bool:
     """Hooks added through a probe live as long as the probe stays attached."""
     return owner is None or bool(owner.is_attached)
 
 
-def report_error(owner: Probe | None, where: str, exc: BaseException, seen: set[str]) -> None:
+def report_error(owner: RunContext | None, where: str, exc: BaseException, seen: set[str]) -> None:
     """Record an error raised inside a hook of ours; the training loop never sees it."""
     key = f"{where}:{type(exc).__name__}"
     if owner is not None and len(owner.errors) < 1000:
-        from ..probe import ProbeError
-
         owner.errors.append(ProbeError(f"intervention {where}", owner.step_count, f"{type(exc).__name__}: {exc}", traceback.format_exc()))
     if key not in seen:
         seen.add(key)
@@ -299,26 +299,6 @@ def report_error(owner: Probe | None, where: str, exc: BaseException, seen: set[
             RuntimeWarning,
             stacklevel=3,
         )
-
-
-MAX_DEPTH = 32
-"""Deepest nesting of lists / dicts kept in parameters and timeline details."""
-
-
-def jsonable(v: Any, _depth: int = 0) -> Any:
-    if isinstance(v, (Mapping, list, tuple)) and _depth >= MAX_DEPTH:
-        return f"<nested deeper than {MAX_DEPTH} levels>"
-    if isinstance(v, Mapping):
-        return {str(k): jsonable(x, _depth + 1) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [jsonable(x, _depth + 1) for x in v]
-    if isinstance(v, float) or isinstance(v, (str, int, bool)) or v is None:
-        return v
-    if isinstance(v, (np.floating, np.integer)):
-        return v.item()
-    if isinstance(v, Tensor) and v.numel() == 1:
-        return float(v.detach().cpu())
-    return repr(v)
 
 
 # ---------------------------------------------------------------------------- parameter checks

@@ -24,7 +24,7 @@ import torch
 from ._base import owner_alive, report_error, set_group_value
 
 if TYPE_CHECKING:
-    from ..probe import Probe
+    from ..run import RunContext
 
 __all__ = ["Controller", "GradPart", "controller", "suspended"]
 
@@ -34,7 +34,7 @@ _CONTROLLERS: weakref.WeakKeyDictionary[torch.optim.Optimizer, Controller] = wea
 class GradPart:
     """A gradient transform (``fn(params_with_grad)``), ordered by ``priority`` (low first)."""
 
-    def __init__(self, kind: str, fn: Callable[[list[torch.Tensor]], Any], owner: Probe | None, priority: int) -> None:
+    def __init__(self, kind: str, fn: Callable[[list[torch.Tensor]], Any], owner: RunContext | None, priority: int) -> None:
         self.kind = kind
         self.fn = fn
         self.owner = owner
@@ -49,7 +49,7 @@ class Controller:
         self._opt = weakref.ref(optimizer)
         self.grad_parts: dict[str, GradPart] = {}
         self.schedule: Any = None  # a schedule.LiveSchedule
-        self.freezes: list[tuple[object, Probe | None]] = []
+        self.freezes: list[tuple[object, RunContext | None]] = []
         self.suspended = 0
         self._seen: set[str] = set()
         self._handle: Any = None
@@ -68,7 +68,7 @@ class Controller:
         self._sync()
         return prev
 
-    def freeze(self, token: object, owner: Probe | None) -> None:
+    def freeze(self, token: object, owner: RunContext | None) -> None:
         self.freezes.append((token, owner))
         self._sync()
 

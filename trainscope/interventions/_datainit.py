@@ -21,7 +21,7 @@ from ._state import probe_batch, split_batch
 from .init import commit
 
 if TYPE_CHECKING:
-    from ..probe import Probe
+    from ..run import RunContext
 
 _CALIBRATED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -86,7 +86,7 @@ def _orthonormal_(w: Tensor) -> None:
 
 
 def data_init(model: nn.Module, targets: list[tuple[str, nn.Module]], p: dict[str, Any], *,
-              optimizer: torch.optim.Optimizer | None, probe: Probe | None, batch: Any) -> Applied:
+              optimizer: torch.optim.Optimizer | None, probe: RunContext | None, batch: Any) -> Applied:
     scheme = p["scheme"]
     if batch is None and probe is not None:
         batch = probe_batch(probe)

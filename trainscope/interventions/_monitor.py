@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from ..probe import Probe
+    from ..run import RunContext
 
 __all__ = ["Monitor", "ScalarFeed"]
 
@@ -80,7 +80,7 @@ class Monitor:
 class ScalarFeed:
     """New values of one scalar of a probe's history since the last call (oldest first)."""
 
-    def __init__(self, probe: Probe, name: str) -> None:
+    def __init__(self, probe: RunContext, name: str) -> None:
         self.probe = probe
         self.name = name
         s = probe.history.scalars.get(name)

@@ -42,7 +42,7 @@ from .snapshots import ROLLBACK_SCHEMA, SNAPSHOT_SCHEMA, check_rollback, rollbac
 from .stopping import EARLY_SCHEMA, ENSEMBLE_SCHEMA, early_stopping_, snapshot_ensemble_
 
 if TYPE_CHECKING:
-    from ..probe import Probe
+    from ..run import RunContext
 
 LR_FIND_SCHEMA: dict[str, dict[str, Any]] = {
     "start_lr": {"type": "float", "min": 0.0, "min_open": True, "max": 1e3, "default": 1e-7, "log": True, "help": "sweep start"},
@@ -55,7 +55,7 @@ LR_FIND_SCHEMA: dict[str, dict[str, Any]] = {
 }
 
 
-def _opt(probe: Probe, action: str) -> Any:
+def _opt(probe: RunContext, action: str) -> Any:
     if probe.optimizer is None:
         raise ValueError(f"{action} needs the probe to know the optimizer: Probe(model, optimizer, ...)")
     return probe.optimizer
@@ -71,15 +71,15 @@ def _result(applied: Applied | None, extra: Mapping[str, Any] | None = None) -> 
 
 
 def _reg(name: str, label: str, category: str, schema: dict[str, dict[str, Any]], description: str,
-         check: Callable[[Probe, dict[str, Any]], None] | None, run: Callable[[Probe, dict[str, Any]], Any], *,
+         check: Callable[[RunContext, dict[str, Any]], None] | None, run: Callable[[RunContext, dict[str, Any]], Any], *,
          clean: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
-    def validate(probe: Probe, params: dict[str, Any]) -> dict[str, Any]:
+    def validate(probe: RunContext, params: dict[str, Any]) -> dict[str, Any]:
         p = clean(params) if clean is not None else validate_params(name, schema, params)
         if check is not None:
             check(probe, p)
         return p
 
-    def apply(probe: Probe, params: dict[str, Any]) -> Any:
+    def apply(probe: RunContext, params: dict[str, Any]) -> Any:
         with action_context():
             out = run(probe, dict(params))
         return out if isinstance(out, tuple) else _result(out)
@@ -89,7 +89,7 @@ def _reg(name: str, label: str, category: str, schema: dict[str, dict[str, Any]]
 
 
 # ---------------------------------------------------------------------------- checks
-def _check_reinit(probe: Probe, p: dict[str, Any]) -> None:
+def _check_reinit(probe: RunContext, p: dict[str, Any]) -> None:
     tied = tied_note(probe.model, target_modules(probe.model, p["layers"]))
     if tied:
         note(f"note: {tied}")
@@ -97,7 +97,7 @@ def _check_reinit(probe: Probe, p: dict[str, Any]) -> None:
         raise ValueError(f"{p['scheme']} needs a real batch: give the Probe data=loader, or let training run one step first")
 
 
-def _check_add_dropout(probe: Probe, p: dict[str, Any]) -> None:
+def _check_add_dropout(probe: RunContext, p: dict[str, Any]) -> None:
     from ._base import owner_alive, resolve_modules
     from .dropout import _ADDED, _DROPOUT_TYPES
 
@@ -110,35 +110,35 @@ def _check_add_dropout(probe: Probe, p: dict[str, Any]) -> None:
             raise ValueError(f"add_dropout: {n!r} already has dropout; use set_dropout to change p")
 
 
-def _check_clip(probe: Probe, p: dict[str, Any]) -> None:
+def _check_clip(probe: RunContext, p: dict[str, Any]) -> None:
     _opt(probe, "clip_grad")
 
 
-def _check_schedule(action: str) -> Callable[[Probe, dict[str, Any]], None]:
-    def check(probe: Probe, p: dict[str, Any]) -> None:
+def _check_schedule(action: str) -> Callable[[RunContext, dict[str, Any]], None]:
+    def check(probe: RunContext, p: dict[str, Any]) -> None:
         opt = _opt(probe, action)
         check_floor(opt, {"kind": "cosine_restarts", **p} if action == "snapshot_ensemble" else p, action)
 
     return check
 
 
-def _check_one_cycle(probe: Probe, p: dict[str, Any]) -> None:
+def _check_one_cycle(probe: RunContext, p: dict[str, Any]) -> None:
     _opt(probe, "one_cycle")
     if p["base_momentum"] > p["max_momentum"]:
         raise ValueError("one_cycle: base_momentum must be <= max_momentum")
 
 
-def _check_switch(probe: Probe, p: dict[str, Any]) -> None:
+def _check_switch(probe: RunContext, p: dict[str, Any]) -> None:
     _opt(probe, "switch_optimizer")
     if p["name"] == "sgd" and p["nesterov"] and p["momentum"] <= 0:
         raise ValueError("switch_optimizer: Nesterov needs momentum > 0")
 
 
-def _check_rollback(probe: Probe, p: dict[str, Any]) -> None:
+def _check_rollback(probe: RunContext, p: dict[str, Any]) -> None:
     check_rollback(probe.model, probe.optimizer, p["to"], p["weights_only"])
 
 
-def _check_lr_find(probe: Probe, p: dict[str, Any]) -> None:
+def _check_lr_find(probe: RunContext, p: dict[str, Any]) -> None:
     _opt(probe, "lr_find")
     if p["end_lr"] <= p["start_lr"]:
         raise ValueError(f"lr_find: end_lr ({p['end_lr']:g}) must be larger than start_lr ({p['start_lr']:g})")
@@ -150,21 +150,21 @@ def _check_lr_find(probe: Probe, p: dict[str, Any]) -> None:
                              "loss_fn) so it can reuse the most recent batch")
 
 
-def _needs_opt(action: str) -> Callable[[Probe, dict[str, Any]], None]:
-    def check(probe: Probe, p: dict[str, Any]) -> None:
+def _needs_opt(action: str) -> Callable[[RunContext, dict[str, Any]], None]:
+    def check(probe: RunContext, p: dict[str, Any]) -> None:
         _opt(probe, action)
 
     return check
 
 
-def _check_dropouts(action: str) -> Callable[[Probe, dict[str, Any]], None]:
-    def check(probe: Probe, p: dict[str, Any]) -> None:
+def _check_dropouts(action: str) -> Callable[[RunContext, dict[str, Any]], None]:
+    def check(probe: RunContext, p: dict[str, Any]) -> None:
         _dropouts_in(probe.model, p["layers"], action)
 
     return check
 
 
-def _run_lr_find(probe: Probe, p: dict[str, Any]) -> tuple[Applied | None, dict[str, Any]]:
+def _run_lr_find(probe: RunContext, p: dict[str, Any]) -> tuple[Applied | None, dict[str, Any]]:
     from ..lr_finder import lr_find
 
     data: Any = probe.data

@@ -13,7 +13,7 @@ from ._base import group_value, momentum_key, report_error, set_group_value
 from ._monitor import Monitor, ScalarFeed
 
 if TYPE_CHECKING:
-    from ..probe import Probe
+    from ..run import RunContext
 
 __all__ = ["LiveSchedule", "one_cycle_value", "sgdr_position"]
 
@@ -49,7 +49,7 @@ def one_cycle_value(t: int, total: int, pct: float, start: float, peak: float, e
 class LiveSchedule:
     """A schedule being applied to an optimizer (see the module docstring)."""
 
-    def __init__(self, kind: str, opts: dict[str, Any], optimizer: torch.optim.Optimizer, owner: Probe | None) -> None:
+    def __init__(self, kind: str, opts: dict[str, Any], optimizer: torch.optim.Optimizer, owner: RunContext | None) -> None:
         self.kind = kind
         self.opts = opts
         self.owner = owner
@@ -149,7 +149,7 @@ class LiveSchedule:
             self.cooldown = self.opts["cooldown"]
             self.monitor.reset_wait()
 
-    def _poll(self, probe: Probe) -> None:
+    def _poll(self, probe: RunContext) -> None:
         if self._feed is not None:
             for step, v in self._feed.new():
                 self.observe(v, step)

@@ -8,17 +8,17 @@ import random
 import signal
 import threading
 import weakref
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..probe import Batch
+from ..run import as_batch, context_batch, first_batch, split_batch
 
 if TYPE_CHECKING:
-    from ..probe import Probe
+    from ..run import RunContext
 
 __all__ = ["ModelCapture", "OptimizerCapture", "RNGCapture", "as_batch", "first_batch", "interrupts_deferred",
            "optimizer_params", "probe_batch", "split_batch"]
@@ -236,66 +236,6 @@ class RNGCapture:
             torch.cuda.set_rng_state_all(self.cuda)
 
 
-def first_batch(data: Any) -> Any:
-    """The first item of an iterable of batches (a ``DataLoader``, a list...)."""
-    try:
-        it = iter(data)
-    except TypeError:
-        raise TypeError(f"data must be an iterable of batches (e.g. a DataLoader), got {type(data).__name__}") from None
-    try:
-        return next(it)
-    except StopIteration:
-        raise ValueError("data yielded no batch") from None
-
-
-def as_batch(batch: Any) -> Batch:
-    """The one batch policy of trainscope (checks, the LR finder, data-driven inits, ensembles).
-
-    Accepted: ``(inputs, target)`` where inputs is a tensor, a tuple / list of positional inputs
-    or a dict of keyword inputs (Hugging Face style); ``(inputs,)``; a dict with ``"inputs"`` (and
-    optionally ``"target"``); a :class:`~trainscope.probe.Batch`; a tensor of inputs alone.
-    """
-    if isinstance(batch, Batch):
-        return batch
-    if isinstance(batch, Tensor):
-        return Batch(-1, (batch,), {}, None)
-    if isinstance(batch, Mapping):
-        if "inputs" in batch:
-            return _inputs(batch["inputs"], batch.get("target"))
-        raise TypeError(
-            f"a dict batch needs an 'inputs' key (and 'target'); got keys {sorted(map(str, batch))[:8]}. "
-            "Pass (inputs, target) pairs -- inputs may be a dict of keyword inputs -- or a "
-            "step_fn(model, batch) -> loss"
-        )
-    if isinstance(batch, (tuple, list)):
-        if len(batch) == 2:
-            return _inputs(batch[0], batch[1])
-        if len(batch) == 1:
-            return _inputs(batch[0], None)
-        raise ValueError(
-            f"a batch must be (inputs, target); got a sequence of {len(batch)} items. Group the model's "
-            "inputs: ((x1, x2), target) for positional inputs, ({'name': x}, target) for keyword inputs, "
-            "or pass a step_fn(model, batch) -> loss"
-        )
-    raise TypeError(f"cannot tell inputs from targets in a batch of type {type(batch).__name__}; "
-                    "pass (inputs, target) pairs or a step_fn(model, batch) -> loss")
-
-
-def _inputs(x: Any, target: Any) -> Batch:
-    if isinstance(x, Mapping):
-        return Batch(-1, (), dict(x), target)
-    if isinstance(x, (tuple, list)):
-        return Batch(-1, tuple(x), {}, target)
-    return Batch(-1, (x,), {}, target)
-
-
-def split_batch(batch: Any) -> tuple[tuple[Any, ...], dict[str, Any], Any]:
-    """``(args, kwargs, target)`` of a batch, by :func:`as_batch`'s policy: ``(x, y)`` ->
-    ``((x,), {}, y)``; ``({"input_ids": t}, y)`` -> ``((), {"input_ids": t}, y)``."""
-    b = as_batch(batch)
-    return tuple(b.args), dict(b.kwargs), b.target
-
-
 def optimizer_params(optimizer: torch.optim.Optimizer | None) -> list[Tensor]:
     """Every tensor the optimizer trains (some may live outside the model)."""
     if optimizer is None:
@@ -303,11 +243,7 @@ def optimizer_params(optimizer: torch.optim.Optimizer | None) -> list[Tensor]:
     return [p for g in optimizer.param_groups for p in g["params"] if isinstance(p, Tensor)]
 
 
-def probe_batch(probe: Probe) -> Any:
+def probe_batch(probe: RunContext) -> Any:
     """A real batch for data-driven interventions: from ``probe.data`` when the user gave it, else
     the most recent training batch the probe kept a reference to (``None`` if neither exists)."""
-    if probe.data is not None:
-        return first_batch(probe.data)
-    if probe.recent_batches:
-        return probe.recent_batches[-1]
-    return None
+    return context_batch(probe, prefer="data")

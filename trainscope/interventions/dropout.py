@@ -37,7 +37,7 @@ from torch.nn.utils.rnn import PackedSequence
 from ._base import Applied, owner_alive, resolve_modules, validate_params
 
 if TYPE_CHECKING:
-    from ..probe import Probe
+    from ..run import RunContext
 
 __all__ = ["add_dropout_", "remove_dropout_", "set_dropout_"]
 
@@ -71,7 +71,7 @@ class DropoutHook:
     process without the probe (``set_dropout_`` / ``remove_dropout_`` act on it as on any model).
     """
 
-    def __init__(self, module: nn.Module | None, p: float, owner: Probe | None) -> None:
+    def __init__(self, module: nn.Module | None, p: float, owner: RunContext | None) -> None:
         self.p = p
         self.owner = owner
         self.module: weakref.ref[nn.Module] | None = weakref.ref(module) if module is not None else None
@@ -146,7 +146,7 @@ class DropoutHook:
                "the tensor, or remove this dropout")
         owner = self.owner
         if owner is not None and len(owner.errors) < 1000:
-            from ..probe import ProbeError
+            from ..run import ProbeError
 
             owner.errors.append(ProbeError("intervention add_dropout", owner.step_count, why, ""))
         warnings.warn(f"trainscope: {why}", RuntimeWarning, stacklevel=3)
@@ -204,7 +204,7 @@ def added_dropouts(model: nn.Module) -> dict[str, DropoutHook]:
     return {n: _ADDED[m] for n, m in model.named_modules() if m in _ADDED and owner_alive(_ADDED[m].owner)}
 
 
-def add_dropout_(model: nn.Module, after: list[str] | str, p: float = 0.2, *, probe: Probe | None = None) -> Applied:
+def add_dropout_(model: nn.Module, after: list[str] | str, p: float = 0.2, *, probe: RunContext | None = None) -> Applied:
     """Apply dropout with probability ``p`` to the output of each module named in ``after``."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"add_dropout_ needs an nn.Module, got {type(model).__name__}")
@@ -260,7 +260,7 @@ def _dropouts_in(model: nn.Module, layers: list[str] | None, action: str) -> tup
     return list(mods.values()), list(hooks.values())
 
 
-def set_dropout_(model: nn.Module, p: float, layers: list[str] | str | None = None, *, probe: Probe | None = None) -> Applied:
+def set_dropout_(model: nn.Module, p: float, layers: list[str] | str | None = None, *, probe: RunContext | None = None) -> Applied:
     """Set ``p`` of every dropout (the model's own and trainscope's) in ``layers`` (default: all)."""
     prm = validate_params("set_dropout", SET_SCHEMA, {"p": p, "layers": layers})
     mods, hooks = _dropouts_in(model, prm["layers"], "set_dropout")
@@ -283,7 +283,7 @@ def set_dropout_(model: nn.Module, p: float, layers: list[str] | str | None = No
                    touches=_keys([m for _, m in mods] + [h.module() for _, h in hooks if h.module is not None]))
 
 
-def remove_dropout_(model: nn.Module, layers: list[str] | str | None = None, *, probe: Probe | None = None) -> Applied:
+def remove_dropout_(model: nn.Module, layers: list[str] | str | None = None, *, probe: RunContext | None = None) -> Applied:
     """Remove trainscope dropouts and set ``p = 0`` on the model's own dropout modules."""
     prm = validate_params("remove_dropout", REMOVE_SCHEMA, {"layers": layers})
     mods, hooks = _dropouts_in(model, prm["layers"], "remove_dropout")

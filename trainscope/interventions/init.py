@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from ._base import Applied, opt_state_keys, resolve_modules, tensor_keys, validate_params
 
 if TYPE_CHECKING:
-    from ..probe import Probe
+    from ..run import RunContext
 
 __all__ = ["SCHEMES", "detect_nonlinearity", "reinit_"]
 
@@ -152,7 +152,7 @@ def reinit_(
     layers: list[str] | str | None = None,
     *,
     optimizer: torch.optim.Optimizer | None = None,
-    probe: Probe | None = None,
+    probe: RunContext | None = None,
     batch: Any = None,
     **options: Any,
 ) -> Applied:
@@ -270,7 +270,7 @@ def commit(
     name: str,
     params: dict[str, Any],
     info: list[dict[str, Any]],
-    probe: Probe | None,
+    probe: RunContext | None,
     *,
     warn_symmetry: bool = False,
     saved: list[tuple[Tensor, Tensor]] | None = None,

@@ -42,7 +42,7 @@ from ._base import (
 from ._control import controller
 
 if TYPE_CHECKING:
-    from ..probe import Probe
+    from ..run import RunContext
 
 __all__ = ["Lookahead", "make_optimizer", "switch_optimizer_"]
 
@@ -250,7 +250,7 @@ def after_name(name: str, p: dict[str, Any]) -> str:
     return {"lookahead": f"Lookahead({p['base']})", "ranger": "Ranger"}.get(name, name)
 
 
-def switch_optimizer_(optimizer: torch.optim.Optimizer, name: str, *, probe: Probe | None = None, **options: Any) -> Applied:
+def switch_optimizer_(optimizer: torch.optim.Optimizer, name: str, *, probe: RunContext | None = None, **options: Any) -> Applied:
     """Turn ``optimizer`` (the same object) into ``name``; see the module docstring.
 
     Options: ``lr``, ``momentum``, ``nesterov``, ``beta1``, ``beta2``, ``eps``, ``weight_decay``,

@@ -20,7 +20,7 @@ from ._base import Applied, group_value, opt_keys, set_group_value, validate_par
 from ._control import GradPart, controller
 
 if TYPE_CHECKING:
-    from ..probe import Probe
+    from ..run import RunContext
 
 __all__ = ["clip_grad_", "l1_", "weight_decay_"]
 
@@ -53,7 +53,7 @@ def _check(optimizer: Any) -> torch.optim.Optimizer:
     return optimizer
 
 
-def weight_decay_(optimizer: torch.optim.Optimizer, value: float, *, probe: Probe | None = None) -> Applied:
+def weight_decay_(optimizer: torch.optim.Optimizer, value: float, *, probe: RunContext | None = None) -> Applied:
     """Set the weight decay of every param group to ``value``."""
     opt = _check(optimizer)
     prm = validate_params("weight_decay", WD_SCHEMA, {"value": value})
@@ -78,7 +78,7 @@ def weight_decay_(optimizer: torch.optim.Optimizer, value: float, *, probe: Prob
 
 
 def _swap_part(opt: torch.optim.Optimizer, kind: str, part: GradPart | None, name: str, prm: dict[str, Any],
-               msg: str, probe: Probe | None) -> Applied:
+               msg: str, probe: RunContext | None) -> Applied:
     ctl = controller(opt)
     assert ctl is not None
     prev = ctl.set_grad_part(part, kind)
@@ -92,7 +92,7 @@ def _swap_part(opt: torch.optim.Optimizer, kind: str, part: GradPart | None, nam
     return applied
 
 
-def l1_(optimizer: torch.optim.Optimizer, value: float, *, include_bias: bool = False, probe: Probe | None = None) -> Applied:
+def l1_(optimizer: torch.optim.Optimizer, value: float, *, include_bias: bool = False, probe: RunContext | None = None) -> Applied:
     """Add an L1 penalty ``value * sum|w|`` (its subgradient, inside ``step()``); 0 removes it."""
     opt = _check(optimizer)
     prm = validate_params("l1", L1_SCHEMA, {"value": value, "include_bias": include_bias})
@@ -143,7 +143,7 @@ def clip_params(raw: dict[str, Any]) -> dict[str, Any]:
 
 
 def clip_grad_(optimizer: torch.optim.Optimizer, max_norm: float | None = None, *, value: float | None = None,
-               mode: str | None = None, norm_type: float = 2.0, probe: Probe | None = None) -> Applied:
+               mode: str | None = None, norm_type: float = 2.0, probe: RunContext | None = None) -> Applied:
     """Clip gradients inside every ``step()``: total norm to ``max_norm``, or elements to ``±value``.
 
     ``applied.result.last`` is the total norm before clipping at the last step (a tensor, no sync).

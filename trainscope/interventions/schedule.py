@@ -44,7 +44,7 @@ from ._control import controller
 from ._schedules import LiveSchedule, sgdr_position
 
 if TYPE_CHECKING:
-    from ..probe import Probe
+    from ..run import RunContext
 
 __all__ = ["LiveSchedule", "one_cycle_", "scale_lr_", "set_lr_", "set_schedule_", "sgdr_position"]
 
@@ -118,7 +118,7 @@ def _lr_capture(optimizer: torch.optim.Optimizer) -> Callable[[], None]:
     return restore
 
 
-def set_lr_(optimizer: torch.optim.Optimizer, lr: float, *, probe: Probe | None = None) -> Applied:
+def set_lr_(optimizer: torch.optim.Optimizer, lr: float, *, probe: RunContext | None = None) -> Applied:
     """Set the learning rate now (group 0 gets ``lr``, other groups keep their ratio to it).
 
     With an active trainscope schedule the schedule is rescaled so that it continues from ``lr``.
@@ -129,7 +129,7 @@ def set_lr_(optimizer: torch.optim.Optimizer, lr: float, *, probe: Probe | None 
     return _rescale(opt, p["lr"] / cur0 if cur0 > 0 else None, p["lr"], "set_lr", p, probe)
 
 
-def scale_lr_(optimizer: torch.optim.Optimizer, factor: float, *, probe: Probe | None = None) -> Applied:
+def scale_lr_(optimizer: torch.optim.Optimizer, factor: float, *, probe: RunContext | None = None) -> Applied:
     """Multiply every group's learning rate (and an active schedule) by ``factor``."""
     opt = _check_optimizer(optimizer)
     p = validate_params("scale_lr", SCALE_LR_SCHEMA, {"factor": factor})
@@ -137,7 +137,7 @@ def scale_lr_(optimizer: torch.optim.Optimizer, factor: float, *, probe: Probe |
 
 
 def _rescale(opt: torch.optim.Optimizer, factor: float | None, lr: float | None, name: str,
-             params: dict[str, Any], probe: Probe | None) -> Applied:
+             params: dict[str, Any], probe: RunContext | None) -> Applied:
     restore = _lr_capture(opt)
     before = [group_value(g, "lr") for g in opt.param_groups]
     ctl = controller(opt, create=False)
@@ -170,7 +170,7 @@ def _rescale(opt: torch.optim.Optimizer, factor: float | None, lr: float | None,
                    touches=opt_keys(opt, *LR_STATE))
 
 
-def set_schedule_(optimizer: torch.optim.Optimizer, kind: str, *, probe: Probe | None = None, **options: Any) -> Applied:
+def set_schedule_(optimizer: torch.optim.Optimizer, kind: str, *, probe: RunContext | None = None, **options: Any) -> Applied:
     """Switch the learning-rate schedule live (see the module docstring for the kinds).
 
     Returns an :class:`Applied` whose ``result`` is the :class:`LiveSchedule`
@@ -214,14 +214,14 @@ def check_floor(opt: torch.optim.Optimizer, p: dict[str, Any], action: str) -> N
 
 
 def one_cycle_(optimizer: torch.optim.Optimizer, max_lr: float | None = None, total_steps: int = 1000, *,
-               probe: Probe | None = None, **options: Any) -> Applied:
+               probe: RunContext | None = None, **options: Any) -> Applied:
     """Start a one-cycle schedule (fastai ``fit_one_cycle``: lr and momentum cycling) now."""
     opt = _check_optimizer(optimizer)
     p = validate_params("one_cycle", ONE_CYCLE_SCHEMA, {"max_lr": max_lr, "total_steps": total_steps, **options})
     return _install(opt, {**p, "kind": "one_cycle"}, probe, "one_cycle")
 
 
-def _install(opt: torch.optim.Optimizer, p: dict[str, Any], probe: Probe | None, name: str, *,
+def _install(opt: torch.optim.Optimizer, p: dict[str, Any], probe: RunContext | None, name: str, *,
              record_params: dict[str, Any] | None = None, message: str | None = None) -> Applied:
     kind = p["kind"]
     if kind == "one_cycle":

@@ -30,7 +30,7 @@ from ._base import ALL_OPT_SETTINGS, Applied, opt_keys, opt_state_keys, tensor_k
 from ._state import ModelCapture, OptimizerCapture, split_batch
 
 if TYPE_CHECKING:
-    from ..probe import Probe
+    from ..run import RunContext
 
 __all__ = ["Snapshot", "SnapshotEnsemble", "SnapshotStore", "rollback_", "snapshot_", "snapshots"]
 
@@ -133,7 +133,7 @@ def take_snapshot(model: nn.Module, optimizer: torch.optim.Optimizer | None, *, 
 
 
 def snapshot_(model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *, label: str = "",
-              weights_only: bool = False, probe: Probe | None = None) -> Applied:
+              weights_only: bool = False, probe: RunContext | None = None) -> Applied:
     """Save the model (and optimizer) now; ``applied.result`` is the :class:`Snapshot`."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"snapshot_ needs an nn.Module, got {type(model).__name__}")
@@ -176,7 +176,7 @@ def check_rollback(model: nn.Module, optimizer: torch.optim.Optimizer | None, to
 
 
 def rollback_(model: nn.Module, optimizer: torch.optim.Optimizer | None = None, to: str = "last", *,
-              weights_only: bool = False, probe: Probe | None = None) -> Applied:
+              weights_only: bool = False, probe: RunContext | None = None) -> Applied:
     """Write snapshot ``to`` (an id, a label, ``"last"`` or ``"best"``) back into the model
     (and the optimizer, unless ``weights_only`` or the snapshot has none).  Undoable."""
     p = validate_params("rollback", ROLLBACK_SCHEMA, {"to": to, "weights_only": weights_only})
@@ -215,7 +215,7 @@ def rollback_(model: nn.Module, optimizer: torch.optim.Optimizer | None = None, 
 class SnapshotEnsemble:
     """Weights kept at the end of warm-restart cycles, and their averaged prediction."""
 
-    def __init__(self, model: nn.Module, *, max_snapshots: int = 5, probe: Probe | None = None) -> None:
+    def __init__(self, model: nn.Module, *, max_snapshots: int = 5, probe: RunContext | None = None) -> None:
         self.model = model
         self.max_snapshots = max_snapshots
         self.probe = probe

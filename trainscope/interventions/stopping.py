@@ -38,7 +38,7 @@ from .schedule import SCHEDULE_SCHEMA, _check_optimizer, _install
 from .snapshots import Snapshot, SnapshotEnsemble, snapshots
 
 if TYPE_CHECKING:
-    from ..probe import Probe
+    from ..run import RunContext
 
 __all__ = ["EarlyStopping", "early_stopping_", "should_stop", "snapshot_ensemble_"]
 
@@ -68,7 +68,7 @@ class EarlyStopping:
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *, monitor: str = "val_loss",
                  mode: str = "min", patience: int = 5, smoothing: int = 3, min_delta: float = 0.0,
-                 restore_best: bool = True, freeze: bool = True, probe: Probe | None = None) -> None:
+                 restore_best: bool = True, freeze: bool = True, probe: RunContext | None = None) -> None:
         # model, optimizer and probe are held weakly: the stopper lives in a store keyed weakly by the
         # model (and in the optimizer's controller while it freezes), which must not keep them alive
         self._model = weakref.ref(model)
@@ -83,7 +83,7 @@ class EarlyStopping:
         self.best_snapshot: Snapshot | None = None
         self._at_stop: ModelCapture | None = None
         # the feed reads the probe through a proxy: it is only read from the probe's own step hook
-        self._feed = ScalarFeed(cast("Probe", weakref.proxy(probe)), monitor) if probe is not None else None
+        self._feed = ScalarFeed(cast("RunContext", weakref.proxy(probe)), monitor) if probe is not None else None
         self._handle = probe.on_step(self._poll) if probe is not None else None
         self.active = True
 
@@ -97,7 +97,7 @@ class EarlyStopping:
         return self._optimizer() if self._optimizer is not None else None
 
     @property
-    def probe(self) -> Probe | None:
+    def probe(self) -> RunContext | None:
         return self._probe() if self._probe is not None else None
 
     @property
@@ -139,7 +139,7 @@ class EarlyStopping:
                 restored_best=self._at_stop is not None, frozen=self.freeze and optimizer is not None,
             )
 
-    def _poll(self, probe: Probe) -> None:
+    def _poll(self, probe: RunContext) -> None:
         if self._feed is not None and self.active:
             for _logged_at, v in self._feed.new():
                 if self.observe(v, probe.step_count):
@@ -164,7 +164,7 @@ def should_stop(model: nn.Module) -> bool:
 
 
 def early_stopping_(model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *,
-                    probe: Probe | None = None, **options: Any) -> Applied:
+                    probe: RunContext | None = None, **options: Any) -> Applied:
     """Start early stopping (options: see :data:`EARLY_SCHEMA`); ``applied.result`` is the
     :class:`EarlyStopping`.  Undo stops watching, lifts the freeze and, if it had stopped, puts
     back the weights of the moment it stopped."""
@@ -198,7 +198,7 @@ def early_stopping_(model: nn.Module, optimizer: torch.optim.Optimizer | None = 
     return applied
 
 
-def snapshot_ensemble_(model: nn.Module, optimizer: torch.optim.Optimizer, *, probe: Probe | None = None,
+def snapshot_ensemble_(model: nn.Module, optimizer: torch.optim.Optimizer, *, probe: RunContext | None = None,
                        **options: Any) -> Applied:
     """Run SGDR and keep the weights at the end of every cycle; ``applied.result`` is the
     :class:`SnapshotEnsemble` (``.predict(x)``, ``.evaluate(data)``).  With a probe that has
