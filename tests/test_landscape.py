@@ -227,3 +227,91 @@ def test_the_standalone_call_pauses_an_attached_probe() -> None:
         assert _state(model) == before
     finally:
         probe.detach()
+
+
+# ---------------------------------------------------------------------------- the panel (no browser)
+def test_panel_draws_the_latest_slice_and_capacity_from_a_live_probe() -> None:
+    from trainscope.widgets import landscape_panel
+
+    model, opt, probe, loss_fn, (x, y) = _probe_run()
+    try:
+        panel = landscape_panel(probe, interval=0.0)
+        assert not panel.btn1.disabled and panel._slot.children == ()
+        for i in range(12):
+            opt.zero_grad()
+            loss_fn(model(x), y).backward()
+            opt.step()
+            if i == 2:
+                panel.btn1.click()  # what a click does: a request for the next step boundary
+        ev1 = next(e for e in probe.history.events if e.kind == "loss_landscape")
+        assert panel._slot.children == (panel.fig1,)
+        np.testing.assert_allclose(panel.line.y, np.asarray(ev1.data["losses"], np.float32))
+        assert panel.center.y[0] == pytest.approx(ev1.data["center_loss"], rel=1e-6)
+        assert f"step {ev1.step}" in panel.info.value and "1-D slice" in panel.info.value
+        panel.btn2.click()
+        opt.zero_grad()
+        loss_fn(model(x), y).backward()
+        opt.step()
+        ev2 = [e for e in probe.history.events if e.kind == "loss_landscape"][-1]
+        grid = np.asarray(ev2.data["losses"])
+        assert grid.shape == (15, 15) and panel._slot.children == (panel.fig2,)
+        # bqplot's HeatMap colour rows run along y (beta): color[j, i] is the loss at (alpha_i, beta_j)
+        np.testing.assert_allclose(np.asarray(panel.heat.color)[3, 7], np.log10(grid[7, 3]), rtol=1e-6)
+        # capacity: the tracker's latest row is sum |w| of each layer's own parameters now
+        assert panel.tracker is not None and "computed from the model" in panel.capacity_source
+        steps, values = panel.tracker.series()
+        assert steps[0] == 0 and steps[-1] == probe.step_count
+        names = panel.tracker.names
+        mods = dict(model.named_modules())
+        for j, n in enumerate(names):
+            ps = list(mods[n].parameters(recurse=False))
+            want = sum(float(p.detach().abs().sum(dtype=torch.float64)) for p in ps) if ps else float("nan")
+            assert values[-1, j] == pytest.approx(want, rel=1e-12, nan_ok=True)
+        assert panel.cap_fig in panel._cap_slot.children and "largest now" in panel.cap_info.value
+        assert panel.errors == [] and probe.errors == []
+        panel.close()
+    finally:
+        probe.detach()
+
+
+def test_capacity_tracker_stays_bounded() -> None:
+    from trainscope.widgets.landscape_panel import CapacityTracker
+
+    model, opt, probe, loss_fn, (x, y) = _probe_run()
+    try:
+        tracker = CapacityTracker(probe, max_points=8)
+        for _ in range(60):  # every=1: a sample at every step
+            opt.zero_grad()
+            loss_fn(model(x), y).backward()
+            opt.step()
+        steps, values = tracker.series()
+        assert len(steps) <= 8 and steps[0] == 0 and steps[-1] == 60 and np.all(np.diff(steps) > 0)
+        assert values.shape == (len(steps), len(probe.layers))
+        tracker.remove()
+    finally:
+        probe.detach()
+
+
+def test_panel_reads_a_saved_run(tmp_path: Any) -> None:
+    from trainscope.widgets import landscape_panel
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    loss_fn = nn.CrossEntropyLoss()
+    x, y = torch.randn(32, 8), torch.randint(0, 3, (32,))
+    probe = trainscope.Probe(model, opt, loss_fn=loss_fn, logdir=tmp_path / "run")
+    for i in range(3):
+        opt.zero_grad()
+        loss_fn(model(x), y).backward()
+        opt.step()
+        if i == 0:
+            probe.request("loss_landscape", dims=1, points=9)
+    probe.detach()
+    run = trainscope.open(tmp_path / "run", display=False)
+    panel = landscape_panel(run.history)
+    assert panel.btn1.disabled and panel.btn2.disabled and panel.tracker is None
+    assert panel._slot.children == (panel.fig1,) and len(panel.line.x) == 9
+    assert "1-D slice" in panel.info.value
+    with pytest.raises(TypeError, match="Probe"):
+        landscape_panel(model)  # type: ignore[arg-type]

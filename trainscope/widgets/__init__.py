@@ -15,6 +15,7 @@ from .curves import Curves  # noqa: E402
 from .dashboard import Dashboard  # noqa: E402
 from .header import Header  # noqa: E402
 from .heatmap import Heatmap  # noqa: E402
+from .landscape_panel import LandscapePanel, landscape_panel  # noqa: E402
 from .layer_table import LayerTable  # noqa: E402
 from .layer_views import DepthCurves, LayerCurves  # noqa: E402
 from .lr_finder_panel import LRFinderPanel  # noqa: E402
@@ -27,8 +28,10 @@ __all__ = [
     "Header",
     "Heatmap",
     "LRFinderPanel",
+    "LandscapePanel",
     "LayerCurves",
     "LayerTable",
+    "landscape_panel",
     "show",
     "watch",
 ]
