@@ -42,6 +42,7 @@ from ._hooks import Handle as _Handle
 from ._hooks import HookFn as _HookFn
 from ._hooks import Pending as _Pending
 from ._hooks import primary_tensor as _primary_tensor
+from ._lossextra import loss_extras, parse_loss_extras
 from ._params import ParamTracker
 from .actions import ActionQueue, Ticket
 from .history import LAYER_METRICS, PARAM_METRICS, History, StepRecord, Update
@@ -259,6 +260,7 @@ class Probe:
             n_trainable=sum(p.numel() for p in model.parameters() if p.requires_grad),
             optimizer=type(optimizer).__name__ if optimizer is not None else None,
             loss_fn=type(loss_fn).__name__ if loss_fn is not None else None,
+            loss_reduction=r if isinstance(r := getattr(loss_fn, "reduction", None), str) else None,
             param_in_optimizer=self.param_in_optimizer,
         )
         self.run_writer: Any = None
@@ -1051,7 +1053,9 @@ class Probe:
             tmn, tmx = torch.aminmax(tf)
             integral = (tf - tf.round()).abs().amax() if tf.numel() else tf.new_zeros(())
             parts += [tmn, tmx, integral]
-        self._loss_in = (torch.stack(parts), meta)
+        extra, extra_meta = loss_extras(pred, target)  # head / loss / target rules (issue 13)
+        meta.update(extra_meta, n_base=len(parts))
+        self._loss_in = (torch.cat([torch.stack(parts).float(), extra]), meta)
 
     def _loss_hook(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
         if self._paused or not isinstance(output, Tensor) or output.numel() != 1:
@@ -1575,8 +1579,21 @@ class Probe:
             "target_max",
             "target_frac_dev",
         ]
-        lm.update({n: float(x) for n, x in zip(names, v, strict=False)})
+        nb = int(lm.pop("n_base", len(v)))
+        lm.update({n: float(x) for n, x in zip(names, v[:nb], strict=False)})
+        em = {k: lm.pop(k, None) for k in ("extra_fields", "class_counts")}
+        lm.update(parse_loss_extras(v[nb:], em))
+        self._accumulate_classes(lm.get("class_counts"))
         return lm
+
+    def _accumulate_classes(self, counts: Any) -> None:
+        """Class counts of every sampled batch, summed in ``history.meta["class_counts"]``."""
+        if counts:
+            acc = self.history.meta.get("class_counts")
+            if not isinstance(acc, list) or len(acc) != len(counts):
+                acc = self.history.meta["class_counts"] = [0.0] * len(counts)
+            for j, c in enumerate(counts):
+                acc[j] += c
 
     def _interval_after(self, k: int) -> int:
         """Steps from a full sample at step ``k`` to the next scheduled one."""

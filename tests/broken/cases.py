@@ -641,3 +641,54 @@ for _c in HELD_OUT:
     _c.held_out = True
 
 ALL: list[Case] = HEALTHY + BROKEN + HELD_OUT
+
+
+# ------------------------------------------------------------------------------ head / targets / stopping (issue 13)
+def b_softmax_one_unit_mse() -> Setup:
+    x, y, xv, yv = standardized_digits()
+    m = nn.Sequential(OrderedDict([("fc1", nn.Linear(64, 32)), ("relu1", nn.ReLU()), ("out", nn.Linear(32, 1)),
+                                   ("head", nn.Softmax(dim=1))]))
+    return Setup(m, torch.optim.Adam(m.parameters(), 1e-3), nn.MSELoss(), x, y.float().unsqueeze(1) / 9,
+                 xv, yv.float().unsqueeze(1) / 9, steps=40)
+
+
+def b_raw_regression_targets() -> Setup:
+    g = torch.Generator().manual_seed(21)
+    x = torch.randn(1200, 10, generator=g)
+    y = (x @ torch.randn(10, 1, generator=g)) * 80 + 600  # targets ~600 +- 250, not standardized
+    m = M.mlp((10, 32, 1))
+    return Setup(m, torch.optim.Adam(m.parameters(), 1e-3), nn.MSELoss(), x[:1000], y[:1000], x[1000:], y[1000:], steps=60)
+
+
+def b_labels_all_zero() -> Setup:
+    s = _digits_setup(M.init_linear(M.mlp((64, 64, 10)), "he"), "adam", 1e-3, steps=40)
+    s.y = (s.y.float() / 255).long()  # y / 255 cast back to integers: every label 0
+    return s
+
+
+def b_early_stop_too_eager() -> Setup:
+    s = _digits_setup(M.init_linear(M.mlp((64, 64, 10)), "he"), "sgd", 0.01, steps=160, val_every=8)
+    calls = [0]
+
+    def start_stopper() -> None:  # the user's early stopping, started late with a min_delta the run cannot meet
+        calls[0] += 1
+        if calls[0] == 90:
+            import trainscope.interventions as I
+            from trainscope.probe import _ATTACHED
+
+            I.early_stopping_(s.model, s.optimizer, probe=_ATTACHED.get(s.model), patience=1, smoothing=1,
+                              min_delta=1.0)
+
+    s.after_step = start_stopper
+    return s
+
+
+BROKEN += [
+    Case("softmax_one_unit_mse", "head_loss_mismatch", b_softmax_one_unit_mse, ("head",),
+         note="nn.Softmax(dim=1) over the single regression output: constant 1.0"),
+    Case("raw_regression_targets", "unscaled_targets", b_raw_regression_targets, note="MSE on targets ~600 +- 250"),
+    Case("labels_all_zero", "class_imbalance", b_labels_all_zero, note="labels divided by 255 and cast: all class 0"),
+    Case("early_stop_too_eager", "still_improving", b_early_stop_too_eager,
+         note="early stopping with min_delta 1.0 stops a slowly improving SGD run"),
+]
+ALL = HEALTHY + BROKEN + HELD_OUT

@@ -75,3 +75,15 @@ class Thresholds:
     decay_high: float = 1e-2  # weight decay shrinking the weights by 1% per step (lr * weight_decay):
     # half of any weight the gradient does not defend is gone in ~70 steps
     dropout_high: float = 0.7  # dropout dropping 70% of the units
+
+    # --- head / loss / targets, when training stops (rules/headloss.py, rules/dynamics.py) -------
+    head_range_miss: float = 0.25  # a bounded output activation leaves >= 25% of the targets' range out of reach
+    head_relu_zero: float = 0.25  # a ReLU on the logits zeroes >= 25% of them (cross-entropy)
+    sum_reduction_min_batch: int = 4  # reduction='sum' matters from batches of 4 (gradient x batch size)
+    target_scale_high: float = 10.0  # regression targets with RMS >= 10: the output must grow 10x from init
+    min_progress_steps: int = 20  # steps before "the loss is still above half the mean predictor's" counts
+    imbalance_min_examples: int = 64  # class counts judged once 64 sampled targets were seen
+    imbalance_majority: float = 0.95  # one class holds >= 95% of the targets (up to all of them)
+    imbalance_ratio: float = 10.0  # the largest class is >= 10x the rarest present (SMD's threshold_imbalance)
+    still_window: int = 6  # evaluations over which validation must still be falling
+    still_gain: float = 0.02  # ... by >= 2% (median of the later half vs the earlier half)

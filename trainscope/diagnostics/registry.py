@@ -55,6 +55,10 @@ LABELS: tuple[str, ...] = (
     "label_noise",
     "wrong_loss",
     "over_regularization",
+    "head_loss_mismatch",
+    "unscaled_targets",
+    "class_imbalance",
+    "still_improving",
 )
 """The diagnosis vocabulary, in display order."""
 

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from . import activations, curves, generalization, gradients, params, setup
+from . import activations, curves, dynamics, generalization, gradients, headloss, params, setup
 
-__all__ = ["activations", "curves", "generalization", "gradients", "params", "setup"]
+__all__ = ["activations", "curves", "dynamics", "generalization", "gradients", "headloss", "params", "setup"]
