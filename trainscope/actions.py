@@ -10,7 +10,15 @@ The path every action takes, whether it comes from a dashboard click or a Python
    run's timeline (:meth:`History.add_event`) and, when it returns something with ``undo()``,
    can be undone with the built-in ``undo`` action.
 3. Every state change of a :class:`Ticket` (pending -> applied at step N / refused / failed /
-   undone) is reported to the ``on_change`` subscribers (the dashboard's acknowledgements).
+   undone / cancelled) is reported to the ``on_change`` subscribers (the dashboard's
+   acknowledgements).
+
+Long actions (the LR finder, the checks that train) hold the training loop while they run. From
+inside their ``apply`` they call :func:`progress` (the dashboard shows "Training paused: LR finder
+37/100") and poll :func:`cancel_requested`; :meth:`ActionQueue.cancel` sets that flag from any
+thread. A long action that sees it stops at its next iteration, puts everything back exactly as
+when it finishes normally, and its ticket ends ``cancelled``. A queued request that has not
+started is simply dropped.
 
 Actions are registered with :func:`register_action` (interventions, checks, the LR finder).
 """
@@ -18,6 +26,7 @@ Actions are registered with :func:`register_action` (interventions, checks, the 
 from __future__ import annotations
 
 import itertools
+import math
 import threading
 import time
 from collections import deque
@@ -35,10 +44,13 @@ __all__ = [
     "REGISTRY",
     "ActionQueue",
     "ActionSpec",
+    "Cancelled",
     "Ticket",
     "Undoable",
+    "cancel_requested",
     "nesting_depth",
     "note",
+    "progress",
     "register_action",
 ]
 
@@ -56,6 +68,50 @@ def note(text: str) -> None:
     notes = getattr(_LOCAL, "notes", None)
     if notes is not None and len(notes) < 10:
         notes.append(str(text))
+
+
+PROGRESS_EVERY = 0.25
+"""Seconds between two progress notifications of one running action (the dashboard's
+acknowledgements); the ticket's ``progress`` itself is always current."""
+
+
+class Cancelled(Exception):
+    """Raised by a long action that stopped because its request was cancelled (after putting
+    everything back); the action queue records the ticket as ``cancelled`` with this message."""
+
+
+def _running() -> tuple[ActionQueue, Ticket] | None:
+    cur: tuple[ActionQueue, Ticket] | None = getattr(_LOCAL, "running", None)
+    return cur
+
+
+def progress(done: int, total: int, text: str = "") -> None:
+    """From inside a running action's ``apply``: ``done`` of ``total`` iterations are done.
+
+    The ticket's ``progress`` is updated at once; its listeners (the dashboard) hear about it at
+    most every :data:`PROGRESS_EVERY` seconds. An action that reports progress must also poll
+    :func:`cancel_requested` (the dashboard offers Cancel for it). Outside an action it does
+    nothing."""
+    cur = _running()
+    if cur is None:
+        return
+    queue, t = cur
+    t.progress = (int(done), int(total), str(text)[:200])
+    now = time.monotonic()
+    if now - t._progress_sent >= PROGRESS_EVERY or done >= total:
+        t._progress_sent = now
+        queue._changed(t)
+
+
+def cancel_requested() -> bool:
+    """From inside a running action's ``apply``: whether its request was cancelled (then stop at
+    this iteration, restore what the action changed, and return or raise :class:`Cancelled`).
+    Outside an action: ``False``."""
+    cur = _running()
+    if cur is None or not cur[1].cancel_requested:
+        return False
+    cur[1]._cancel_seen = True
+    return True
 
 
 def nesting_depth(v: Any, limit: int = MAX_DEPTH) -> int:
@@ -154,7 +210,7 @@ class Ticket:
     action: str
     params: dict[str, Any]
     source: str
-    status: str = "pending"  # pending | applied | refused | failed | undone
+    status: str = "pending"  # pending | applied | refused | failed | undone | cancelled
     message: str = ""
     submitted_step: int = 0
     applied_step: int | None = None
@@ -162,6 +218,12 @@ class Ticket:
     t_submit: float = field(default_factory=time.time)
     t_done: float | None = None
     result: Any = None
+    progress: tuple[int, int, str] | None = None
+    """``(done, total, what)`` while a long action runs (see :func:`progress`)."""
+    cancel_requested: bool = False
+    """Set by :meth:`ActionQueue.cancel` while the action runs."""
+    _progress_sent: float = field(default=-math.inf, repr=False, compare=False)
+    _cancel_seen: bool = field(default=False, repr=False, compare=False)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-friendly form (what the dashboard shows)."""
@@ -179,6 +241,10 @@ class Ticket:
             if self.t_done is None
             else round((self.t_done - self.t_submit) * 1000, 1),
             "undoable": self.status == "applied" and _undoable(self.result),
+            "progress": None
+            if self.progress is None or self.status != "pending"
+            else {"done": self.progress[0], "total": self.progress[1], "text": self.progress[2]},
+            "cancel_requested": self.cancel_requested,
         }
 
     def raise_for_status(self) -> Ticket:
@@ -188,6 +254,11 @@ class Ticket:
         if self.status == "failed":
             raise RuntimeError(f"{self.action} failed: {self.message}")
         return self
+
+
+def _cancel_text(t: Ticket, detail: str) -> str:
+    at = f" at {t.progress[0]}/{t.progress[1]}" if t.progress is not None else ""
+    return f"cancelled{at}: {detail}" if detail else f"cancelled{at}; everything it changed was put back"
 
 
 def _undoable(result: Any) -> bool:
@@ -211,6 +282,7 @@ class ActionQueue:
         self._listeners: dict[int, Callable[[Ticket], None]] = {}
         self._listener_ids = itertools.count()
         self.listener_errors: list[str] = []
+        self._current: Ticket | None = None  # the request being applied right now
 
     # -------------------------------------------------------------- subscription
     def on_change(self, callback: Callable[[Ticket], None]) -> Callable[[], None]:
@@ -348,6 +420,34 @@ class ActionQueue:
         with self._lock:
             return list(self._queue)
 
+    def cancel(self, ticket_id: str) -> Ticket:
+        """Cancel a request (any thread).
+
+        A queued request is dropped (``cancelled``, nothing changed). A long action that is running
+        (one that reports :func:`progress`) stops at its next iteration and restores what it
+        changed, exactly as when it finishes normally; its ticket then ends ``cancelled``. Raises
+        ``ValueError`` saying why when there is no such request or it has already finished."""
+        rid = str(ticket_id)[:64]
+        with self._lock:
+            t = self._by_id.get(rid)
+            queued = t is not None and any(x is t for x in self._queue)
+            if queued:
+                self._queue = deque(x for x in self._queue if x is not t)
+            elif t is not None and t is self._current:
+                t.cancel_requested = True
+        if t is None:
+            raise ValueError(f"no request with id {rid!r} to cancel")
+        if queued:
+            return self._finish(t, "cancelled", "cancelled before it started: nothing was changed")
+        if t is self._current:
+            self._changed(t)
+            return t
+        raise ValueError(
+            f"request {rid!r} ({t.action}) is {t.status}"
+            + (" and not running here" if t.status == "pending" else "")
+            + ": only a queued request or a running long action can be cancelled"
+        )
+
     def apply_pending(self) -> list[Ticket]:
         """Apply every queued request, in order (call on the training thread, between steps)."""
         done: list[Ticket] = []
@@ -364,13 +464,25 @@ class ActionQueue:
         probe = self._probe
         if spec is None:
             return self._finish(t, "failed", "action was unregistered before it could be applied")
+        outer = getattr(_LOCAL, "running", None)
+        _LOCAL.running = (self, t)
+        self._current = t
         try:
             out = spec.apply(probe, t.params)
+        except Cancelled as e:
+            return self._finish(t, "cancelled", str(e) or _cancel_text(t, ""))
         except Exception as e:
+            if t._cancel_seen:
+                return self._finish(t, "cancelled", _cancel_text(t, f"{type(e).__name__}: {e}"))
             return self._finish(t, "failed", f"{type(e).__name__}: {e}")
+        finally:
+            self._current = None
+            _LOCAL.running = outer
         details: dict[str, Any] = {}
         if isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], dict):
             out, details = out
+        if t._cancel_seen and not _undoable(out):  # it stopped early and changed nothing
+            return self._finish(t, "cancelled", _cancel_text(t, str(details.get("message", ""))))
         t.result = out
         if hasattr(out, "ticket_id"):
             out.ticket_id = t.id
@@ -452,12 +564,14 @@ def _apply_undo(probe: RunContext, params: dict[str, Any]) -> tuple[None, dict[s
     return None, {"undid": t.id, "undid_action": t.action}
 
 
-register_action(
-    "undo",
-    validate=_validate_undo,
-    apply=_apply_undo,
-    label="Undo",
-    description="Undo an applied intervention (restores what it changed).",
-    category="timeline",
-    schema={"ticket": {"type": "str", "help": "id of the applied action to undo"}},
-)
+def register_undo() -> None:
+    """Put ``undo`` on the whitelist (:func:`trainscope.builtins.register_builtins` calls it first)."""
+    register_action(
+        "undo",
+        validate=_validate_undo,
+        apply=_apply_undo,
+        label="Undo",
+        description="Undo an applied intervention (restores what it changed).",
+        category="timeline",
+        schema={"ticket": {"type": "str", "help": "id of the applied action to undo"}},
+    )

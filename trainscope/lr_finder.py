@@ -389,6 +389,8 @@ def lr_find(
     step_fn: Callable[[nn.Module, Any], Tensor] | None = None,
     probe: RunContext | None = None,
     data_note: str = "the loader passed to lr_find",
+    progress: Callable[[int, int], None] | None = None,
+    cancel: Callable[[], bool] | None = None,
 ) -> LRFinderResult:
     """Run the LR range test and restore everything afterwards (see the module docstring).
 
@@ -413,6 +415,15 @@ def lr_find(
         then put on its timeline as an ``lr_find`` event (what the dashboard plots).
     data_note
         How the data is described in that event.
+    progress
+        ``progress(done, num_iter)`` after every iteration (keep it cheap).
+    cancel
+        ``cancel() -> bool`` checked before every iteration: when it returns true the sweep stops
+        there, everything is restored exactly as after a normal sweep, and the result has
+        ``stop_reason == "cancelled"``, no suggestion, and is not put on the probe's timeline.
+        Run as a dashboard action (``probe.request("lr_find")``), both default to the action's
+        own (:func:`trainscope.actions.progress` / :func:`~trainscope.actions.cancel_requested`):
+        the dashboard shows "Training paused: LR finder 37/100" with a Cancel button.
 
     Returns
     -------
@@ -442,6 +453,17 @@ def lr_find(
         as_choice("rule", r, tuple(RULES))
     if loader is None:
         raise ValueError("lr_find needs data: an iterable of (inputs, target) batches such as a DataLoader")
+    if progress is not None and not callable(progress):
+        raise TypeError(f"progress must be a function progress(done, total), got {type(progress).__name__}")
+    if cancel is not None and not callable(cancel):
+        raise TypeError(f"cancel must be a function cancel() -> bool, got {type(cancel).__name__}")
+    from . import actions
+
+    if progress is None:
+        def progress(done: int, total: int) -> None:
+            actions.progress(done, total, "LR finder")
+    if cancel is None:
+        cancel = actions.cancel_requested
 
     def lr_at(t: int) -> float:
         r = t / (num_iter - 1)
@@ -461,6 +483,7 @@ def lr_find(
     losses: list[float] = []
     raw: list[float] = []
     reason = "completed"
+    cancelled = False
     lag = 2 if any(p.is_cuda for p in model.parameters()) else 0  # read CUDA losses 2 steps late: no stall
     pending: deque[tuple[float, Tensor]] = deque()
     warm = warmup_iterations(num_iter)
@@ -496,7 +519,11 @@ def lr_find(
         batches = _Cycle(loader)
         with pause, suspended(optimizer), torch.enable_grad():
             model.train()
-            for lr in plan:
+            for it, lr in enumerate(plan):
+                if cancel():
+                    reason = f"cancelled after {it} of {num_iter} iterations"
+                    cancelled = True
+                    break
                 for g, q in zip(groups, ratios, strict=True):
                     if plain_lr:
                         g["lr"] = lr * q
@@ -521,6 +548,7 @@ def lr_find(
                 if stop is not None:
                     reason = stop
                     break
+                progress(it + 1, num_iter)
             while pending and reason == "completed":
                 s = take(*pending.popleft())
                 reason = s or reason
@@ -534,6 +562,11 @@ def lr_find(
     res = LRFinderResult(lrs=lrs, losses=losses, raw_losses=raw, iterations=len(raw), stop_reason=reason,
                          elapsed=time.perf_counter() - t0,
                          distinct_batches=batches.distinct if batches is not None else None)
+    if cancelled:
+        res.stop_reason = "cancelled"
+        res.note = (f"{reason}: the model, optimizer and random state are back exactly as before the sweep; "
+                    "no suggestion")
+        return res
     judge(res, rules, num_iter=num_iter, start_lr=start_lr)
     if probe is not None:
         probe.history.add_event("lr_find", "LR finder", step=probe.step_count, data=data_note, **res.as_event())

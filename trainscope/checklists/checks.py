@@ -13,6 +13,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..actions import Cancelled, cancel_requested
+from ..actions import progress as action_progress
 from ..diagnostics.assess import (
     assess_init_loss,
     assess_inputs,
@@ -66,6 +68,21 @@ class CheckEnv:
     loss_fn: Callable[..., Tensor] | None = None
     batch: Batch | None = None
     probe: Any = None
+    title: str = "check"
+    progress: Callable[[int, int], None] | None = None
+    """``progress(done, total)`` during a long check; ``None``: the running action's (if any)."""
+    cancel: Callable[[], bool] | None = None
+    """``cancel() -> bool`` polled by a long check; ``None``: the running action's cancel flag."""
+
+    def tick(self, done: int, total: int) -> None:
+        """A long check reports ``done`` of ``total`` iterations, and stops (raising
+        :class:`~trainscope.actions.Cancelled`; the runner restores everything) when cancelled."""
+        if self.cancel() if self.cancel is not None else cancel_requested():
+            raise Cancelled(f"{self.title} cancelled at {done}/{total}; everything was put back, no result recorded")
+        if self.progress is not None:
+            self.progress(done, total)
+        else:
+            action_progress(done, total, self.title)
 
     @property
     def history(self) -> Any:
@@ -149,8 +166,10 @@ def _trainable(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
     return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
 
 
-def _fit(env: CheckEnv, train: Batch, steps: int, lr: float, evaluate: Batch | None = None, every: int = 5) -> dict[str, Any]:
-    """Train the model in place (caller restores it) with a private Adam; returns the losses."""
+def _fit(env: CheckEnv, train: Batch, steps: int, lr: float, evaluate: Batch | None = None, every: int = 5,
+         done: int = 0, total: int | None = None) -> dict[str, Any]:
+    """Train the model in place (caller restores it) with a private Adam; returns the losses.
+    Reports ``done + k`` of ``total`` (default ``steps``) iterations, and stops when cancelled."""
     assert env.loss_fn is not None
     params = [p for _, p in _trainable(env.model)]
     for p in params:
@@ -161,6 +180,7 @@ def _fit(env: CheckEnv, train: Batch, steps: int, lr: float, evaluate: Batch | N
     evals: list[float] = []
     with torch.enable_grad():
         for k in range(steps):
+            env.tick(done + k, total or steps)
             _no_dropout(env.model)
             loss = env.loss_fn(forward(env.model, train), train.target)
             losses.append(float(loss.detach()))
@@ -261,11 +281,11 @@ def input_baseline(env: CheckEnv, steps: int = 100, lr: float = 1e-3) -> CheckRe
         return Batch(b.step, tuple(z(a) for a in b.args), {k: z(v) for k, v in b.kwargs.items()}, b.target)
 
     start = [p.detach().clone() for _, p in _trainable(env.model)]
-    real = _fit(env, train, steps, lr, evaluate=held)["evals"]
+    real = _fit(env, train, steps, lr, evaluate=held, total=2 * steps)["evals"]
     with torch.no_grad():
         for (_, p), v in zip(_trainable(env.model), start, strict=True):
             p.copy_(v)
-    zeros = _fit(env, zero(train), steps, lr, evaluate=zero(held))["evals"]
+    zeros = _fit(env, zero(train), steps, lr, evaluate=zero(held), done=steps, total=2 * steps)["evals"]
     rb, zb = min(real), min(zeros)
     if rb < 0.9 * zb:
         status, verdict = "pass", "the real inputs help"

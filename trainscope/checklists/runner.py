@@ -6,13 +6,13 @@ from __future__ import annotations
 import time
 import traceback
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from ..actions import register_action
+from ..actions import Cancelled, register_action
 from ..interventions._state import as_batch
 from ..run import Batch
 from .checks import CHECKS, CheckEnv, CheckResult
@@ -105,6 +105,8 @@ def run_check(
     *,
     probe: RunContext | None = None,
     record: bool = True,
+    progress: Callable[[int, int], None] | None = None,
+    cancel: Callable[[], bool] | None = None,
     **options: Any,
 ) -> CheckResult:
     """Run one automated check; the model, optimizer, buffers and RNG states are left bit-identical.
@@ -125,6 +127,12 @@ def run_check(
         inputs), or inputs alone for checks without a loss.
     record
         With a probe, store the result in ``probe.history.meta["checks"]`` and on the timeline.
+    progress, cancel
+        For the checks that train (``overfit_batch``, ``input_baseline``): ``progress(done, total)``
+        after each iteration, and ``cancel() -> bool`` polled before each; when it returns true the
+        check stops, everything is restored exactly, and the result is ``not_run`` with
+        ``details["cancelled"] = True`` (not recorded). Run as a dashboard action, both default to
+        the action's own: the dashboard shows "Training paused: Overfit one batch 37/200 - Cancel".
     options
         Check options, e.g. ``steps=`` / ``lr=`` for ``overfit_batch``, ``batch_dim=`` for
         ``batch_mixing``.
@@ -142,6 +150,11 @@ def run_check(
     check = _resolve(name)
     env = _env(check, model, optimizer, loss_fn, batch, probe)
     spec = CHECKS[check]
+    if progress is not None and not callable(progress):
+        raise TypeError(f"progress must be a function progress(done, total), got {type(progress).__name__}")
+    if cancel is not None and not callable(cancel):
+        raise TypeError(f"cancel must be a function cancel() -> bool, got {type(cancel).__name__}")
+    env.title, env.progress, env.cancel = spec.title, progress, cancel
     t0 = time.perf_counter()
     try:
         with isolated(env.model, env.optimizer, env.probe, values=spec.trains):
@@ -150,12 +163,14 @@ def run_check(
         if "unexpected keyword" in str(e):
             raise ValueError(f"{check}: {e}") from None
         res = CheckResult(check, "not_run", f"could not run: {type(e).__name__}: {e}", details={"traceback": traceback.format_exc()})
+    except Cancelled as e:
+        res = CheckResult(check, "not_run", str(e), details={"cancelled": True})
     except Exception as e:
         res = CheckResult(check, "not_run", f"could not run: {type(e).__name__}: {e}", details={"traceback": traceback.format_exc()})
     res.seconds = time.perf_counter() - t0
     if env.probe is not None:
         res.step = env.probe.step_count
-        if record:
+        if record and not res.details.get("cancelled"):
             _record(env.probe, res, event=True)
     return res
 
@@ -221,20 +236,24 @@ def _validate(probe: RunContext, params: dict[str, Any]) -> dict[str, Any]:
 
 def _apply(probe: RunContext, params: dict[str, Any]) -> tuple[None, dict[str, Any]]:
     res = run_check(params["check"], probe, record=False)
+    if res.details.get("cancelled"):
+        return None, {"message": res.evidence}  # nothing recorded: the ticket ends "cancelled"
     _record(probe, res, event=False)  # the action queue puts it on the timeline itself
     return None, {"message": f"{CHECKS[res.name].title}: {res.status} - {res.evidence}", "status": res.status,
                   "check": res.name, "evidence": res.evidence, "seconds": round(res.seconds, 3)}
 
 
-register_action(
-    "run_check",
-    validate=_validate,
-    apply=_apply,
-    label="Run check",
-    description="Run an automated checklist check (state restored exactly afterwards).",
-    category="checks",
-    schema={"check": {"type": "choice", "choices": list(CHECKS), "help": "which check (a checklist item id works too)"}},
-)
+def register() -> None:
+    """Put ``run_check`` on the action whitelist (called by :func:`trainscope.builtins.register_builtins`)."""
+    register_action(
+        "run_check",
+        validate=_validate,
+        apply=_apply,
+        label="Run check",
+        description="Run an automated checklist check (state restored exactly afterwards).",
+        category="checks",
+        schema={"check": {"type": "choice", "choices": list(CHECKS), "help": "which check (a checklist item id works too)"}},
+    )
 
 
 # -------------------------------------------------------------------- checklist state

@@ -1,8 +1,9 @@
 """Validation of messages from the browser: only a few shapes are accepted, nothing is executed.
 
 A message is ``{"kind": "action", "action": <registered name>, "params": {...}, "id": <str>}``
-(a click on an intervention, a finding's suggestion, a checklist "Run", an Undo) or
-``{"kind": "select", "layer": <name>}``.  Anything else is refused with a reason that the
+(a click on an intervention, a finding's suggestion, a checklist "Run", an Undo),
+``{"kind": "select", "layer": <name>}`` or ``{"kind": "cancel", "id": <request id>}`` (Cancel on a
+long action that holds the training, or on a queued request).  Anything else is refused with a reason that the
 dashboard shows.  The action's own ``validate`` (in :mod:`trainscope.actions`) then checks the
 parameters; this module only checks the envelope.
 """
@@ -21,7 +22,7 @@ __all__ = ["MAX_DEPTH", "MAX_PARAMS_BYTES", "Message", "MessageError", "parse_me
 MAX_PARAMS_BYTES = 16_384
 _ID = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
 _NAME = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
-KINDS = ("action", "select")
+KINDS = ("action", "select", "cancel")
 
 
 class MessageError(ValueError):
@@ -63,6 +64,12 @@ def parse_message(content: Any) -> Message:
         if not isinstance(layer, str) or len(layer) > 512:
             raise MessageError("select needs 'layer': a layer name")
         return Message("select", layer=layer)
+    if kind == "cancel":
+        rid = content.get("id")
+        if not isinstance(rid, str) or not _ID.match(rid):
+            raise MessageError("cancel needs 'id': the id of the request to cancel (1-64 characters of "
+                               "letters, digits and _.:-)", action="cancel")
+        return Message("cancel", id=rid)
     raw_id = content.get("id")
     mid = raw_id if isinstance(raw_id, str) and _ID.match(raw_id) else None
     action = content.get("action")

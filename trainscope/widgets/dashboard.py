@@ -326,6 +326,28 @@ class Dashboard(W.VBox):
         self._submitted = True
         return ticket
 
+    def cancel(self, ticket_id: str) -> Ticket | None:
+        """Cancel a request exactly as the Cancel button does (any thread): a queued one is
+        dropped; a long action holding the training (the LR finder, a check that trains) stops
+        at its next iteration and puts everything back (see :meth:`ActionQueue.cancel`).
+
+        Returns the ticket, or ``None`` when it cannot be cancelled (the reason is shown in the
+        activity list)."""
+        rid = str(ticket_id)[:64]
+        if self.probe is None:
+            self._refuse(rid, "cancel", "read-only dashboard (a saved run): nothing runs to cancel",
+                         key=f"cancel:{rid}")
+            return None
+        try:
+            t = self.probe.actions.cancel(rid)
+        except ValueError as e:
+            self._refuse(rid, "cancel", str(e), key=f"cancel:{rid}#{next(_ids)}")
+            return None
+        if t.status == "pending":  # running: it stops at its next iteration
+            self._busy = self._applying(0.0) or self._busy
+            self._push_busy()
+        return t
+
     def select(self, layer: str, *, show: bool = False) -> None:
         """Select a layer (its detail in the Layers tab, highlighted elsewhere)."""
         if layer not in self.history.layer_names:
@@ -486,14 +508,16 @@ class Dashboard(W.VBox):
             with contextlib.suppress(Exception):
                 self._push_busy()
 
-    def _applying(self) -> dict[str, Any] | None:
+    def _applying(self, after: float = 0.5) -> dict[str, Any] | None:
         """The request being applied right now on the training thread, if it has taken more
-        than half a second: ``{"id", "label", "action", "seconds"}``."""
+        than ``after`` seconds: ``{"id", "label", "action", "seconds", "progress",
+        "cancellable"}`` (``progress``: ``{"done", "total", "text"}`` when the action reports it;
+        such an action can be cancelled)."""
         probe = self.probe
         if probe is None:
             return None
         stalled = time.monotonic() - self._boundary
-        if stalled < 0.5:
+        if stalled < after:
             return None
         queued = {id(t) for t in probe.actions.pending()}
         try:
@@ -503,11 +527,17 @@ class Dashboard(W.VBox):
         for t in reversed(recent):
             if t.status == "pending" and id(t) not in queued:  # taken off the queue: running
                 spec = REGISTRY.get(t.action)
+                prog = t.progress
                 return {
                     "id": t.id,
                     "action": t.action,
                     "label": spec.label if spec is not None else t.action,
                     "seconds": round(min(stalled, time.time() - t.t_submit), 1),
+                    "progress": None
+                    if prog is None
+                    else {"done": prog[0], "total": prog[1], "text": prog[2]},
+                    "cancellable": prog is not None,
+                    "cancel_requested": t.cancel_requested,
                 }
         return None
 
@@ -582,6 +612,9 @@ class Dashboard(W.VBox):
         if msg.kind == "select":
             self.select(msg.layer, show=widget is self.controls)
             return
+        if msg.kind == "cancel":
+            self.cancel(msg.id)
+            return
         self.submit(msg.action, msg.params, id=msg.id or None, source="ui")
 
     def _on_tab(self, change: dict[str, Any]) -> None:
@@ -594,6 +627,14 @@ class Dashboard(W.VBox):
 
     # ------------------------------------------------------------------ acknowledgements
     def _on_ticket(self, t: Ticket) -> None:
+        if t.status == "pending" and t.progress is not None:
+            # a long action reports progress (at most every 0.25 s) from the training thread: say
+            # so now, and let a Cancel click in where clicks only arrive when pumped
+            self._busy = self._applying(0.0) or self._busy
+            if threading.current_thread() is threading.main_thread():
+                with contextlib.suppress(Exception):
+                    self._delivery.pump()
+            self._push_busy()
         self._remember(t)
         if t.status != "pending":
             self._dirty["diagnosis"] = True  # a check ran or the training changed: re-diagnose soon
