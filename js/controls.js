@@ -3,7 +3,7 @@
 // next step boundary and acknowledges it through the `tickets` trait.
 import { h, pointerGuard } from "./lib/dom.js";
 import { categoryTitle, choiceLabel, collectParams, defaultParams, fieldLabel, paramSummary, recommended, requestId, splitFields } from "./lib/forms.js";
-import { describeTicket, formatDuration, formatInt } from "./lib/format.js";
+import { busyFraction, busyText, describeTicket, formatDuration, formatInt } from "./lib/format.js";
 
 /** @typedef {import("./lib/model_types.js").ActionSpec} ActionSpec */
 /** @typedef {import("./lib/model_types.js").TicketView} TicketView */
@@ -30,7 +30,11 @@ function render({ model, el }) {
   const tabBar = h("div", { cls: "trainscope-tabs" });
   const panel = h("div", { cls: "trainscope-panel" });
   const activity = h("div", { cls: "trainscope-activity" });
+  // a long action holding the training loop: what, how far, Cancel (hidden otherwise)
+  const busyBar = h("div", { cls: "trainscope-busy", attrs: { role: "status", "aria-live": "polite" } });
+  busyBar.hidden = true;
   const root = h("div", { cls: "trainscope trainscope-controls" }, [
+    busyBar,
     h("div", { cls: "trainscope-controls-main" }, [tabBar, panel]),
     h("div", { cls: "trainscope-controls-side" }, [h("div", { cls: "trainscope-section-title", text: "Activity" }), activity]),
   ]);
@@ -317,10 +321,10 @@ function render({ model, el }) {
         b.addEventListener("click", () => send("undo", { ticket: full.id }, `Undo ${full.label}`));
         undo = b;
       }
-      /** @type {{id?: string, seconds?: number}} */
+      /** @type {{id?: string, seconds?: number, label?: string, progress?: {done: number, total: number, text?: string} | null}} */
       const busy = model.get("busy") || {};
       const running = t.status === "pending" && busy.id === t.id;
-      const text = t.status === "sending" ? t.message : running ? `running for ${formatDuration(busy.seconds)} – training is paused until it finishes` : describeTicket(full);
+      const text = t.status === "sending" ? t.message : running ? (busy.progress ? `${busyText(busy).replace("Training paused: ", "")} – training is paused until it finishes` : `running for ${formatDuration(busy.seconds)} – training is paused until it finishes`) : describeTicket(full);
       return h("div", { cls: `trainscope-ticket status-${t.status} ${running ? "is-running" : ""}`, attrs: { "data-ticket": t.id } }, [
         h("span", { cls: `trainscope-badge status-${running ? "running" : t.status}`, text: running ? "running" : t.status }),
         h("span", { cls: "trainscope-ticket-label", text: ` ${t.label} ` }),
@@ -333,6 +337,42 @@ function render({ model, el }) {
     const d = model.get("delivery") || {};
     const note = d.name ? h("div", { cls: "trainscope-muted trainscope-delivery-note", text: d.live ? `Clicks reach the running loop (${d.name}): ${d.note}.` : d.name === "read-only" ? "" : `Clicks apply after the running cell (${d.note}).` }) : null;
     activity.replaceChildren(...(rows.length ? rows : [h("div", { cls: "trainscope-empty", text: "Requests and their results appear here." })]), ...(note ? [note] : []));
+  };
+
+  // ------------------------------------------------------------ a long action holds the loop
+  /** @type {Set<string>} requests whose Cancel was clicked (the button says so until it ends) */
+  const cancelling = new Set();
+  /** @param {string} id */
+  const cancel = (id) => {
+    cancelling.add(id);
+    model.send({ kind: "cancel", id });
+    drawBusy();
+  };
+  const drawBusy = () => {
+    const raw = /** @type {Partial<import("./lib/model_types.js").Busy>} */ (model.get("busy") || {});
+    const busy = raw.id ? /** @type {import("./lib/model_types.js").Busy} */ (raw) : null;
+    busyBar.hidden = !busy;
+    root.classList.toggle("is-busy", Boolean(busy));
+    if (!busy) {
+      cancelling.clear();
+      busyBar.replaceChildren();
+      return;
+    }
+    const asked = Boolean(busy.cancel_requested) || cancelling.has(busy.id);
+    const frac = busyFraction(busy);
+    const bar = frac === null ? null : h("progress", { cls: "trainscope-busy-progress", attrs: { max: "100", value: String(Math.round(frac * 100)) } });
+    let btn = null;
+    if (busy.cancellable) {
+      btn = /** @type {HTMLButtonElement} */ (h("button", { cls: "trainscope-btn trainscope-cancel", text: asked ? "Cancelling…" : "Cancel", title: "stop it at its next iteration; everything it changed is put back exactly" }));
+      btn.disabled = asked || Boolean(model.get("read_only"));
+      btn.addEventListener("click", () => cancel(busy.id));
+    }
+    busyBar.replaceChildren(
+      h("span", { cls: "trainscope-busy-text", text: busyText({ ...busy, cancel_requested: asked }) }),
+      ...(bar ? [bar] : []),
+      ...(btn ? [btn] : []),
+      h("span", { cls: "trainscope-muted", text: busy.cancellable ? "training continues when it ends" : `running for ${formatDuration(busy.seconds)}; training continues when it ends` }),
+    );
   };
 
   // ------------------------------------------------------------ tabs
@@ -387,7 +427,11 @@ function render({ model, el }) {
   model.on("change:tickets", onActivity);
   model.on("change:delivery", onActivity);
   model.on("change:busy", onActivity);
+  const onBusy = () => guard.run("busy", drawBusy);
+  model.on("change:busy", onBusy);
+  model.on("change:read_only", onBusy);
   model.on("change:layer_params", onPanel);
+  drawBusy();
   drawRecommend();
   drawPanel();
   drawActivity();
@@ -402,6 +446,8 @@ function render({ model, el }) {
     model.off("change:tickets", onActivity);
     model.off("change:delivery", onActivity);
     model.off("change:busy", onActivity);
+    model.off("change:busy", onBusy);
+    model.off("change:read_only", onBusy);
     model.off("change:layer_params", onPanel);
   };
 }

@@ -1,6 +1,6 @@
 // Header: run state, step/epoch, speed, ETA, losses, overheads, how clicks reach Python.
 import { h } from "./lib/dom.js";
-import { describeTicket, formatDuration, formatInt, formatPercent, formatValue } from "./lib/format.js";
+import { busyText, describeTicket, formatInt, formatPercent, formatValue, formatDuration } from "./lib/format.js";
 
 /** @typedef {import("./lib/model_types.js").HeaderState} HeaderState */
 
@@ -24,7 +24,7 @@ export function runState(s) {
   const step = formatInt(s.step);
   if (s.busy) {
     return {
-      text: `training paused: ${s.busy.label} (${formatDuration(s.busy.seconds)})`,
+      text: busyText(s.busy).replace("Training paused", "training paused"),
       cls: "is-paused",
       title: `${s.busy.label} runs on the training thread; training continues after it`,
     };

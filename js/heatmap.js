@@ -1,5 +1,5 @@
 // Canvas heatmap of histograms: rows = value bins (bottom = lowest), columns = steps or layers.
-import { lookupTable } from "./lib/colormap.js";
+import { cellColor, cellShare, lookupTable } from "./lib/colormap.js";
 import { h } from "./lib/dom.js";
 
 /** @typedef {import("./lib/model_types.js").HeatmapSpec} HeatmapSpec */
@@ -7,6 +7,8 @@ import { h } from "./lib/dom.js";
 const LUT = lookupTable(false);
 const LUT_SPECIAL = lookupTable(true);
 const MARGIN = { left: 74, right: 8, top: 4, bottom: 22 };
+const BAR = { gap: 8, width: 10, labels: 34 }; // the colour bar right of the plot
+const BAR_SPACE = BAR.gap + BAR.width + BAR.labels;
 const HEIGHT = 190;
 
 /**
@@ -18,6 +20,50 @@ function bytes(v) {
   if (v instanceof Uint8Array) return v;
   if (v instanceof ArrayBuffer) return new Uint8Array(v);
   return new Uint8Array(v.buffer, v.byteOffset, v.byteLength);
+}
+
+/**
+ * The colour bar: the map from empty to full, labelled with what a colour means (Python sends
+ * the tick positions and the unit; nothing is computed here). A note names the red rows.
+ * @param {CanvasRenderingContext2D} ctx
+ * @param {{k?: number, unit?: string, ticks: Array<[number, string]>}} scale
+ * @param {number} x
+ * @param {number} y
+ * @param {number} hgt
+ * @param {string} fg
+ * @param {string} muted
+ * @param {boolean} special
+ */
+function drawColorBar(ctx, scale, x, y, hgt, fg, muted, special) {
+  const top = y + 10;
+  const ph = Math.max(20, hgt - 10 - (special ? 14 : 0));
+  for (let i = 0; i < ph; i++) {
+    const [r, g, b] = cellColor(1 + Math.round((1 - i / (ph - 1)) * 254), false);
+    ctx.fillStyle = `rgb(${r},${g},${b})`;
+    ctx.fillRect(x, top + i, BAR.width, 1);
+  }
+  ctx.strokeStyle = muted;
+  ctx.lineWidth = 1;
+  ctx.strokeRect(x + 0.5, top + 0.5, BAR.width - 1, ph - 1);
+  ctx.textAlign = "left";
+  ctx.textBaseline = "middle";
+  ctx.fillStyle = fg;
+  for (const [level, label] of scale.ticks) {
+    if (!(level >= 0 && level <= 1)) continue;
+    const ty = top + (1 - level) * (ph - 1);
+    ctx.fillRect(x + BAR.width, ty, 3, 1);
+    ctx.fillText(String(label), x + BAR.width + 4, Math.min(Math.max(ty, top + 4), top + ph - 4));
+  }
+  ctx.fillStyle = muted;
+  ctx.textBaseline = "top";
+  ctx.fillText("share", x - 2, y - 1);
+  if (special) {
+    const [r, g, b] = cellColor(200, true);
+    ctx.fillStyle = `rgb(${r},${g},${b})`;
+    ctx.fillRect(x, top + ph + 4, BAR.width, 8);
+    ctx.fillStyle = muted;
+    ctx.fillText("NaN/Inf", x + BAR.width + 3, top + ph + 3);
+  }
 }
 
 /** @type {import("@anywidget/types").Render<import("./lib/model_types.js").HeatmapModel>} */
@@ -78,7 +124,8 @@ function render({ model, el }) {
       ctx.fillText(spec.empty || "no data yet", MARGIN.left, HEIGHT / 2);
       return;
     }
-    const pw = width - MARGIN.left - MARGIN.right;
+    const scale = spec.scale && Array.isArray(spec.scale.ticks) ? spec.scale : null;
+    const pw = width - MARGIN.left - MARGIN.right - (scale ? BAR_SPACE : 0);
     const ph = HEIGHT - MARGIN.top - MARGIN.bottom;
     // draw the image at its own resolution, then scale it into the plot area (crisp cells)
     const img = new ImageData(cols, rows);
@@ -142,6 +189,7 @@ function render({ model, el }) {
       ctx.fillStyle = muted;
       ctx.fillText(spec.x_label, MARGIN.left + pw / 2, MARGIN.top + ph + 5);
     }
+    if (scale) drawColorBar(ctx, scale, MARGIN.left + pw + BAR.gap, MARGIN.top, ph, fg, muted, special.some(Boolean));
     ctx.save();
     ctx.translate(10, MARGIN.top + ph / 2);
     ctx.rotate(-Math.PI / 2);
@@ -158,7 +206,8 @@ function render({ model, el }) {
     const rows = spec.rows || 0;
     const cols = spec.cols || 0;
     const rect = canvas.getBoundingClientRect();
-    const pw = rect.width - MARGIN.left - MARGIN.right;
+    const scale = spec.scale && Array.isArray(spec.scale.ticks) ? spec.scale : null;
+    const pw = rect.width - MARGIN.left - MARGIN.right - (scale ? BAR_SPACE : 0);
     const ph = rect.height - MARGIN.top - MARGIN.bottom;
     const c = Math.floor(((ev.clientX - rect.left - MARGIN.left) / pw) * cols);
     const r = rows - 1 - Math.floor(((ev.clientY - rect.top - MARGIN.top) / ph) * rows);
@@ -168,7 +217,9 @@ function render({ model, el }) {
     }
     const v = bytes(model.get("values"))[r * cols + c] || 0;
     const col = (spec.col_labels || [])[c] ?? String(c);
-    tip.textContent = `${col} · bin ${(spec.row_labels || [])[r] ?? r} · ${v ? `density ${Math.round(((v - 1) / 254) * 100)}%` : "empty"}`;
+    const share = scale ? cellShare(v, scale.k || 0) : (v - 1) / 254;
+    const pct = share >= 0.1 ? Math.round(share * 100) : share >= 0.01 ? (share * 100).toFixed(1) : (share * 100).toPrecision(1);
+    tip.textContent = `${col} · bin ${(spec.row_labels || [])[r] ?? r} · ${v ? (scale ? `${pct}% of this column's values` : `level ${Math.round(share * 100)}%`) : "empty"}`;
   };
   const onLeave = () => { tip.textContent = ""; };
   canvas.addEventListener("mousemove", onMove);

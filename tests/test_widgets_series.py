@@ -198,3 +198,23 @@ def test_tick_format_tells_adjacent_ticks_apart_in_few_characters(lo: float, hi:
     assert all(len(x) <= 9 for x in labels), (fmt, labels)
     if max(abs(lo), abs(hi)) < 1e-3 or max(abs(lo), abs(hi)) >= 1e5:
         assert fmt.endswith("e")
+
+
+def test_heatmap_colour_bar_ticks_match_the_cell_encoding() -> None:
+    """The colour bar's ticks (drawn by the browser, computed here) sit where a cell holding
+    that share of its column is coloured: 10 % of the values in a bin -> the "10%" tick."""
+    from trainscope.widgets._series import COLOR_SCALE, hist_image
+    from trainscope.widgets.heatmap import Heatmap
+
+    ticks = {label: level for level, label in COLOR_SCALE["ticks"]}
+    assert list(ticks) == ["0.1%", "1%", "10%", "100%"] and ticks["100%"] == 1.0
+    for share, label in ((0.001, "0.1%"), (0.01, "1%"), (0.1, "10%"), (1.0, "100%")):
+        counts = np.zeros((1, NBINS))
+        counts[0, ZERO + 5] = share * 1000
+        counts[0, ZERO + 6] = (1 - share) * 1000
+        img = hist_image(counts)
+        v = img["values"][img["bins"].index(ZERO + 5)]
+        assert abs((v - 1) / 254 - ticks[label]) <= 0.5 / 254
+    w = Heatmap()
+    w.show(img, title="t")
+    assert w.spec["scale"]["unit"] == "share of the column's values" and w.spec["scale"]["ticks"]

@@ -45,3 +45,17 @@ export function lookupTable(special) {
   for (let v = 0; v < 256; v++) lut.set(cellColor(v, special), v * 4);
   return lut;
 }
+
+/**
+ * The share of its column's values a quantised cell stands for, undoing Python's encoding
+ * (`hist_image`: level = log1p(k * share) / log1p(k), cell = 1 + round(level * 254)).
+ * Decoding only, for the tooltip: the image itself is computed in Python.
+ * @param {number} v  0..255 (0: empty)
+ * @param {number} k  the scale's k (1000)
+ * @returns {number} 0..1
+ */
+export function cellShare(v, k) {
+  if (!(v > 0) || !(k > 0)) return 0;
+  const level = Math.min(1, (v - 1) / 254);
+  return Math.expm1(level * Math.log1p(k)) / k;
+}

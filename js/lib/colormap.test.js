@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { cellColor, lookupTable } from "./colormap.js";
+import { cellColor, cellShare, lookupTable } from "./colormap.js";
 
 describe("colour maps", () => {
   it("leaves empty cells transparent", () => {
@@ -20,5 +20,18 @@ describe("colour maps", () => {
     const lut = lookupTable(false);
     expect(lut.length).toBe(1024);
     expect(Array.from(lut.subarray(128 * 4, 129 * 4))).toEqual(cellColor(128, false));
+  });
+});
+
+describe("cellShare", () => {
+  it("undoes the log1p(1000 x share) encoding of the heatmap cells", () => {
+    const enc = (/** @type {number} */ share) => 1 + Math.round((Math.log1p(1000 * share) / Math.log1p(1000)) * 254);
+    for (const share of [0.001, 0.01, 0.1, 0.5, 1]) {
+      // half a quantisation step (1/508 of the level) moves a 0.1 % share by 2.7 %, a large one by 1.4 %
+      expect(Math.abs(cellShare(enc(share), 1000) / share - 1)).toBeLessThan(0.03);
+    }
+    expect(cellShare(0, 1000)).toBe(0);
+    expect(cellShare(255, 1000)).toBeCloseTo(1, 6);
+    expect(cellShare(10, 0)).toBe(0);
   });
 });

@@ -105,3 +105,32 @@ export function describeTicket(t) {
       return groupSteps(t.message || t.status);
   }
 }
+
+/**
+ * What a long action holding the training says: "Training paused: LR finder 37/100" (with
+ * "– cancelling…" once Cancel was clicked), or "Training paused: Run check (4s)" when the action
+ * reports no progress.
+ * @param {{label?: string, seconds?: number, progress?: {done: number, total: number, text?: string} | null,
+ *   cancel_requested?: boolean} | null | undefined} busy
+ * @returns {string}
+ */
+export function busyText(busy) {
+  if (!busy || !busy.label) return "";
+  const p = busy.progress;
+  const what = p && p.text ? p.text : busy.label;
+  const done = p && Number.isFinite(p.done) && Number.isFinite(p.total) && p.total > 0
+    ? ` ${formatInt(Math.min(p.done, p.total))}/${formatInt(p.total)}`
+    : ` (${formatDuration(busy.seconds)})`;
+  return `Training paused: ${what}${done}${busy.cancel_requested ? " – cancelling…" : ""}`;
+}
+
+/**
+ * Fraction done of a long action (0..1), or null when it reports no progress.
+ * @param {{progress?: {done: number, total: number} | null} | null | undefined} busy
+ * @returns {number | null}
+ */
+export function busyFraction(busy) {
+  const p = busy && busy.progress;
+  if (!p || !Number.isFinite(p.done) || !Number.isFinite(p.total) || p.total <= 0) return null;
+  return Math.max(0, Math.min(1, p.done / p.total));
+}

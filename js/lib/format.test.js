@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { describeTicket, formatDuration, formatInt, formatPercent, formatValue, groupSteps } from "./format.js";
+import { busyFraction, busyText, describeTicket, formatDuration, formatInt, formatPercent, formatValue, groupSteps } from "./format.js";
 
 describe("formatValue", () => {
   it("keeps four significant digits in the plain range", () => {
@@ -60,5 +60,22 @@ describe("describeTicket", () => {
   });
   it("groups the thousands of step numbers in messages, nothing else", () => {
     expect(groupSteps("loss 2.3 at step 12345, 1500 examples, steps 1569")).toBe("loss 2.3 at step 12,345, 1500 examples, steps 1,569");
+  });
+});
+
+describe("busyText / busyFraction", () => {
+  it("says that training is paused, for what, and how far it got", () => {
+    const b = { id: "a1", label: "LR finder", seconds: 3, progress: { done: 37, total: 100, text: "LR finder" } };
+    expect(busyText(b)).toBe("Training paused: LR finder 37/100");
+    expect(busyFraction(b)).toBe(0.37);
+    expect(busyText({ ...b, cancel_requested: true })).toBe("Training paused: LR finder 37/100 – cancelling…");
+    expect(busyText({ label: "Run check", seconds: 4, progress: { done: 1200, total: 2000, text: "Overfit one batch" } })).toBe("Training paused: Overfit one batch 1,200/2,000");
+  });
+  it("falls back to the elapsed time without progress, and to nothing without a busy action", () => {
+    expect(busyText({ label: "Run check", seconds: 4 })).toBe("Training paused: Run check (4s)");
+    expect(busyFraction({ label: "Run check", seconds: 4 })).toBeNull();
+    expect(busyFraction({ progress: { done: 5, total: 0 } })).toBeNull();
+    expect(busyText(null)).toBe("");
+    expect(busyText({})).toBe("");
   });
 });

@@ -9,7 +9,9 @@
  *   val_loss?: number | string | null, lr?: number | string | null, delivery?: Delivery,
  *   cell_running?: boolean, last_ack?: LastAck | null, errors?: number, layers?: number,
  *   samples?: number, busy?: Busy | null}} HeaderState
- * @typedef {{id: string, action: string, label: string, seconds: number}} Busy
+ * @typedef {{done: number, total: number, text?: string}} Progress
+ * @typedef {{id: string, action: string, label: string, seconds: number,
+ *   progress?: Progress | null, cancellable?: boolean, cancel_requested?: boolean}} Busy
  * @typedef {{state: HeaderState}} HeaderModel
  *
  * @typedef {{key: string, label: string, fmt: "num" | "pct" | "sci", title: string}} Column
@@ -19,14 +21,16 @@
  *
  * @typedef {{title?: string, rows?: number, cols?: number, row_labels?: string[],
  *   special?: boolean[], col_labels?: string[], x_label?: string, y_label?: string,
- *   empty?: string, highlight?: number}} HeatmapSpec
+ *   empty?: string, highlight?: number,
+ *   scale?: {k?: number, unit?: string, ticks: Array<[number, string]>} | null}} HeatmapSpec
  * @typedef {{spec: HeatmapSpec, values: DataView | ArrayBuffer | Uint8Array | null}} HeatmapModel
  *
  * @typedef {{name: string, label: string, description: string, category: string,
  *   schema: Record<string, import("./forms.js").ParamSpec>}} ActionSpec
  * @typedef {{id: string, action: string, label: string, params: Record<string, any>,
  *   source: string, status: string, message: string, submitted_step: number | null,
- *   applied_step: number | null, latency_ms: number | null, undoable: boolean}} TicketView
+ *   applied_step: number | null, latency_ms: number | null, undoable: boolean,
+ *   progress?: Progress | null, cancel_requested?: boolean}} TicketView
  * @typedef {{label: string, severity: string, title: string, first_step: number | null,
  *   last_step: number | null, active: boolean, layers: string[], evidence: string,
  *   checklist: string[], interventions: Array<{action: string, params: Record<string, any>, label: string}>}} Finding

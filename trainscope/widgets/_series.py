@@ -240,7 +240,9 @@ def hist_image(counts: np.ndarray) -> dict[str, Any]:
     dimension"), then quantised: 0 means "no values here", 1..255 the intensity.
 
     Returns ``{"rows", "cols", "values" (bytes, row-major, row 0 = lowest bin), "labels",
-    "special", "bins"}``.
+    "special", "bins", "scale"}``; ``scale`` is what the colour bar draws: ``{"k": 1000, "unit",
+    "ticks": [[level 0..1, label], ...]}`` (a cell ``v`` in 1..255 holds the share
+    ``expm1((v - 1) / 254 * log1p(k)) / k`` of its column's values).
     """
     counts = np.nan_to_num(np.asarray(counts, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
     if counts.ndim != 2 or counts.shape[1] != NBINS:
@@ -265,7 +267,19 @@ def hist_image(counts: np.ndarray) -> dict[str, Any]:
         "labels": [bin_label(b) for b in bins],
         "special": [b in (_NEG_INF, _POS_INF, _NAN) for b in bins],
         "bins": bins,
+        "scale": COLOR_SCALE,
     }
+
+
+_K = 1000.0
+COLOR_SCALE: dict[str, Any] = {
+    "k": _K,
+    "unit": "share of the column's values",
+    "ticks": [[round(math.log1p(_K * f) / math.log1p(_K), 4), label]
+              for f, label in ((0.001, "0.1%"), (0.01, "1%"), (0.1, "10%"), (1.0, "100%"))],
+}
+"""The colour bar of :func:`hist_image` images: where 0.1 %, 1 %, 10 % and 100 % of a column
+fall on its 0..1 colour level."""
 
 
 def jsonable_number(v: Any, digits: int = 4) -> float | str | None:

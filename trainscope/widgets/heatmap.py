@@ -24,7 +24,8 @@ class Heatmap(anywidget.AnyWidget):
     """
     Everything but the pixels: ``{"title", "rows", "cols", "row_labels", "special",
     "col_labels" (one per column), "x_label", "y_label", "empty" (text when there is no data),
-    "highlight" (column index or -1)}``.
+    "highlight" (column index or -1), "scale" (the colour bar: ``{"k", "unit", "ticks"}``, see
+    :func:`~trainscope.widgets._series.hist_image`)}``.
 
     - Type: ``dict``
     - Default: ``{}``
@@ -65,5 +66,6 @@ class Heatmap(anywidget.AnyWidget):
                 "x_label": x_label,
                 "y_label": "value (log-magnitude bins)",
                 "highlight": highlight,
+                "scale": img.get("scale") or {},
             }
             self.values = img["values"]

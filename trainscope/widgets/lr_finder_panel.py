@@ -23,6 +23,35 @@ from ._series import minmax_decimate
 
 __all__ = ["LRFinderPanel"]
 
+MAX_WARNINGS = 5
+"""Warnings shown under the curve (a crafted run may carry any number)."""
+MAX_TEXT = 800
+"""Characters of one advice / warning line (the rest is cut, with an ellipsis)."""
+
+
+def _text(v: Any) -> str:
+    s = v if isinstance(v, str) else ""
+    s = " ".join(s.split())
+    return s if len(s) <= MAX_TEXT else s[: MAX_TEXT - 1] + "…"
+
+
+def _sentence(s: str) -> str:
+    return s[:1].upper() + s[1:] if s else s
+
+
+def verdict(data: dict[str, Any]) -> tuple[str, str]:
+    """What the panel says about the suggestion, as ``(css state, text)``: whether the rules
+    agree and which to trust (the result's ``advice``), and why there is none (``note``)."""
+    note, advice = _text(data.get("note")), _text(data.get("advice"))
+    agree = data.get("agree")
+    parts = [p if p.endswith("…") else _sentence(p).rstrip(". ") + "." for p in (note, advice) if p]
+    text = " ".join(parts)
+    if agree is True:
+        return "is-agree", text or "The rules agree."
+    if agree is False:
+        return "is-disagree", text
+    return "is-none", text
+
 
 class LRFinderPanel(W.VBox):
     """The latest LR range test (a history event of kind ``"lr_find"``) and its suggestion."""
@@ -67,6 +96,11 @@ class LRFinderPanel(W.VBox):
             "No LR range test yet: run the LR finder from the Interventions panel (group: lr)."
         )
         self.info.add_class("trainscope-lr-info")
+        # whether the rules agree and which to trust, and the result's warnings (text widgets)
+        self.advice = W.Label("")
+        self.advice.add_class("trainscope-lr-advice")
+        self.warnings = W.VBox([])
+        self.warnings.add_class("trainscope-lr-warnings")
         self.apply_lr = W.Button(
             description="Apply as LR", disabled=True, tooltip="submit set_lr(lr=suggestion)"
         )
@@ -99,7 +133,7 @@ class LRFinderPanel(W.VBox):
         self._event_id = ev.id
         shown: tuple[Any, ...] = tuple(getattr(self, "children", ()))
         if self.fig not in shown:
-            self.children = (self.fig, self._row)
+            self.children = (self.fig, self._row, self.advice, self.warnings)
         lrs = np.asarray(ev.data.get("lrs", []), dtype=np.float64)
         losses = np.asarray(ev.data.get("losses", []), dtype=np.float64)
         ok = (lrs > 0) & np.isfinite(lrs)
@@ -136,3 +170,18 @@ class LRFinderPanel(W.VBox):
         if others:
             text += "  (" + ", ".join(f"{k}: {v:.2g}" for k, v in others.items()) + ")"
         self.info.value = text
+        state, says = verdict(ev.data)
+        self.advice.value = says
+        for c in ("is-agree", "is-disagree", "is-none"):
+            self.advice.remove_class(c)
+        self.advice.add_class(state)
+        warns = [w for w in (_text(x) for x in list(ev.data.get("warnings") or [])[:MAX_WARNINGS]) if w]
+        labels = []
+        for w in warns:
+            lab = W.Label("⚠ " + _sentence(w))
+            lab.add_class("trainscope-lr-warning")
+            labels.append(lab)
+        old = list(self.warnings.children)
+        self.warnings.children = labels
+        for o in old:
+            o.close()
