@@ -4,7 +4,8 @@ Every intervention is a plain Python function (in-place ones end in ``_``) that 
 arguments before changing anything, applies all-or-nothing, and returns an
 :class:`~trainscope.interventions.Applied` record with ``undo()``.  Given ``probe=``, it also lands
 on the probe's timeline.  Each is registered as a whitelisted action of the same name (without
-the underscore) for ``probe.request(...)`` and the dashboard.
+the underscore) for ``probe.request(...)`` and the dashboard: its ``@action(...)`` declaration sits
+next to it, and :func:`trainscope.builtins.register_builtins` puts it on the whitelist.
 
 =====================  =========================================================================
 ``reinit_``            zeros / constant / normal / uniform / Xavier / He / orthogonal / LSUV /
@@ -21,7 +22,6 @@ the underscore) for ``probe.request(...)`` and the dashboard.
 
 from __future__ import annotations
 
-from . import _registry  # noqa: F401  (registers the actions)
 from ._base import Applied
 from .dropout import add_dropout_, remove_dropout_, set_dropout_
 from .init import SCHEMES, detect_nonlinearity, reinit_

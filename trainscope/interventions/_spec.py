@@ -55,6 +55,22 @@ def action(name: str, *, label: str, category: str, schema: Mapping[str, Mapping
     return deco
 
 
+def need_optimizer(ctx: Any, action: str) -> Any:
+    """The run's optimizer; refuses an action that needs one when the probe has none."""
+    if ctx.optimizer is None:
+        raise ValueError(f"{action} needs the probe to know the optimizer: Probe(model, optimizer, ...)")
+    return ctx.optimizer
+
+
+def needs_optimizer(action: str) -> Check:
+    """A ``check`` that only asks for an optimizer."""
+
+    def check(ctx: Any, p: dict[str, Any]) -> None:
+        need_optimizer(ctx, action)
+
+    return check
+
+
 def result(applied: Applied | None, extra: Mapping[str, Any] | None = None) -> tuple[Applied | None, dict[str, Any]]:
     """``(applied, details)`` with the applied record's details and message, plus ``extra``."""
     details: dict[str, Any] = {}

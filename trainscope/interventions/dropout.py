@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import warnings
 import weakref
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch.nn.functional as F
@@ -35,6 +36,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from ._base import Applied, owner_alive, resolve_modules, validate_params
+from ._spec import action
 
 if TYPE_CHECKING:
     from ..run import RunContext
@@ -304,3 +306,39 @@ def remove_dropout_(model: nn.Module, layers: list[str] | str | None = None, *, 
     return Applied("remove_dropout", prm, undo, message=f"dropout removed in {len(names)} place(s)",
                    details={"removed": names}, probe=probe,
                    touches=_keys([m for _, m in mods] + [h.module() for _, h in hooks if h.module is not None]))
+
+
+# ---------------------------------------------------------------------------- the whitelist entries
+def _check_add_dropout(ctx: RunContext, p: dict[str, Any]) -> None:
+    if p["after"] is None:
+        raise ValueError("add_dropout: name the modules to follow with dropout (after=[...])")
+    for n, m in resolve_modules(ctx.model, p["after"], "add_dropout: after"):
+        if m is ctx.model:
+            raise ValueError("add_dropout: name a submodule, not the whole model")
+        if isinstance(m, _DROPOUT_TYPES) or (m in _ADDED and owner_alive(_ADDED[m].owner)):
+            raise ValueError(f"add_dropout: {n!r} already has dropout; use set_dropout to change p")
+
+
+def _check_dropouts(action: str) -> Callable[[RunContext, dict[str, Any]], None]:
+    def check(ctx: RunContext, p: dict[str, Any]) -> None:
+        _dropouts_in(ctx.model, p["layers"], action)
+
+    return check
+
+
+@action("add_dropout", label="Add dropout", category="regularization", schema=ADD_SCHEMA, order=20,
+        description="Apply dropout to the output of chosen modules.", check=_check_add_dropout)
+def _run_add_dropout(ctx: RunContext, p: dict[str, Any]) -> Applied:
+    return add_dropout_(ctx.model, p["after"], p["p"], probe=ctx)
+
+
+@action("set_dropout", label="Set dropout p", category="regularization", schema=SET_SCHEMA, order=30,
+        description="Change p of the dropouts (all or in chosen layers).", check=_check_dropouts("set_dropout"))
+def _run_set_dropout(ctx: RunContext, p: dict[str, Any]) -> Applied:
+    return set_dropout_(ctx.model, p["p"], p["layers"], probe=ctx)
+
+
+@action("remove_dropout", label="Remove dropout", category="regularization", schema=REMOVE_SCHEMA, order=40,
+        description="Remove trainscope dropouts; set p=0 on the model's own.", check=_check_dropouts("remove_dropout"))
+def _run_remove_dropout(ctx: RunContext, p: dict[str, Any]) -> Applied:
+    return remove_dropout_(ctx.model, p["layers"], probe=ctx)

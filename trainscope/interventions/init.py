@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from ._base import Applied, opt_state_keys, resolve_modules, tensor_keys, validate_params
+from ._spec import action
 
 if TYPE_CHECKING:
     from ..run import RunContext
@@ -318,3 +319,21 @@ def commit(
     touched = [w for w, _ in plan]
     touches = tensor_keys(touched) | (opt_state_keys(optimizer, touched) if optimizer is not None else set())
     return Applied(name, params, undo, message=msg, details=details, probe=probe, touches=touches, heavy=True)
+
+
+# ---------------------------------------------------------------------------- the whitelist entry
+def _check_reinit(ctx: RunContext, p: dict[str, Any]) -> None:
+    from ..actions import note
+
+    tied = tied_note(ctx.model, target_modules(ctx.model, p["layers"]))
+    if tied:
+        note(f"note: {tied}")
+    if p["scheme"] in ("lsuv", "data_dependent") and ctx.data is None and not ctx.recent_batches:
+        raise ValueError(f"{p['scheme']} needs a real batch: give the Probe data=loader, or let training run one step first")
+
+
+@action("reinit", label="Re-initialize", category="init", schema=REINIT_SCHEMA, order=10,
+        description="Re-initialize the whole model or chosen layers (He, Xavier, orthogonal, LSUV, data-dependent...).",
+        check=_check_reinit)
+def _run_reinit(ctx: RunContext, p: dict[str, Any]) -> Applied:
+    return reinit_(ctx.model, p.pop("scheme"), p.pop("layers"), optimizer=ctx.optimizer, probe=ctx, **p)

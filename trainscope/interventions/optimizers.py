@@ -40,6 +40,7 @@ from ._base import (
     validate_params,
 )
 from ._control import controller
+from ._spec import action, need_optimizer
 
 if TYPE_CHECKING:
     from ..run import RunContext
@@ -310,3 +311,17 @@ def switch_optimizer_(optimizer: torch.optim.Optimizer, name: str, *, probe: Run
     return Applied("switch_optimizer", p, undo, message=msg,
                    details={"from": before, "to": after, "carried": carried, "lr": lr0}, probe=probe,
                    touches=touches, heavy=True)
+
+
+# ---------------------------------------------------------------------------- the whitelist entry
+def _check_switch(ctx: RunContext, p: dict[str, Any]) -> None:
+    need_optimizer(ctx, "switch_optimizer")
+    if p["name"] == "sgd" and p["nesterov"] and p["momentum"] <= 0:
+        raise ValueError("switch_optimizer: Nesterov needs momentum > 0")
+
+
+@action("switch_optimizer", label="Switch optimizer", category="optimizer", schema=SWITCH_SCHEMA, order=130,
+        description="Switch to SGD / Adam / AdamW / RAdam / Lookahead / Ranger, carrying over what state can be carried.",
+        check=_check_switch)
+def _run_switch_optimizer(ctx: RunContext, p: dict[str, Any]) -> Applied:
+    return switch_optimizer_(need_optimizer(ctx, "switch_optimizer"), p.pop("name"), probe=ctx, **p)

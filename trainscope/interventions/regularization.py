@@ -18,6 +18,7 @@ from torch import Tensor
 
 from ._base import Applied, group_value, opt_keys, set_group_value, validate_params
 from ._control import GradPart, controller
+from ._spec import action, need_optimizer, needs_optimizer
 
 if TYPE_CHECKING:
     from ..run import RunContext
@@ -165,3 +166,24 @@ def clip_grad_(optimizer: torch.optim.Optimizer, max_norm: float | None = None, 
 
         msg = f"gradients clipped to ±{v:g}"
     return _swap_part(opt, "clip", GradPart("clip", fn, probe, priority=10), "clip_grad", prm, msg, probe)
+
+
+# ---------------------------------------------------------------------------- the whitelist entries
+@action("weight_decay", label="Weight decay", category="regularization", schema=WD_SCHEMA, order=50,
+        description="Set weight decay / L2 in every param group.", check=needs_optimizer("weight_decay"))
+def _run_weight_decay(ctx: RunContext, p: dict[str, Any]) -> Applied:
+    return weight_decay_(need_optimizer(ctx, "weight_decay"), p["value"], probe=ctx)
+
+
+@action("l1", label="L1 penalty", category="regularization", schema=L1_SCHEMA, order=60,
+        description="Add an L1 penalty on the weights (inside optimizer.step()).", check=needs_optimizer("l1"))
+def _run_l1(ctx: RunContext, p: dict[str, Any]) -> Applied:
+    return l1_(need_optimizer(ctx, "l1"), p["value"], include_bias=p["include_bias"], probe=ctx)
+
+
+@action("clip_grad", label="Clip gradients", category="regularization", schema=CLIP_SCHEMA, order=70,
+        description="Clip gradients by total norm or by value at every step.", check=needs_optimizer("clip_grad"),
+        clean=clip_params)
+def _run_clip_grad(ctx: RunContext, p: dict[str, Any]) -> Applied:
+    return clip_grad_(need_optimizer(ctx, "clip_grad"), p["max_norm"], value=p["value"], mode=p["mode"],
+                      norm_type=p["norm_type"], probe=ctx)

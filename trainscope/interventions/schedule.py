@@ -42,6 +42,7 @@ from ._base import (
 )
 from ._control import controller
 from ._schedules import LiveSchedule, sgdr_position
+from ._spec import action, need_optimizer, needs_optimizer
 
 if TYPE_CHECKING:
     from ..run import RunContext
@@ -262,3 +263,44 @@ def _install(opt: torch.optim.Optimizer, p: dict[str, Any], probe: RunContext | 
                       details={"schedule": kind, "lr_start": lr0}, probe=probe, touches=opt_keys(opt, *LR_STATE))
     applied.result = sched
     return applied
+
+
+# ---------------------------------------------------------------------------- the whitelist entries
+def check_schedule(action: str) -> Callable[[RunContext, dict[str, Any]], None]:
+    """The ``check`` of an action that installs a schedule (``snapshot_ensemble`` installs SGDR)."""
+
+    def check(ctx: RunContext, p: dict[str, Any]) -> None:
+        opt = need_optimizer(ctx, action)
+        check_floor(opt, {"kind": "cosine_restarts", **p} if action == "snapshot_ensemble" else p, action)
+
+    return check
+
+
+def _check_one_cycle(ctx: RunContext, p: dict[str, Any]) -> None:
+    need_optimizer(ctx, "one_cycle")
+    if p["base_momentum"] > p["max_momentum"]:
+        raise ValueError("one_cycle: base_momentum must be <= max_momentum")
+
+
+@action("set_lr", label="Set learning rate", category="lr", schema=SET_LR_SCHEMA, order=80,
+        description="Set the learning rate now (group ratios kept).", check=needs_optimizer("set_lr"))
+def _run_set_lr(ctx: RunContext, p: dict[str, Any]) -> Applied:
+    return set_lr_(need_optimizer(ctx, "set_lr"), p["lr"], probe=ctx)
+
+
+@action("scale_lr", label="Scale learning rate", category="lr", schema=SCALE_LR_SCHEMA, order=90,
+        description="Multiply the learning rate (and an active schedule).", check=needs_optimizer("scale_lr"))
+def _run_scale_lr(ctx: RunContext, p: dict[str, Any]) -> Applied:
+    return scale_lr_(need_optimizer(ctx, "scale_lr"), p["factor"], probe=ctx)
+
+
+@action("set_schedule", label="LR schedule", category="lr", schema=SCHEDULE_SCHEMA, order=100,
+        description=f"Switch the learning-rate schedule live ({', '.join(KINDS)}).", check=check_schedule("set_schedule"))
+def _run_set_schedule(ctx: RunContext, p: dict[str, Any]) -> Applied:
+    return set_schedule_(need_optimizer(ctx, "set_schedule"), p.pop("kind"), probe=ctx, **p)
+
+
+@action("one_cycle", label="One-cycle", category="lr", schema=ONE_CYCLE_SCHEMA, order=110,
+        description="Start a one-cycle schedule (lr and momentum cycling) now.", check=_check_one_cycle)
+def _run_one_cycle(ctx: RunContext, p: dict[str, Any]) -> Applied:
+    return one_cycle_(need_optimizer(ctx, "one_cycle"), p.pop("max_lr"), p.pop("total_steps"), probe=ctx, **p)

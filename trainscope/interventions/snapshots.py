@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._base import ALL_OPT_SETTINGS, Applied, opt_keys, opt_state_keys, tensor_keys, validate_params
+from ._spec import action
 from ._state import ModelCapture, OptimizerCapture, split_batch
 
 if TYPE_CHECKING:
@@ -297,3 +298,20 @@ class SnapshotEnsemble:
             out["members_acc"] = [x / n for x in mem_acc]
             out["ensemble_acc"] = ens_acc / n
         return out
+
+
+# ---------------------------------------------------------------------------- the whitelist entries
+def _check_rollback(ctx: RunContext, p: dict[str, Any]) -> None:
+    check_rollback(ctx.model, ctx.optimizer, p["to"], p["weights_only"])
+
+
+@action("snapshot", label="Snapshot", category="run", schema=SNAPSHOT_SCHEMA, order=140,
+        description="Save the weights and optimizer state now.")
+def _run_snapshot(ctx: RunContext, p: dict[str, Any]) -> Applied:
+    return snapshot_(ctx.model, ctx.optimizer, label=p["label"], weights_only=p["weights_only"], probe=ctx)
+
+
+@action("rollback", label="Roll back", category="run", schema=ROLLBACK_SCHEMA, order=150,
+        description="Go back to a snapshot ('last', 'best' or an id).", check=_check_rollback)
+def _run_rollback(ctx: RunContext, p: dict[str, Any]) -> Applied:
+    return rollback_(ctx.model, ctx.optimizer, p["to"], weights_only=p["weights_only"], probe=ctx)

@@ -33,8 +33,9 @@ from torch import nn
 from ._base import Applied, model_keys, opt_keys, validate_params
 from ._control import controller
 from ._monitor import Monitor, ScalarFeed
+from ._spec import action, need_optimizer
 from ._state import ModelCapture
-from .schedule import SCHEDULE_SCHEMA, _check_optimizer, _install
+from .schedule import SCHEDULE_SCHEMA, _check_optimizer, _install, check_schedule
 from .snapshots import Snapshot, SnapshotEnsemble, snapshots
 
 if TYPE_CHECKING:
@@ -235,3 +236,17 @@ def snapshot_ensemble_(model: nn.Module, optimizer: torch.optim.Optimizer, *, pr
     applied.result = ens
     ens.schedule = sched
     return applied
+
+
+# ---------------------------------------------------------------------------- the whitelist entries
+@action("early_stopping", label="Early stopping", category="run", schema=EARLY_SCHEMA, order=160,
+        description="Stop when the smoothed metric has not improved for `patience` observations; restore the best weights.")
+def _run_early_stopping(ctx: RunContext, p: dict[str, Any]) -> Applied:
+    return early_stopping_(ctx.model, ctx.optimizer, probe=ctx, **p)
+
+
+@action("snapshot_ensemble", label="Snapshot ensemble", category="run", schema=ENSEMBLE_SCHEMA, order=170,
+        description="SGDR with a snapshot at the end of every cycle; the averaged prediction is evaluated.",
+        check=check_schedule("snapshot_ensemble"))
+def _run_snapshot_ensemble(ctx: RunContext, p: dict[str, Any]) -> Applied:
+    return snapshot_ensemble_(ctx.model, need_optimizer(ctx, "snapshot_ensemble"), probe=ctx, **p)
