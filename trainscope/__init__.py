@@ -35,6 +35,7 @@ from .landscape import LandscapeResult, loss_landscape
 from .layers import LayerInfo
 from .lr_finder import LRFinderResult, lr_find
 from .probe import Probe, ProbeError
+from .search import SearchResult, search
 
 register_builtins()
 
@@ -46,6 +47,7 @@ __all__ = [
     "LayerInfo",
     "Probe",
     "ProbeError",
+    "SearchResult",
     "StepRecord",
     "__version__",
     "add_dropout_",
@@ -64,6 +66,7 @@ __all__ = [
     "rollback_",
     "run_check",
     "scale_lr_",
+    "search",
     "set_dropout_",
     "set_lr_",
     "set_schedule_",
