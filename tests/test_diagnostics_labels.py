@@ -207,3 +207,41 @@ def test_a_healthy_seq_first_lstm_gets_none_of_the_new_labels() -> None:
     seq = torch.randint(0, 20, (256, 13), generator=torch.Generator().manual_seed(5))
     fs = train(LM(), nn.CrossEntropyLoss(), seq[:, :-1], seq[:, 1:], steps=40)
     assert severe_new(fs) == [], fs
+
+
+# -------------------------------------------- parameters not in the graph (frozen_parameters, step 1)
+class _Branches(nn.Module):
+    """Two hidden branches; ``mode`` decides how the second reaches (or does not reach) the loss."""
+
+    def __init__(self, mode: str) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(8, 16)
+        self.fc2 = nn.Linear(8, 16)
+        self.out = nn.Linear(16, 3)
+        self.mode = mode
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.fc1(x))
+        if self.mode == "detach":
+            h = h + torch.relu(self.fc2(x)).detach()
+        elif self.mode == "used":
+            h = h + torch.relu(self.fc2(x))
+        # "unused": fc2 built, never called
+        return self.out(h)
+
+
+def _frozen_at(mode: str, steps: int) -> trainscope.diagnostics.Finding | None:
+    return only(train(_Branches(mode), nn.CrossEntropyLoss(), X, Y_CLS, steps=steps), "frozen_parameters")
+
+
+@pytest.mark.parametrize("mode", ["detach", "unused"])
+def test_parameters_whose_grad_stays_none_are_named_from_step_1(mode: str) -> None:
+    f = _frozen_at(mode, steps=2)  # two optimizer steps, findings read right after
+    assert f is not None and f.severity == "warning" and f.layers == ["fc2"], f
+    assert f.first_step <= 1
+    assert "`fc2.weight`" in f.evidence and "`fc2.bias`" in f.evidence
+
+
+def test_a_connected_branch_is_not_flagged() -> None:
+    assert _frozen_at("used", steps=2) is None
+    assert _frozen_at("used", steps=30) is None

@@ -45,7 +45,8 @@ def _group_lrs(h: History) -> list[float]:
 def frozen_parameters(h: History, ctx: Context) -> Finding | None:
     """Parameters that can never change: (a) ``requires_grad`` parameters the optimizer does not
     hold; (b) layers with trainable parameters whose gradient is missing (``None``: not connected
-    to the loss, or never run) in ``persist_need`` of the last ``persist_of`` records while other
+    to the loss, or never run) in ``persist_need`` of the last ``persist_of`` records (at both of the
+    first two records: a connected layer gets a gradient at every backward) while other
     layers do get gradients -- or *no* layer gets one (the loss is detached from the model: error);
     (c) layers with a non-zero gradient whose weights are exactly where they started after two or
     more steps: a gradient too small to change float32 weights (relative gradient below 1e-7,
@@ -67,19 +68,21 @@ def frozen_parameters(h: History, ctx: Context) -> Finding | None:
     detached = False
     steps, g = series(h, ctx, "grad_norm")
     _, wn = series(h, ctx, "weight_norm")
-    if len(steps) >= th.persist_need:
+    # a connected layer gets a gradient at every backward: missing at both of the first two samples suffices
+    need = max(2, min(th.persist_need, len(steps)))
+    if len(steps) >= need:
         measured = np.isfinite(wn) & (wn > 0)  # the probe tracks (measures) this layer's parameters
         candidates = [i for i, info in enumerate(h.layers)
                       if info.n_trainable and info.name not in tied and bool(measured[-th.persist_of:, i].any())]
         any_grad = np.isfinite(g).any(axis=1)
-        if candidates and held(~any_grad, th.persist_need, th.persist_of):
+        if candidates and held(~any_grad, need, th.persist_of):
             detached = True  # not a single parameter receives a gradient
             no_grad = [h.layers[i].name for i in candidates]
         else:
             for i in candidates:
                 col = g[:, i]
                 others = np.isfinite(np.delete(g, i, axis=1)).any(axis=1) if g.shape[1] > 1 else np.ones(len(col), bool)
-                if held(~np.isfinite(col) & others & measured[:, i], th.persist_need, th.persist_of):
+                if held(~np.isfinite(col) & others & measured[:, i], need, th.persist_of):
                     no_grad.append(h.layers[i].name)
         _, d = series(h, ctx, "dist_init")
         if h.step >= 2 and len(d) and not detached:
@@ -103,9 +106,11 @@ def frozen_parameters(h: History, ctx: Context) -> Finding | None:
             f"{len(missing)} trainable parameter(s) are not in the optimizer, so they are never updated: {_listing(missing)}"
         )
     if no_grad and not detached:
+        params = [n for n, rg in (ctx.requires_grad or {}).items() if rg and _owner(n) in no_grad]
         parts.append(
             f"{_listing(no_grad)} receive no gradient (not connected to the loss: unused in forward, detached, or "
             f"run under no_grad) in the last {min(th.persist_of, len(steps))} records"
+            + (f": .grad stays None for {_listing(params)}" if params else "")
         )
     if vanished:
         parts.append(
