@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from . import metrics as _metrics
 from .layers import LayerInfo
 from .stats import NBINS
 
@@ -46,38 +47,10 @@ __all__ = [
     "Update",
 ]
 
-LAYER_METRICS: tuple[str, ...] = (
-    # activations (module outputs), training forwards only
-    "act_mean",
-    "act_std",
-    "act_min",
-    "act_max",
-    "act_abs_max",
-    "act_frac_zero",
-    "act_frac_sat",  # bounded activations only (tanh, sigmoid, hardtanh, relu6, ...), else NaN
-    "act_nonfinite",  # exact count; -1: at least one, not counted (see stats.py)
-    "act_dead_frac",  # fraction of units that never fired over the dead-unit window, else NaN
-    # gradients with respect to the module outputs
-    "ograd_mean",
-    "ograd_std",
-    "ograd_abs_max",
-    "ograd_frac_zero",
-    "ograd_nonfinite",
-    # the module's own parameters (NaN for modules without any)
-    "weight_norm",  # ||θ||
-    "grad_norm",  # ||∇θ|| after backward (as the optimizer sees it)
-    "update_ratio",  # ||θ_t − θ_{t−1}|| / ||θ_t|| across one optimizer step
-    "dist_init",  # ||θ − θ_0|| (θ_0: the parameters when the probe attached)
-    "grad_nonfinite",  # non-finite gradient elements (exact)
-)
+LAYER_METRICS: tuple[str, ...] = _metrics.LAYER_NAMES
+"""Every per-layer metric, in column order (defined once, in :mod:`trainscope.metrics`)."""
 METRIC_INDEX = {m: i for i, m in enumerate(LAYER_METRICS)}
-PARAM_METRICS: tuple[str, ...] = (
-    "weight_norm",
-    "grad_norm",
-    "update_ratio",
-    "dist_init",
-    "grad_nonfinite",
-)
+PARAM_METRICS: tuple[str, ...] = _metrics.PARAM_NAMES
 """Parameter metrics are also recorded at every *cheap* step (``cheap_every``) in a denser series;
 :meth:`History.layer_series` serves them from there."""
 PARAM_INDEX = {m: i for i, m in enumerate(PARAM_METRICS)}

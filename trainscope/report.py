@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from . import _raster as R
+from . import metrics as _metrics
 from ._version import __version__
 from .history import History
 
@@ -64,25 +65,8 @@ _CURVE_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Update / weight ratio (whole model)", ("update_ratio_total",)),
     ("Step time (s)", ("step_time",)),
 )
-_TABLE_METRICS = (
-    ("act_mean", "act mean"),
-    ("act_std", "act std"),
-    ("act_frac_zero", "zeros"),
-    ("act_dead_frac", "dead"),
-    ("act_frac_sat", "saturated"),
-    ("ograd_std", "out-grad std"),
-    ("weight_norm", "|W|"),
-    ("grad_norm", "|grad W|"),
-    ("update_ratio", "update ratio"),
-    ("act_nonfinite", "non-finite act"),
-    ("grad_nonfinite", "non-finite grad"),
-)
-_HEATMAPS = (
-    ("act_std", "Activation std", True),
-    ("act_frac_zero", "Fraction of zero activations", False),
-    ("grad_norm", "Gradient norm per layer", True),
-    ("update_ratio", "Update / weight ratio per layer", True),
-)
+_TABLE_METRICS = tuple((m.name, m.short) for m in _metrics.report_metrics())
+_HEATMAPS = tuple((m.name, m.heatmap or m.label, m.log_scale) for m in _metrics.heatmap_metrics())
 
 
 # ============================================================================ sources
@@ -1072,16 +1056,7 @@ def figure_png(
         h = srcs[0].history
         steps, vals = h.layer_series(metric)
         order = _order(h)
-        log = metric in (
-            "act_std",
-            "grad_norm",
-            "update_ratio",
-            "weight_norm",
-            "dist_init",
-            "ograd_std",
-            "act_abs_max",
-            "ograd_abs_max",
-        )
+        log = _metrics.get(metric).log_scale
         chart = _Heatmap(
             f"{metric} per layer ({srcs[0].name})",
             vals[:, order].T if len(steps) else np.zeros((0, 0)),

@@ -1,7 +1,7 @@
 """Layer-table rows: the latest per-layer metrics, formatted for JSON and colour coded.
 
-The thresholds are here, in Python, so the browser only draws (``status`` 0 fine, 1 look at it,
-2 bad).  They are display hints, deliberately simple; the diagnosis (``trainscope.diagnostics``)
+The thresholds come from :mod:`trainscope.metrics` (Python), so the browser only draws
+(``status`` 0 fine, 1 look at it, 2 bad).  They are display hints, deliberately simple; the diagnosis (``trainscope.diagnostics``)
 is where findings with evidence come from.
 """
 
@@ -11,56 +11,16 @@ from typing import Any
 
 import numpy as np
 
+from .. import metrics as _metrics
 from ..history import History, StepRecord
 
 __all__ = ["COLUMNS", "cell_status", "column_status", "layer_rows"]
 
 COLUMNS: list[dict[str, str]] = [
-    {"key": "act_mean", "label": "act mean", "fmt": "num", "title": "mean of the layer's output"},
-    {
-        "key": "act_std",
-        "label": "act std",
-        "fmt": "num",
-        "title": "standard deviation of the output (shrinking/exploding by depth: init)",
-    },
-    {
-        "key": "act_frac_zero",
-        "label": "% zero",
-        "fmt": "pct",
-        "title": "share of exactly-zero outputs",
-    },
-    {
-        "key": "act_dead_frac",
-        "label": "dead",
-        "fmt": "pct",
-        "title": "share of units that never fired over the dead-unit window",
-    },
-    {
-        "key": "act_frac_sat",
-        "label": "saturated",
-        "fmt": "pct",
-        "title": "share of outputs at the bounds of tanh / sigmoid-like activations",
-    },
-    {
-        "key": "grad_norm",
-        "label": "grad norm",
-        "fmt": "sci",
-        "title": "norm of the layer's parameter gradient",
-    },
-    {
-        "key": "weight_norm",
-        "label": "weight norm",
-        "fmt": "sci",
-        "title": "norm of the layer's parameters",
-    },
-    {
-        "key": "update_ratio",
-        "label": "update/weight",
-        "fmt": "sci",
-        "title": "||Δθ|| / ||θ|| per step; healthy around 1e-3 (1e-4 .. 1e-2)",
-    },
+    {"key": m.name, "label": m.label, "fmt": m.fmt, "title": m.title} for m in _metrics.table_metrics()
 ]
-_NONFINITE_KEYS = ("act_nonfinite", "ograd_nonfinite", "grad_nonfinite")
+"""The layer table's columns: those marked ``table`` in :mod:`trainscope.metrics`."""
+_NONFINITE_KEYS = _metrics.NONFINITE_NAMES
 
 
 def cell_status(key: str, v: float) -> int | None:
@@ -71,26 +31,7 @@ def cell_status(key: str, v: float) -> int | None:
 
 def column_status(key: str, v: np.ndarray) -> np.ndarray:
     """:func:`cell_status` for a whole column at once (-1 = not applicable)."""
-    v = np.asarray(v, dtype=np.float64)
-    with np.errstate(invalid="ignore"):
-        if key == "act_dead_frac":
-            st = np.where(v > 0.5, 2, np.where(v > 0.1, 1, 0))
-        elif key == "act_frac_zero":
-            st = np.where(v >= 0.95, 2, np.where(v >= 0.6, 1, 0))
-        elif key == "act_frac_sat":
-            st = np.where(v > 0.5, 2, np.where(v > 0.2, 1, 0))
-        elif key == "act_std":
-            st = np.where((v < 1e-4) | (v > 1e3), 2, np.where((v < 1e-2) | (v > 1e1), 1, 0))
-        elif key == "grad_norm":
-            st = np.where(v == 0, 1, 0)
-        elif key == "update_ratio":
-            ok = (v >= 1e-4) & (v <= 1e-2)
-            near = (v >= 1e-5) & (v <= 1e-1)
-            st = np.where(v == 0, 1, np.where(ok, 0, np.where(near, 1, 2)))
-        else:
-            st = np.zeros(len(v), dtype=np.int64)
-    st = np.where(np.isinf(v), 2, st)
-    return np.where(np.isnan(v), -1, st).astype(np.int64)
+    return _metrics.column_status(key, v)  # thresholds: trainscope.metrics (Metric.health)
 
 
 def _round4(v: np.ndarray) -> list[Any]:
