@@ -324,7 +324,7 @@ function render({ model, el }) {
       /** @type {{id?: string, seconds?: number, label?: string, progress?: {done: number, total: number, text?: string} | null}} */
       const busy = model.get("busy") || {};
       const running = t.status === "pending" && busy.id === t.id;
-      const text = t.status === "sending" ? t.message : running ? (busy.progress ? `${busyText(busy).replace("Training paused: ", "")} – training is paused until it finishes` : `running for ${formatDuration(busy.seconds)} – training is paused until it finishes`) : describeTicket(full);
+      const text = t.status === "sending" ? t.message : running ? (busy.progress ? `${formatInt(busy.progress.done)}/${formatInt(busy.progress.total)} – training is paused until it finishes` : `running for ${formatDuration(busy.seconds)} – training is paused until it finishes`) : describeTicket(full);
       return h("div", { cls: `trainscope-ticket status-${t.status} ${running ? "is-running" : ""}`, attrs: { "data-ticket": t.id } }, [
         h("span", { cls: `trainscope-badge status-${running ? "running" : t.status}`, text: running ? "running" : t.status }),
         h("span", { cls: "trainscope-ticket-label", text: ` ${t.label} ` }),
@@ -348,6 +348,16 @@ function render({ model, el }) {
     model.send({ kind: "cancel", id });
     drawBusy();
   };
+  // its parts are made once and updated in place: progress arrives 4 times a second, and a
+  // Cancel button replaced under the pointer would lose the click
+  const busyTextEl = h("span", { cls: "trainscope-busy-text" });
+  const busyProgress = /** @type {HTMLProgressElement} */ (h("progress", { cls: "trainscope-busy-progress", attrs: { max: "100" } }));
+  const cancelBtn = /** @type {HTMLButtonElement} */ (h("button", { cls: "trainscope-btn trainscope-cancel", text: "Cancel", title: "stop it at its next iteration; everything it changed is put back exactly" }));
+  const busyNote = h("span", { cls: "trainscope-muted" });
+  busyBar.append(busyTextEl, busyProgress, cancelBtn, busyNote);
+  /** @type {string} */
+  let busyId = "";
+  cancelBtn.addEventListener("click", () => { if (busyId) cancel(busyId); });
   const drawBusy = () => {
     const raw = /** @type {Partial<import("./lib/model_types.js").Busy>} */ (model.get("busy") || {});
     const busy = raw.id ? /** @type {import("./lib/model_types.js").Busy} */ (raw) : null;
@@ -355,24 +365,20 @@ function render({ model, el }) {
     root.classList.toggle("is-busy", Boolean(busy));
     if (!busy) {
       cancelling.clear();
-      busyBar.replaceChildren();
+      busyId = "";
       return;
     }
+    busyId = busy.id;
     const asked = Boolean(busy.cancel_requested) || cancelling.has(busy.id);
     const frac = busyFraction(busy);
-    const bar = frac === null ? null : h("progress", { cls: "trainscope-busy-progress", attrs: { max: "100", value: String(Math.round(frac * 100)) } });
-    let btn = null;
-    if (busy.cancellable) {
-      btn = /** @type {HTMLButtonElement} */ (h("button", { cls: "trainscope-btn trainscope-cancel", text: asked ? "Cancelling…" : "Cancel", title: "stop it at its next iteration; everything it changed is put back exactly" }));
-      btn.disabled = asked || Boolean(model.get("read_only"));
-      btn.addEventListener("click", () => cancel(busy.id));
-    }
-    busyBar.replaceChildren(
-      h("span", { cls: "trainscope-busy-text", text: busyText({ ...busy, cancel_requested: asked }) }),
-      ...(bar ? [bar] : []),
-      ...(btn ? [btn] : []),
-      h("span", { cls: "trainscope-muted", text: busy.cancellable ? "training continues when it ends" : `running for ${formatDuration(busy.seconds)}; training continues when it ends` }),
-    );
+    const text = busyText({ ...busy, cancel_requested: asked });
+    if (busyTextEl.textContent !== text) busyTextEl.textContent = text;
+    busyProgress.hidden = frac === null;
+    if (frac !== null) busyProgress.value = Math.round(frac * 100);
+    cancelBtn.hidden = !busy.cancellable;
+    cancelBtn.disabled = asked || Boolean(model.get("read_only"));
+    cancelBtn.textContent = asked ? "Cancelling…" : "Cancel";
+    busyNote.textContent = busy.cancellable ? "training continues when it ends" : `running for ${formatDuration(busy.seconds)}; training continues when it ends`;
   };
 
   // ------------------------------------------------------------ tabs

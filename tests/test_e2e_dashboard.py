@@ -459,6 +459,40 @@ def test_jupyterlab_running_state_readable_marks_and_no_console_errors(scratch: 
             nb.screenshot(DASH, "ux_2_log_scale.png")
             assert nb.cell_running(TRAIN)
 
+            # a long LR sweep: progress and "training paused" while it holds the loop, Cancel
+            # stops it, and training goes on from where it was
+            nb.errors.append("phase: lr finder cancel")
+            card = _open_category(nb, "lr_find")
+            card.locator("details.trainscope-more summary").click()
+            card.locator(".trainscope-param-num_iter").fill("10000")
+            card.locator(".trainscope-param-end_lr").fill("0.001")  # no divergence stop: it runs long
+            card.locator(".trainscope-action-lr_find").click()
+            bar = page.locator(f"{DASH} .trainscope-busy")
+            page.wait_for_function(
+                """() => { const e = document.querySelector('.trainscope-dashboard .trainscope-busy-text');
+                   const m = e && e.textContent.match(/Training paused: LR finder ([\\d,]+)\\/10,000/);
+                   return m && parseInt(m[1].replace(/,/g, '')) > 0; }""",
+                timeout=60_000,
+            )
+            assert bar.locator("progress").count() == 1
+            assert page.locator(f"{DASH} .trainscope-state").inner_text().startswith("training paused: LR finder")
+            step_paused = _step(nb)
+            nb.screenshot(DASH, "ux_3_lr_finder_paused.png")
+            _held_click(nb, bar.locator(".trainscope-cancel"), 0.1)
+            ticket = f"{DASH} .trainscope-ticket.status-cancelled:has-text('LR finder')"
+            page.wait_for_selector(ticket, timeout=30_000)
+            done = re.search(r"cancelled at ([\d,]+)/10,000", nb.text(ticket))
+            assert done and 0 < int(done.group(1).replace(",", "")) < 10_000, nb.text(ticket)
+            page.wait_for_selector(f"{DASH} .trainscope-busy", state="hidden", timeout=20_000)
+            page.wait_for_function(
+                """(s) => { const e = document.querySelector('.trainscope-dashboard .trainscope-step .trainscope-fact-value');
+                   return e && parseInt(e.textContent.replace(/,/g, '')) > s + 50; }""",
+                arg=step_paused,
+                timeout=30_000,
+            )
+            assert page.locator(f"{DASH} .trainscope-state").inner_text() == "training running"
+            assert nb.cell_running(TRAIN)
+
             # every tab once (plots laid out when shown), then the end of the cell
             for tab in ("Layers", "Depth", "Weights", "LR finder", "Curves"):
                 nb.errors.append(f"phase: tab {tab}")

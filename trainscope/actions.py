@@ -257,7 +257,7 @@ class Ticket:
 
 
 def _cancel_text(t: Ticket, detail: str) -> str:
-    at = f" at {t.progress[0]}/{t.progress[1]}" if t.progress is not None else ""
+    at = f" at {t.progress[0]:,}/{t.progress[1]:,}" if t.progress is not None else ""
     return f"cancelled{at}: {detail}" if detail else f"cancelled{at}; everything it changed was put back"
 
 

@@ -267,6 +267,8 @@ class LRFinderResult:
     def summary(self, data: str = "") -> str:
         """One plain sentence (or a few): the suggestion, whether to trust it, and any warning."""
         on = f" on {data}" if data else ""
+        if self.stop_reason == "cancelled":
+            return f"no suggestion: the model, optimizer and random state are back exactly as before the sweep{on}"
         if self.suggestion is None:
             head = f"no suggestion after {self.iterations} iterations{on}: {self.note or self.stop_reason}"
         else:
@@ -521,7 +523,7 @@ def lr_find(
             model.train()
             for it, lr in enumerate(plan):
                 if cancel():
-                    reason = f"cancelled after {it} of {num_iter} iterations"
+                    reason = f"cancelled after {it:,} of {num_iter:,} iterations"
                     cancelled = True
                     break
                 for g, q in zip(groups, ratios, strict=True):

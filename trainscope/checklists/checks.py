@@ -78,7 +78,8 @@ class CheckEnv:
         """A long check reports ``done`` of ``total`` iterations, and stops (raising
         :class:`~trainscope.actions.Cancelled`; the runner restores everything) when cancelled."""
         if self.cancel() if self.cancel is not None else cancel_requested():
-            raise Cancelled(f"{self.title} cancelled at {done}/{total}; everything was put back, no result recorded")
+            raise Cancelled(f"{self.title} cancelled at {done:,}/{total:,}: everything it changed is put back, no "
+                            "result recorded")
         if self.progress is not None:
             self.progress(done, total)
         else:

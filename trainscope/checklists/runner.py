@@ -237,7 +237,8 @@ def _validate(probe: RunContext, params: dict[str, Any]) -> dict[str, Any]:
 def _apply(probe: RunContext, params: dict[str, Any]) -> tuple[None, dict[str, Any]]:
     res = run_check(params["check"], probe, record=False)
     if res.details.get("cancelled"):
-        return None, {"message": res.evidence}  # nothing recorded: the ticket ends "cancelled"
+        # nothing recorded: the ticket ends "cancelled at N/M: ..."
+        return None, {"message": "everything the check changed is put back, no result recorded"}
     _record(probe, res, event=False)  # the action queue puts it on the timeline itself
     return None, {"message": f"{CHECKS[res.name].title}: {res.status} - {res.evidence}", "status": res.status,
                   "check": res.name, "evidence": res.evidence, "seconds": round(res.seconds, 3)}
