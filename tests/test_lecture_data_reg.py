@@ -328,3 +328,30 @@ def test_checks_and_lr_find_see_the_plain_data() -> None:
             probe.detach()
 
     assert run(True) == run(False)
+
+
+@pytest.mark.kernel
+@pytest.mark.slow
+def test_lecture_notebook_mixup_narrows_the_gap_and_growing_the_batch_matches_decay(tmp_path: Any) -> None:
+    """examples/lecture_data_reg.ipynb on scikit-learn digits, executed in a real kernel (~30 s of work on one
+    thread): mixup narrows the train/val loss gap; the grown batch ends where the decayed LR does, in fewer steps."""
+    import re
+    from pathlib import Path
+
+    from .test_examples import _run_notebook
+
+    path = Path(__file__).parent.parent / "examples" / "lecture_data_reg.ipynb"
+    nb = _run_notebook(path, {}, tmp_path)
+    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    gaps = {m[0]: float(m[1]) for m in re.findall(r"^(plain|mixup 0\.2)\s.*gap: loss ([\d.]+)", text, re.M)}
+    assert set(gaps) == {"plain", "mixup 0.2"}, text
+    assert gaps["mixup 0.2"] < 0.9 * gaps["plain"], gaps
+    assert "applied at step 1" in text
+    fin = {m[0]: (float(m[1]), float(m[2]), float(m[3]), int(m[4])) for m in re.findall(
+        r"^(constant|decay|grow)\s+train loss ([\d.]+) val loss ([\d.]+) acc ([\d.]+) optimizer steps (\d+)", text, re.M)}
+    assert set(fin) == {"constant", "decay", "grow"}, text
+    decay, grow = fin["decay"], fin["grow"]
+    assert abs(grow[0] - decay[0]) < 0.25 * decay[0], fin  # same final training loss
+    assert abs(grow[2] - decay[2]) <= 0.02, fin  # same validation accuracy
+    assert grow[3] < 0.5 * decay[3] and decay[3] == fin["constant"][3], fin  # in fewer optimizer steps
+    assert "effective batch x5" in text and "effective batch x25" in text
