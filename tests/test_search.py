@@ -263,3 +263,32 @@ def test_the_panel_follows_the_search_live(monkeypatch: pytest.MonkeyPatch) -> N
     assert coords[best_row, -1] == 0.0  # the best trial sits at the bottom of the metric axis
     assert panel.lines.colors[best_row] == "#440154"  # and is drawn darkest
     assert panel.fig in panel._plot.children and res.listener_errors == []
+
+
+@pytest.mark.kernel
+@pytest.mark.slow
+def test_lecture_notebook_search_beats_the_default_and_shows_the_landscape(tmp_path: Any) -> None:
+    """examples/lecture_landscape_search.ipynb in a real kernel: random search with successive halving
+    beats the default configuration on digits within its budget, and both slices are drawn."""
+    import re
+    from pathlib import Path
+
+    from .test_examples import _run_notebook
+
+    path = Path(__file__).parent.parent / "examples" / "lecture_landscape_search.ipynb"
+    nb = _run_notebook(path, {}, tmp_path)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    text = ["".join(o.get("text", "") for o in c.outputs) for c in code]
+    views = [sum(1 for o in c.outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})) for c in code]
+    _setup, _search, table, _panel, train, python_slice = text
+    assert views[1] == 1 and views[3] == 1, views  # the live search panel, the landscape panel
+    default = float(re.search(r"default val_loss ([\d.]+) \(completed, 27 epochs\)", table)[1])  # type: ignore[index]
+    best = float(re.search(r"best val_loss ([\d.]+)", table)[1])  # type: ignore[index]
+    assert best < 0.75 * default, table
+    used = int(re.search(r"epochs trained (\d+) of 540", table)[1])  # type: ignore[index]
+    assert used < 540 / 2, table
+    assert "20 trial runs" in table
+    assert "1-D slice (filter-normalized, eval mode)" in train and "2-D slice (filter-normalized, eval mode)" in train
+    lowest = re.search(r"lowest [\d.e+-]+ at \(([+-][\d.e+-]+)\)", python_slice)
+    assert lowest and abs(float(lowest[1])) <= 0.1 + 1e-9, python_slice  # the trained weights sit at the bottom
+    assert "weights unchanged: True | RNG unchanged: True" in python_slice
