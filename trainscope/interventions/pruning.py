@@ -236,6 +236,12 @@ def _from_state_dict(model: nn.Module, init: Any) -> dict[int, Tensor]:
 def _latest_metrics(probe: Probe | None) -> dict[str, float]:
     if probe is None:
         return {}
+    flush = getattr(probe, "flush", None)
+    if callable(flush):  # values logged since the last transfer (the epoch that just ended)
+        try:
+            flush()
+        except Exception:
+            pass
     out: dict[str, float] = {}
     names = set(probe.history.scalar_names())
     for n in _METRICS:
