@@ -131,6 +131,25 @@ def test_a_trial_that_swallows_the_stop_is_still_stopped() -> None:
         assert calls.count((t.id, "stopped")) == 9 - 3 + 1 and t.step == 3
 
 
+def test_ctrl_c_stops_the_search_and_keeps_the_table(tmp_path: Any) -> None:
+    def fn(config: dict[str, Any], report: Report) -> None:
+        if report.trial == 2:
+            raise KeyboardInterrupt
+        if report.trial == 1:
+            report(1, float("nan"))  # a non-finite value never passes a rung
+            report(3, float("nan"))
+        curve_fn(config, report)
+
+    torch.manual_seed(9)
+    state = torch.get_rng_state().clone()
+    with pytest.raises(KeyboardInterrupt):
+        search(fn, SPACE, trials=5, budget=9, rungs=1, run_dir=tmp_path / "s", display=False)
+    assert torch.equal(torch.get_rng_state(), state)
+    doc = json.loads((tmp_path / "s" / "search.json").read_text())
+    assert [r["status"] for r in doc["trials"]] == ["completed", "stopped", "interrupted", "pending", "pending"]
+    assert not doc["finished"]
+
+
 @pytest.mark.parametrize(
     ("make", "match"),
     [
