@@ -327,3 +327,39 @@ def test_switch_optimizer_keeps_accumulating() -> None:
         assert all(int(s["step"]) == 2 for s in opt.state.values())
     finally:
         probe.detach()
+
+
+def test_dashboard_forms_from_the_schemas_validate() -> None:
+    from trainscope.actions import REGISTRY
+
+    model, opt, _ = _setup()
+    probe = trainscope.Probe(model, opt, loss_fn=LOSS)
+    try:
+        for name in ("accumulate", "batch_schedule"):
+            spec = REGISTRY[name]
+            assert spec.category == "lr" and spec.label
+            assert all(f["type"] in {"float", "int", "bool", "str", "choice"} for f in spec.schema.values())
+            form = {k: f["default"] for k, f in spec.schema.items() if f.get("default") is not None}  # js defaultParams
+            spec.validate(probe, form)
+        p = REGISTRY["batch_schedule"].validate(probe, {"factor": 2, "every": 1000, "milestones": "300, 600"})
+        assert p["milestones"] == [300, 600] and p["every"] is None  # a form fills every's default too
+    finally:
+        probe.detach()
+
+
+def test_accumulation_through_a_probe_ends_when_it_is_detached() -> None:
+    m1, o1, data = _setup()
+    m2, o2, _ = _setup()
+    probe = trainscope.Probe(m1, o1, loss_fn=LOSS)
+    accumulate_(o1, 4, probe=probe)
+    _train(m1, o1, data[:2])  # 2 micro-batches accumulated
+    probe.detach()
+    _train(m1, o1, data[2:3])  # ends the accumulation: one real step on the mean of the 3
+    assert "step" not in o1.__dict__ and "zero_grad" not in o1.__dict__
+    x = torch.cat([d[0] for d in data[:3]])
+    y = torch.cat([d[1] for d in data[:3]])
+    o2.zero_grad()
+    LOSS(m2(x), y).backward()
+    o2.step()
+    for p, q in zip(m1.parameters(), m2.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)

@@ -355,3 +355,19 @@ def test_lecture_notebook_mixup_narrows_the_gap_and_growing_the_batch_matches_de
     assert abs(grow[2] - decay[2]) <= 0.02, fin  # same validation accuracy
     assert grow[3] < 0.5 * decay[3] and decay[3] == fin["constant"][3], fin  # in fewer optimizer steps
     assert "effective batch x5" in text and "effective batch x25" in text
+
+
+def test_dashboard_forms_from_the_schemas_validate() -> None:
+    from trainscope.actions import REGISTRY
+
+    model, loss_fn = _net(), nn.CrossEntropyLoss()
+    probe = trainscope.Probe(model, torch.optim.SGD(model.parameters(), lr=0.1), loss_fn=loss_fn)
+    try:
+        for name in ("mixup", "input_noise", "label_smoothing"):
+            spec = REGISTRY[name]
+            assert spec.category == "regularization" and spec.label
+            assert all(f["type"] in {"float", "int"} for f in spec.schema.values())
+            form = {k: f["default"] for k, f in spec.schema.items() if f.get("default") is not None}  # js defaultParams
+            assert spec.validate(probe, form)[next(iter(spec.schema))] > 0
+    finally:
+        probe.detach()

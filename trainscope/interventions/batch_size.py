@@ -26,7 +26,9 @@ trainscope LR schedule's ``t`` counts real steps too; a torch ``lr_scheduler`` s
 user's loop still counts the loop's iterations.  Undo (or ``k`` back to 1 with no schedule) puts
 the plain methods back exactly (the instance ``__dict__`` as it was).  (A torch scheduler created
 *before* the accumulation and not stepped yet warns once at its first ``step()`` that
-``optimizer.step`` was overridden; harmless.)  While the LR finder runs
+``optimizer.step`` was overridden; harmless.)  Accumulation requested through a probe ends with
+it: after ``probe.detach()`` the next ``step()`` is real (the micro-batches accumulated so far
+included and averaged) and the plain methods are put back.  While the LR finder runs
 (it suspends trainscope's LR control, :func:`~trainscope.interventions._control.suspended`) every
 call passes straight through, so its sweep is the same as without accumulation; inside
 :func:`passthrough` too.
@@ -47,7 +49,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ._base import Applied, as_float, as_int, opt_keys, report_error, validate_params
+from ._base import Applied, as_float, as_int, opt_keys, owner_alive, report_error, validate_params
 from ._control import controller
 from ._spec import action
 
@@ -162,6 +164,13 @@ class Accumulator:
             opt._opt_called = True  # type: ignore[attr-defined]  # the scheduler sees the loop's call
         self.micro += 1
         self.batches += 1
+        if not owner_alive(self.owner):  # applied through a probe that was detached since: this step ends it
+            n, self.micro = self.micro, 0
+            if n > 1:
+                self._average(opt, n)
+            self.k, self.schedule, self.schedule_params, self.owner = 1, None, None, None
+            self.sync()
+            return inner(*args, **kwargs)
         if self.micro < self.k:
             closure = args[0] if args else kwargs.get("closure")
             if closure is not None:
