@@ -41,7 +41,7 @@ from torch import Tensor, nn
 from ._base import Applied, opt_keys, opt_state_keys, tensor_keys
 
 if TYPE_CHECKING:
-    from ..probe import Probe
+    from ..run import RunContext
 
 __all__ = ["Branch", "find_branches", "fixup_"]
 
@@ -241,7 +241,7 @@ def _common_prefix(names: list[str]) -> str:
 
 
 def fixup_(model: nn.Module, params: dict[str, Any], *, optimizer: torch.optim.Optimizer | None = None,
-           probe: Probe | None = None) -> Applied:
+           probe: RunContext | None = None) -> Applied:
     """Apply Fixup to ``model`` (``params``: the validated ``reinit`` parameters; ``layers`` must
     be all).  Returns the ``reinit`` :class:`Applied` record."""
     if params.get("layers") is not None:

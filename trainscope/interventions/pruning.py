@@ -55,7 +55,7 @@ from ._base import Applied, opt_state_keys, resolve_modules, tensor_keys, valida
 from ._spec import action
 
 if TYPE_CHECKING:
-    from ..probe import Probe
+    from ..run import RunContext
 
 __all__ = ["PRUNE_SCHEMA", "PruneMask", "masks", "prune_", "sparsity"]
 
@@ -175,7 +175,7 @@ def _targets(model: nn.Module, layers: list[str] | None) -> list[tuple[str, nn.M
     return list(out.values())
 
 
-def _reference(model: nn.Module, rewind: Any, probe: Probe | None, init: Any) -> tuple[dict[int, Tensor], str]:
+def _reference(model: nn.Module, rewind: Any, probe: RunContext | None, init: Any) -> tuple[dict[int, Tensor], str]:
     """``{id(parameter): values to rewind to}`` and where they come from."""
     if rewind == "none":
         return {}, "none"
@@ -233,7 +233,7 @@ def _from_state_dict(model: nn.Module, init: Any) -> dict[int, Tensor]:
     return out
 
 
-def _latest_metrics(probe: Probe | None) -> dict[str, float]:
+def _latest_metrics(probe: RunContext | None) -> dict[str, float]:
     if probe is None:
         return {}
     flush = getattr(probe, "flush", None)
@@ -280,7 +280,7 @@ def _new_masks(weights: list[Tensor], olds: list[Tensor], amount: float, scope: 
 
 
 def prune_(model: nn.Module, amount: float = 0.8, layers: list[str] | str | None = "all", *, scope: str = "global",
-           rewind: str | int = "init", optimizer: torch.optim.Optimizer | None = None, probe: Probe | None = None,
+           rewind: str | int = "init", optimizer: torch.optim.Optimizer | None = None, probe: RunContext | None = None,
            init: Any = None) -> Applied:
     """One round of magnitude pruning (masks cumulative over rounds), then rewind.
 
@@ -431,9 +431,12 @@ def prune_(model: nn.Module, amount: float = 0.8, layers: list[str] | str | None
     return Applied("prune", p, undo, message=msg, details=details, probe=probe, touches=touches, heavy=True)
 
 
-def _log(probe: Probe, value: float) -> None:
+def _log(probe: RunContext, value: float) -> None:
+    log = getattr(probe, "log", None)  # Probe.log (not part of the RunContext protocol)
+    if not callable(log):
+        return
     try:
-        probe.log(sparsity=float(value))  # type: ignore[attr-defined]
+        log(sparsity=float(value))
     except Exception:  # a detached probe: the event on the timeline is enough
         pass
 
