@@ -16,9 +16,8 @@ import torch
 from torch import Tensor, nn
 
 from .._hooks import primary_tensor
-from ._base import Applied
+from ._base import Applied, commit
 from ._state import probe_batch, split_batch
-from .init import commit
 
 if TYPE_CHECKING:
     from ..run import RunContext

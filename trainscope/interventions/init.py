@@ -19,13 +19,12 @@ parameter is reset.  Undo restores the values and the optimizer state.
 from __future__ import annotations
 
 import math
-import warnings
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
-from ._base import Applied, opt_state_keys, resolve_modules, tensor_keys, validate_params
+from ._base import Applied, commit, resolve_modules, validate_params
 from ._spec import action
 
 if TYPE_CHECKING:
@@ -262,63 +261,6 @@ def tied_note(model: nn.Module, targets: list[tuple[str, nn.Module]]) -> str:
                 parts.append(f"{', '.join(sorted(set(names)))} are one tensor (tied): it ends with the "
                              f"initialization of {last[id(prm)]}")
     return "; ".join(parts)
-
-
-def commit(
-    model: nn.Module,
-    plan: list[tuple[Tensor, Tensor]],
-    optimizer: torch.optim.Optimizer | None,
-    name: str,
-    params: dict[str, Any],
-    info: list[dict[str, Any]],
-    probe: RunContext | None,
-    *,
-    warn_symmetry: bool = False,
-    saved: list[tuple[Tensor, Tensor]] | None = None,
-    extra: dict[str, Any] | None = None,
-    note: str = "",
-) -> Applied:
-    """Copy planned values in (all or nothing), reset their optimizer state; undoable."""
-    with torch.no_grad():
-        if saved is None:
-            saved = [(w, w.detach().clone()) for w, _ in plan]
-        states: dict[int, tuple[Tensor, Any]] = {}
-        try:
-            for w, new in plan:
-                w.copy_(new)
-            if optimizer is not None:
-                for w, _ in plan:
-                    if w in optimizer.state:
-                        states[id(w)] = (w, optimizer.state.pop(w))
-        except BaseException:
-            for w, old in saved:
-                w.copy_(old)
-            for w, st in states.values():
-                optimizer.state[w] = st  # type: ignore[union-attr]
-            raise
-
-    def undo() -> None:
-        with torch.no_grad():
-            for w, old in saved:  # type: ignore[union-attr]
-                w.copy_(old)
-        if optimizer is not None:
-            for w, st in states.values():
-                optimizer.state[w] = st
-
-    msg = f"{params['scheme']} on {len(info)} layer(s)"
-    if optimizer is not None:
-        msg += f"; optimizer state reset for {len(states)} tensor(s)"
-    if warn_symmetry:
-        warning = (f"{params['scheme']} init makes every unit of a layer identical: they get identical "
-                   "gradients and stay identical (the symmetry problem); use it to demonstrate, not to train")
-        warnings.warn(f"trainscope: {warning}", UserWarning, stacklevel=3)
-        msg += f". Warning: {warning}"
-    if note:
-        msg += f"; note: {note}"
-    details: dict[str, Any] = {"layers": info, **(extra or {})}
-    touched = [w for w, _ in plan]
-    touches = tensor_keys(touched) | (opt_state_keys(optimizer, touched) if optimizer is not None else set())
-    return Applied(name, params, undo, message=msg, details=details, probe=probe, touches=touches, heavy=True)
 
 
 # ---------------------------------------------------------------------------- the whitelist entry
