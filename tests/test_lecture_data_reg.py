@@ -371,3 +371,17 @@ def test_dashboard_forms_from_the_schemas_validate() -> None:
             assert spec.validate(probe, form)[next(iter(spec.schema))] > 0
     finally:
         probe.detach()
+
+
+def test_a_one_example_batch_is_left_alone_silently() -> None:
+    model, loss_fn = _net(), nn.CrossEntropyLoss()
+    x, y = _data(1)[0]
+    with torch.no_grad():
+        ref = model(x[:1])
+    mixup_(model, loss_fn, 0.4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = model(x[:1])
+        loss = loss_fn(out, y[:1])
+    assert torch.equal(out.detach(), ref)
+    torch.testing.assert_close(loss.detach(), F.cross_entropy(ref, y[:1]))

@@ -33,6 +33,10 @@ included and averaged) and the plain methods are put back.  While the LR finder 
 call passes straight through, so its sweep is the same as without accumulation; inside
 :func:`passthrough` too.
 
+Through a probe, ``accumulate`` / ``batch_schedule`` and their undo apply at a real step, where
+nothing is pending.  A plain ``applied.undo()`` between real steps leaves the micro-batches
+accumulated so far in ``.grad`` (a loop that calls ``zero_grad()`` before its forward discards them).
+
 Not supported: ``torch.optim.LBFGS`` (its closure is re-evaluated inside the step; refused), and
 AMP's ``GradScaler.step(optimizer)`` (it unscales the gradients at every call, including the
 swallowed ones: the usual recipe is to call ``scaler.step`` only every ``k``-th batch yourself).

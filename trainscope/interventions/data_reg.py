@@ -260,10 +260,13 @@ class InputSide:
 
     def _mix(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any], bool]:
         x = _primary(args, kwargs)
-        if x is None or not x.is_floating_point() or x.dim() == 0 or x.shape[0] < 2:
+        if x is not None and x.is_floating_point() and x.dim() >= 1 and x.shape[0] < 2:
+            self.pending = None  # one example (a last batch): mixing it with itself changes nothing
+            return args, kwargs, False
+        if x is None or not x.is_floating_point() or x.dim() == 0:
             what = "no tensor" if x is None else f"a {x.dtype} tensor of shape {tuple(x.shape)}"
-            _note(self.owner, "mixup", f"mixup: the model's first input is {what}, not a floating batch of 2 or more "
-                  "examples; this batch was not mixed", self.seen, "not-float")
+            _note(self.owner, "mixup", f"mixup: the model's first input is {what}, not a floating batch; this batch "
+                  "was not mixed", self.seen, "not-float")
             self.pending = None
             return args, kwargs, False
         assert self.mix_rng is not None and self.perm_gen is not None
