@@ -315,3 +315,48 @@ def test_panel_reads_a_saved_run(tmp_path: Any) -> None:
     assert "1-D slice" in panel.info.value
     with pytest.raises(TypeError, match="Probe"):
         landscape_panel(model)  # type: ignore[arg-type]
+
+
+def test_a_running_slice_reports_progress_and_can_be_cancelled(monkeypatch: pytest.MonkeyPatch) -> None:
+    from trainscope import actions
+
+    model, opt, probe, loss_fn, (x, y) = _probe_run()
+    seen: list[tuple[int, int, str]] = []
+    real = actions.progress
+
+    def spy(done: int, total: int, text: str = "") -> None:
+        seen.append((done, total, text))
+        real(done, total, text)
+        if done == 37:
+            probe.actions.cancel(ticket.id)  # what the dashboard's Cancel button does, mid-run
+
+    monkeypatch.setattr(actions, "progress", spy)
+    try:
+        for _ in range(2):
+            opt.zero_grad()
+            loss_fn(model(x), y).backward()
+            opt.step()
+        before = _state(model)
+        ticket = probe.request("loss_landscape", dims=2, points=11)
+        opt.zero_grad()
+        loss_fn(model(x), y).backward()
+        after_backward = _state(model)  # the step below applies the request after updating the weights
+        want = [p.detach().add(p.grad, alpha=-0.1) for p in model.parameters()]  # plain SGD, lr 0.1
+        opt.step()
+        assert ticket.status == "cancelled", (ticket.status, ticket.message)
+        assert ticket.message.startswith("cancelled at 37/122"), ticket.message
+        assert [d for d, _, _ in seen] == list(range(1, 38)) and {(n, s) for _, n, s in seen} == {(122, "Loss landscape")}
+        assert not [e for e in probe.history.events if e.kind in ("loss_landscape", "intervention")]
+        # nothing of the slice is left: the weights are those the optimizer step produced
+        moved = _state(model)
+        assert all(torch.equal(p, w) for p, w in zip(model.parameters(), want, strict=True))
+        assert moved["buffers"] == after_backward["buffers"] and moved["modes"] == after_backward["modes"]
+        assert moved["torch"] == before["torch"] and moved["numpy"] == before["numpy"]
+        # a direct call takes its own progress / cancel
+        calls: list[int] = []
+        with pytest.raises(actions.Cancelled, match="cancelled at 4/6"):
+            loss_landscape(model, loss_fn, (x, y), points=5, progress=lambda d, t: calls.append(d),
+                           cancel=lambda: len(calls) >= 4)
+        assert calls == [1, 2, 3, 4] and _state(model) == moved
+    finally:
+        probe.detach()

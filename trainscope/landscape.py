@@ -255,6 +255,8 @@ def loss_landscape(
     ignore_1d: bool = True,
     step_fn: Callable[[nn.Module, Any], Tensor] | None = None,
     probe: Any = None,
+    progress: Callable[[int, int], None] | None = None,
+    cancel: Callable[[], bool] | None = None,
 ) -> LandscapeResult:
     """Evaluate the loss on a 1-D or 2-D slice around the current weights (see the module docstring).
 
@@ -278,6 +280,12 @@ def loss_landscape(
         ``"none"``; ``ignore_1d`` zeroes the direction of 1-D parameters (biases, norm layers).
     probe
         The probe to pause meanwhile (default: the probe attached to ``model``, if any).
+    progress, cancel
+        ``progress(done, total)`` after every point; ``cancel() -> bool`` before every point: when
+        it returns true the evaluation stops, everything is restored exactly, and
+        :class:`trainscope.actions.Cancelled` is raised.  Run as an action
+        (``probe.request("loss_landscape")``) both default to the action's own, so the dashboard
+        shows "Training paused: Loss landscape 37/441" with a Cancel button.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"loss_landscape needs an nn.Module, got {type(model).__name__}")
@@ -287,6 +295,10 @@ def loss_landscape(
     seed = as_int("seed", seed, lo=0, hi=2**63 - 1)
     mode = as_choice("mode", mode, ("eval", "train"))
     norm = as_choice("norm", norm, ("filter", "layer", "none"))
+    if progress is not None and not callable(progress):
+        raise TypeError(f"progress must be a function progress(done, total), got {type(progress).__name__}")
+    if cancel is not None and not callable(cancel):
+        raise TypeError(f"cancel must be a function cancel() -> bool, got {type(cancel).__name__}")
     if step_fn is None and not callable(loss_fn):
         raise TypeError("loss_landscape needs loss_fn(outputs, target) (e.g. nn.CrossEntropyLoss()) or "
                         "step_fn(model, batch) -> loss")
@@ -319,9 +331,28 @@ def loss_landscape(
     betas = np.linspace(-span, span, points) if dims == 2 else None
     if probe is None:
         probe = _attached_probe(model)
+    from . import actions
+
+    total = points ** dims + 1
+    done = 0
+
+    def tick() -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(done, total)
+        else:
+            actions.progress(done, total, "Loss landscape")
+
+    def check_cancel() -> None:
+        if cancel() if cancel is not None else actions.cancel_requested():
+            raise actions.Cancelled(f"cancelled at {done}/{total}; the model and the random state are back "
+                                    "exactly as before")
+
     t0 = time.perf_counter()
 
     def evaluate() -> float:
+        check_cancel()
         if mode == "train":
             torch.manual_seed(seed)
         if step_fn is not None:
@@ -331,7 +362,9 @@ def loss_landscape(
         if not isinstance(loss, Tensor) or loss.numel() != 1:
             raise ValueError("the loss must be a scalar tensor (one element); got "
                              f"{type(loss).__name__}{' of shape ' + str(tuple(loss.shape)) if isinstance(loss, Tensor) else ''}")
-        return float(loss.detach().double())
+        value = float(loss.detach().double())
+        tick()
+        return value
 
     with isolated(model, None, probe, values=True) as snap:
         saved = {id(p): v for p, v in zip(snap.params, snap.values, strict=True)}
