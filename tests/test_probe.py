@@ -15,7 +15,7 @@ from torch import nn
 
 import trainscope
 from trainscope import Probe
-from trainscope import probe as probe_mod
+from trainscope.recorder import payload as payload_mod
 
 from .conftest import make_mlp
 
@@ -387,7 +387,7 @@ def test_no_host_sync_on_unsampled_steps_and_one_transfer_per_sampled_step(
     probe = Probe(model, opt, loss_fn=loss_fn, every=5)
     probe.flush_interval = 1e9  # no time-based scalar flush in this test
     transfers: list[int] = []
-    real = probe_mod._Pending.__init__
+    real = payload_mod.Pending.__init__
 
     def counting(self: Any, flat: torch.Tensor, meta: dict[str, Any]) -> None:
         transfers.append(probe.step_count)
@@ -396,7 +396,7 @@ def test_no_host_sync_on_unsampled_steps_and_one_transfer_per_sampled_step(
     def forbidden(*a: Any, **k: Any) -> Any:
         raise AssertionError("host sync inside the probe")
 
-    monkeypatch.setattr(probe_mod._Pending, "__init__", counting)
+    monkeypatch.setattr(payload_mod.Pending, "__init__", counting)
     x, y = torch.randn(64, 20), torch.randint(0, 5, (64,))
     for _ in range(11):
         opt.zero_grad()
@@ -779,3 +779,26 @@ def test_model_with_probe_can_be_deepcopied_and_pickled(tmp_path: Any) -> None:
     opt.step()
     assert probe.step_count == 1 and probe.errors == []
     probe.detach()
+
+
+def test_the_recorder_imports_only_the_floors_below_it() -> None:
+    """The recording engine (trainscope/recorder/) reads no service, no façade and no Jupyter
+    layer: every import in it, module- or function-level, TYPE_CHECKING included, is a floor."""
+    import ast
+    from pathlib import Path
+
+    allowed = {"run", "stats", "layers", "history", "_params", "_hooks", "_lossextra", "recorder"}
+    root = Path(trainscope.__file__).parent / "recorder"
+    seen: set[str] = set()
+    for path in sorted(root.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                pkg = ("recorder." if node.level == 1 else "") + (node.module or "")
+                names = [pkg] if node.module else [a.name for a in node.names]
+                seen.update(n.split(".")[0] for n in names)
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("trainscope"):
+                seen.add((node.module or "").split(".")[1])
+            elif isinstance(node, ast.Import):
+                seen.update(a.name.split(".")[1] for a in node.names if a.name.startswith("trainscope."))
+    assert {"run", "stats", "history", "recorder"} <= seen  # the walk found the real imports
+    assert seen <= allowed, f"the recorder imports {sorted(seen - allowed)}"

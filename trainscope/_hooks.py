@@ -1,4 +1,6 @@
-"""Small pieces of hook plumbing: copy-safe hook callables, handles, host transfers."""
+"""Small pieces of hook plumbing: copy-safe hook callables, handles, the primary tensor.
+
+The host transfer lives in :mod:`trainscope.recorder.payload`."""
 
 from __future__ import annotations
 
@@ -6,13 +8,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from .run import Handle
 
-__all__ = ["Handle", "HookFn", "Pending", "primary_tensor"]
+__all__ = ["Handle", "HookFn", "primary_tensor"]
 
 
 def primary_tensor(out: Any) -> Tensor | None:
@@ -89,28 +90,3 @@ def _eager_call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str,
 
         _EAGER.append(torch.compiler.disable(call))  # type: ignore[no-untyped-call,unused-ignore]
     return _EAGER[0](fn, args, kwargs)
-
-
-class Pending:
-    """One device->host transfer: blocking on CPU, pinned + non-blocking + event on CUDA."""
-
-    def __init__(self, flat: Tensor, meta: dict[str, Any]) -> None:
-        self.meta = meta
-        self._event: Any = None
-        if flat.is_cuda:
-            host = torch.empty(flat.shape, dtype=flat.dtype, pin_memory=True)
-            host.copy_(flat, non_blocking=True)
-            self._event = torch.cuda.Event()  # type: ignore[no-untyped-call]
-            self._event.record()
-            self._host = host
-        else:
-            self._host = flat.detach().to("cpu")
-
-    def ready(self) -> bool:
-        return self._event is None or bool(self._event.query())
-
-    def result(self) -> np.ndarray:
-        if self._event is not None:
-            self._event.synchronize()
-        out: np.ndarray = self._host.numpy()
-        return out
