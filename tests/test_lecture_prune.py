@@ -254,6 +254,18 @@ def test_refusals_change_nothing() -> None:
         probe.detach()
 
 
+def test_tied_weights_are_refused() -> None:
+    emb = nn.Embedding(10, 6)
+    head = nn.Linear(6, 10, bias=False)
+    head.weight = emb.weight  # tied, as an LM head and its input embedding
+    model = nn.Sequential(emb, nn.Linear(6, 6), head)
+    before = _state(model)
+    with pytest.raises(ValueError, match="tied weights"):
+        prune_(model, 0.5, rewind="none")
+    assert _same(before, _state(model)) and not masks(model)
+    prune_(model, 0.5, layers=["1"], rewind="none").undo()
+
+
 def test_prune_action_has_a_schema_for_the_dashboard() -> None:
     spec = actions.REGISTRY["prune"]
     assert spec.category == "pruning"

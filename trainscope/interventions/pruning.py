@@ -165,10 +165,20 @@ def _targets(model: nn.Module, layers: list[str] | None) -> list[tuple[str, nn.M
             out.setdefault(id(m), (n, m))
     if not out:
         raise ValueError("prune: the model has no Linear / Conv layer to prune")
+    owners: dict[int, dict[int, str]] = {}  # weight tensor -> {module holding it: a name}
+    for mname, mod in model.named_modules(remove_duplicate=False):
+        for pname, q in mod.named_parameters(recurse=False):
+            if pname == "weight" or (pname == "original" and mname.endswith(".parametrizations.weight")):
+                holder = model.get_submodule(mname.replace(".parametrizations.weight", "")) if pname == "original" else mod
+                owners.setdefault(id(q), {}).setdefault(id(holder), mname.replace(".parametrizations.weight", ""))
     for n, m in out.values():
         if _foreign(m):
             raise ValueError(f"prune: the weight of {n!r} is re-parametrized by something else (weight norm?); "
                              "undo that first or leave the layer out")
+        shared = sorted(v or "(model)" for k, v in owners.get(id(_weight(m)), {}).items() if k != id(m))
+        if shared:
+            raise ValueError(f"prune: the weight of {n!r} is one tensor with {', '.join(shared)} (tied weights); the "
+                             "mask would not hold there, so it is not pruned: leave it out")
         w = _weight(m)
         if not isinstance(w, Tensor) or not w.is_floating_point():
             raise ValueError(f"prune: {n!r} has no floating-point weight")
