@@ -245,3 +245,17 @@ def test_parameters_whose_grad_stays_none_are_named_from_step_1(mode: str) -> No
 def test_a_connected_branch_is_not_flagged() -> None:
     assert _frozen_at("used", steps=2) is None
     assert _frozen_at("used", steps=30) is None
+
+
+def test_a_dominant_class_is_a_warning_only_while_the_model_learns_no_more_than_the_prior() -> None:
+    g = torch.Generator().manual_seed(7)
+    noise = torch.randn(512, 8, generator=g)
+    rare = torch.zeros(512, dtype=torch.long)
+    rare[::40] = 1  # 2.5% positives, unrelated to the inputs: only the prior can be learned
+    fs = train(mlp(8, 16, 2), nn.CrossEntropyLoss(), noise, rare, steps=60, batch=64)
+    f = only(fs, "class_imbalance")
+    assert f is not None and f.severity == "warning" and "predicting the class frequencies" in f.evidence, fs
+    learnable = (X[:, 0] > 1.96).long()  # ~2.5% positives, a function of the inputs: the model learns it
+    fs = train(mlp(8, 16, 2), nn.CrossEntropyLoss(), X, learnable, steps=200, batch=64, lr=1e-2)
+    f = only(fs, "class_imbalance")
+    assert f is not None and f.severity == "info", fs

@@ -85,5 +85,6 @@ class Thresholds:
     imbalance_min_examples: int = 64  # class counts judged once 64 sampled targets were seen
     imbalance_majority: float = 0.95  # one class holds >= 95% of the targets (up to all of them)
     imbalance_ratio: float = 10.0  # the largest class is >= 10x the rarest present (SMD's threshold_imbalance)
+    imbalance_prior_loss: float = 0.9  # ... and the loss is >= 90% of the class entropy: only the prior was learned
     still_window: int = 6  # evaluations over which validation must still be falling
     still_gain: float = 0.02  # ... by >= 2% (median of the later half vs the earlier half)

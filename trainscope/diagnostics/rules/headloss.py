@@ -278,14 +278,37 @@ def unscaled_targets(h: History, ctx: Context) -> Finding | None:
     )
 
 
+def _prior_only(h: History, ctx: Context, li: dict[str, Any], p: np.ndarray) -> str | None:
+    """Evidence that the model learned no more than the class frequencies: after
+    ``min_progress_steps`` steps the (cross-entropy / BCE) training loss is still at least
+    ``imbalance_prior_loss`` (90%) of the entropy of the class distribution -- the loss of always
+    predicting the class frequencies.  ``None`` when it did better, or when this cannot be told."""
+    name = li.get("loss")
+    if name not in ("CrossEntropyLoss", "NLLLoss", "BCEWithLogitsLoss", "BCELoss"):
+        return None
+    q = p[p > 0]
+    ent = float(-(q * np.log(q)).sum())
+    s, _ = scalar(h, "loss")
+    c = loss_curve(h, ctx)
+    if c is None or not len(s) or int(s[-1]) < ctx.thresholds.min_progress_steps or ent <= 0:
+        return None
+    if c.tail < ctx.thresholds.imbalance_prior_loss * ent:
+        return None
+    return (f"after {int(s[-1])} steps the loss ({fmt(c.tail)}) is still that of predicting the class frequencies "
+            f"({fmt(ent)} nats): the model has learned the imbalance, not the task; ")
+
+
 @rule("class_imbalance", checklist=("karpathy.visualize_input",))
 def class_imbalance(h: History, ctx: Context) -> Finding | None:
     """One class dominates the targets of the batches the probe sampled (at least
     ``imbalance_min_examples`` (64) examples): the largest class is ``imbalance_ratio`` (10x) the
     smallest class present or more, or holds ``imbalance_majority`` (95%) or more of all examples
     -- up to a single class.  A model that always predicts the majority scores that fraction.
-    Warning when a single class holds ``imbalance_majority`` or more (nothing else can be learned),
-    info for a ratio alone (the task may be imbalanced by nature: weigh the loss or resample)."""
+    Warning when every target is one class (nothing else can be learned), or when one class holds
+    ``imbalance_majority`` or more and after ``min_progress_steps`` steps the cross-entropy / BCE
+    training loss is still ``imbalance_prior_loss`` (90%) or more of the class distribution's
+    entropy (the model predicts the frequencies, accuracy = the majority share); info otherwise
+    (the task may be imbalanced by nature and learned anyway)."""
     th = ctx.thresholds
     counts = h.meta.get("class_counts")
     if not isinstance(counts, list) or len(counts) < 2:
@@ -307,12 +330,13 @@ def class_imbalance(h: History, ctx: Context) -> Finding | None:
     if share < th.imbalance_majority and ratio < th.imbalance_ratio:
         return None
     single = len(present) == 1
-    sev = "warning" if share >= th.imbalance_majority else "info"
+    prior = _prior_only(h, ctx, li, c / total)
+    sev = "warning" if single or (share >= th.imbalance_majority and prior) else "info"
     what = (f"every one of the {int(total)} targets seen is class {top}" if single
             else f"class {top} is {fmt(100 * share)}% of the {int(total)} targets seen ({fmt(ratio)}x the rarest class present)")
     hint = ("the labels were probably overwritten or scaled in preprocessing (e.g. y / 255 cast to integers): check the "
             "label pipeline" if single else
-            "a model that always predicts it scores that accuracy. Weigh the loss by inverse class frequency "
+            (prior or "") + "a model that always predicts it scores that accuracy. Weigh the loss by inverse class frequency "
             "(CrossEntropyLoss(weight=...), BCEWithLogitsLoss(pos_weight=...)) or resample the batches "
             "(WeightedRandomSampler)")
     return Finding(
