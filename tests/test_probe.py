@@ -802,3 +802,77 @@ def test_the_recorder_imports_only_the_floors_below_it() -> None:
                 seen.update(a.name.split(".")[1] for a in node.names if a.name.startswith("trainscope."))
     assert {"run", "stats", "history", "recorder"} <= seen  # the walk found the real imports
     assert seen <= allowed, f"the recorder imports {sorted(seen - allowed)}"
+
+
+def test_step_payload_one_transfer_gives_back_the_same_named_arrays() -> None:
+    """A StepPayload's named device tensors, the cheap rows and the scalars travel in one flat
+    copy and come back under the same names, shapes and values."""
+    from trainscope.recorder.payload import StepPayload, start_transfer
+
+    p: StepPayload[torch.Tensor] = StepPayload(step=3, reason="schedule")
+    p.act, p.act_meta = torch.arange(18.0).reshape(2, 9), [(0, 10), (1, 20)]
+    p.act_masks = {1: torch.tensor([1.0, 0.0, 1.0])}
+    p.grad_masks = {1: torch.tensor([0.0, 0.0, 1.0])}
+    p.carried = torch.tensor(2.5)
+    scalars = {"loss": ([3, 3, 2], [torch.tensor(1.0), torch.tensor(3.0), 0.5])}
+    pending = start_transfer(4, p, [(1, torch.ones(4)), (2, torch.zeros(4))], scalars)
+    buf = pending.result()
+    host = pending.meta.host(buf)
+    assert host is not None and host.step == 3 and host.reason == "schedule" and host.full
+    assert set(host.named()) == {"act", "amask1", "gmask1", "carried"}
+    np.testing.assert_array_equal(host.act, np.arange(18.0).reshape(2, 9))
+    assert host.act_meta == [(0, 10), (1, 20)]
+    np.testing.assert_array_equal(host.act_masks[1], [1.0, 0.0, 1.0])
+    np.testing.assert_array_equal(host.grad_masks[1], [0.0, 0.0, 1.0])
+    assert float(host.carried) == 2.5 and host.prow is None
+    rows = pending.meta.param_rows(buf)
+    assert rows is not None
+    np.testing.assert_array_equal(rows[0], [1, 2])
+    np.testing.assert_array_equal(rows[1], [[1.0] * 4, [0.0] * 4])
+    steps, values = pending.meta.scalars(buf)["loss"]  # sorted by step, one value per step
+    np.testing.assert_array_equal(steps, [2, 3])
+    np.testing.assert_allclose(values, [0.5, 2.0])
+
+
+def test_an_exchange_strategy_gets_every_sampled_payload_and_decides_what_is_recorded() -> None:
+    """The recorder hands each sampled step's payload to its exchange strategy (how
+    DistributedProbe combines ranks) and records what comes back; ``full=False`` records none."""
+    from trainscope.recorder.payload import StepPayload
+
+    class Keep:
+        def __init__(self, record: bool) -> None:
+            self.record, self.seen = record, []
+
+        def exchange(self, k: int, payload: StepPayload[torch.Tensor]) -> StepPayload[torch.Tensor]:
+            self.seen.append((k, sorted(payload.named())))
+            if self.record:
+                payload.extra = {"via": "strategy"}
+                return payload
+            return StepPayload(step=k, full=False)
+
+        def agree_schedule(self) -> bool:
+            return False
+
+        def defer_sample(self) -> bool:
+            return False
+
+    for record in (True, False):
+        model = make_mlp()
+        loss_fn = nn.CrossEntropyLoss()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        probe = Probe(model, opt, loss_fn=loss_fn, every=2)
+        strategy = Keep(record)
+        probe.use_exchange(strategy)
+        x, y = torch.randn(16, 20), torch.randint(0, 5, (16,))
+        for _ in range(5):
+            opt.zero_grad()
+            loss_fn(model(x), y).backward()
+            opt.step()
+        probe.flush()
+        assert [k for k, _ in strategy.seen] == [0, 2, 4]
+        assert "act" in strategy.seen[0][1] and "grad" in strategy.seen[0][1]
+        assert probe.history.samples() == (3 if record else 0)
+        if record:
+            assert probe.history.latest.extra["via"] == "strategy"
+        assert len(probe.history.scalar("loss")["mean"]) == 5  # scalars flow either way
+        probe.detach()
