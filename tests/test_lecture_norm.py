@@ -331,9 +331,8 @@ def test_fixup_through_the_probe_and_its_refusals() -> None:
     assert _same(before, _state(plain)) and _opt_snapshot(opt) == groups and _hooks(plain) == 0
     probe = trainscope.Probe(plain, opt)
     try:
-        t = probe.request("reinit", scheme="fixup")
-        _step(plain, opt, torch.randn(4, 8), torch.randint(0, 3, (4,)))
-        assert t.status == "failed" and "no residual branch found" in t.message
+        t = probe.request("reinit", scheme="fixup")  # refused at the request, before any step
+        assert t.status == "refused" and "no residual branch found" in t.message
         assert len(opt.param_groups) == 1
     finally:
         probe.detach()

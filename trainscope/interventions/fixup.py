@@ -49,6 +49,7 @@ _WEIGHT: tuple[type[nn.Module], ...] = (nn.Linear, nn.modules.conv._ConvNd)
 _NORM: tuple[type[nn.Module], ...] = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm,
                                       nn.modules.instancenorm._InstanceNorm)
 _ADDS = {operator.add, operator.iadd, torch.add}
+_ALL = "reinit fixup initializes the whole network (L counts every residual branch); use layers='all'"
 
 
 @dataclass
@@ -245,7 +246,7 @@ def fixup_(model: nn.Module, params: dict[str, Any], *, optimizer: torch.optim.O
     """Apply Fixup to ``model`` (``params``: the validated ``reinit`` parameters; ``layers`` must
     be all).  Returns the ``reinit`` :class:`Applied` record."""
     if params.get("layers") is not None:
-        raise ValueError("reinit fixup initializes the whole network (L counts every residual branch); use layers='all'")
+        raise ValueError(_ALL)
     branches, weights, classifier = plan_fixup(model)
     table = dict(model.named_modules())
     L = len(branches)
@@ -352,7 +353,9 @@ def fixup_(model: nn.Module, params: dict[str, Any], *, optimizer: torch.optim.O
     return Applied("reinit", params, restore, message=msg, details=details, probe=probe, touches=touches, heavy=True)
 
 
-def fixup_check(model: nn.Module) -> None:
+def fixup_check(model: nn.Module, layers: list[str] | None = None) -> None:
     """Raise ``ValueError`` saying why Fixup cannot be applied to ``model`` (nothing changes)."""
+    if layers is not None:
+        raise ValueError(_ALL)
     plan_fixup(model)
 
