@@ -13,7 +13,7 @@ curve, in fewer parameter updates.  The user's loop keeps its batch size; trains
   divided by ``k``: the step sees the mean gradient over ``k x B`` examples, at the same learning
   rate.  ``k = 1`` switches it off.
 * ``batch_growth_(optimizer, factor=2, every=N | milestones=[...], max_k=...)``: a schedule of
-  ``k``: ``k0 * factor ** (milestones passed)`` (at most ``max_k``), counted in the loop's
+  ``k``: ``k0 * factor ** (milestones passed)`` (at most ``max_k``), counted from when it is applied in the loop's
   batches (``unit="batches"``: the data seen, as the paper's epochs; a milestone is taken at the
   first real step on or after it) or in real optimizer steps (``unit="steps"``).
 
