@@ -331,8 +331,12 @@ def test_fixup_through_the_probe_and_its_refusals() -> None:
     assert _same(before, _state(plain)) and _opt_snapshot(opt) == groups and _hooks(plain) == 0
     probe = trainscope.Probe(plain, opt)
     try:
-        t = probe.request("reinit", scheme="fixup")  # refused at the request, before any step
-        assert t.status == "refused" and "no residual branch found" in t.message
+        t = probe.request("reinit", scheme="fixup")
+        assert t.status == "pending"  # the branches are traced at the boundary, on the training thread
+        _step(plain, opt, torch.randn(4, 8), torch.randint(0, 3, (4,)))
+        assert t.status == "failed" and "no residual branch found" in t.message
+        t = probe.request("reinit", scheme="fixup", layers=["0"])
+        assert t.status == "refused" and "leave layers at 'all'" in t.message
         assert len(opt.param_groups) == 1
     finally:
         probe.detach()
@@ -341,7 +345,7 @@ def test_fixup_through_the_probe_and_its_refusals() -> None:
     normed.blocks[0].fc1 = nn.Sequential(nn.Linear(16, 16), nn.LayerNorm(16))
     with pytest.raises(ValueError, match="without normalization"):
         reinit_(normed, "fixup")
-    with pytest.raises(ValueError, match="layers='all'"):
+    with pytest.raises(ValueError, match="leave layers at 'all'"):
         reinit_(_ResNet(2), "fixup", ["blocks"])
     net = _ResNet(2)
     probe = trainscope.Probe(net, torch.optim.SGD(net.parameters(), lr=0.1))
@@ -351,5 +355,28 @@ def test_fixup_through_the_probe_and_its_refusals() -> None:
         assert t.status == "applied", t.message
         assert "2 residual branch" in t.message
         assert probe.request("undo", ticket=t.id).status == "pending"
+    finally:
+        probe.detach()
+
+
+def test_the_request_check_never_runs_the_model() -> None:
+    """A request can come from the dashboard's thread while training runs: its check must not run
+    a forward (nor trace the model); the output size after an activation is measured at the
+    boundary, on the training thread."""
+    torch.manual_seed(0)
+    model = _mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    probe = trainscope.Probe(model, opt, loss_fn=nn.CrossEntropyLoss())
+    calls: list[int] = []
+    model.register_forward_pre_hook(lambda m, a: calls.append(1))
+    try:
+        x, y = torch.randn(8, 8), torch.randint(0, 3, (8,))
+        _step(model, opt, x, y)
+        n = len(calls)
+        t = probe.request("insert_norm", after=["1"], kind="layer")
+        assert t.status == "pending" and len(calls) == n
+        _step(model, opt, x, y)
+        assert t.status == "applied", t.message
+        assert t.message.startswith("LayerNorm after 1")
     finally:
         probe.detach()

@@ -49,7 +49,7 @@ _WEIGHT: tuple[type[nn.Module], ...] = (nn.Linear, nn.modules.conv._ConvNd)
 _NORM: tuple[type[nn.Module], ...] = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm,
                                       nn.modules.instancenorm._InstanceNorm)
 _ADDS = {operator.add, operator.iadd, torch.add}
-_ALL = "reinit fixup initializes the whole network (L counts every residual branch); use layers='all'"
+_ALL = "reinit fixup initializes the whole network (L counts every residual branch): leave layers at 'all' (the default)"
 
 
 @dataclass
@@ -354,8 +354,13 @@ def fixup_(model: nn.Module, params: dict[str, Any], *, optimizer: torch.optim.O
 
 
 def fixup_check(model: nn.Module, layers: list[str] | None = None) -> None:
-    """Raise ``ValueError`` saying why Fixup cannot be applied to ``model`` (nothing changes)."""
+    """What can be checked when the request is made, from any thread: ``layers`` and that the
+    model has weight layers to form branches.  Finding the branches traces the model with
+    torch.fx, which patches ``nn.Module.__call__`` process-wide while it runs, so it happens
+    only at the step boundary, on the training thread (a model without branches then fails
+    there with the reason, nothing changed)."""
     if layers is not None:
         raise ValueError(_ALL)
-    plan_fixup(model)
+    if sum(isinstance(m, _WEIGHT) for m in model.modules()) < 2:
+        raise ValueError("reinit fixup: the model has fewer than 2 Linear / Conv layers, so no residual branch")
 

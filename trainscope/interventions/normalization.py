@@ -257,8 +257,12 @@ def _batch_for(probe: RunContext | None, batch: Any) -> Any:
 
 
 def plan_insert_norm(model: nn.Module, p: dict[str, Any], *, optimizer: Any, probe: RunContext | None = None,
-                     batch: Any = None) -> list[dict[str, Any]]:
-    """Check everything and return what to do per module (raises ``ValueError`` saying why not)."""
+                     batch: Any = None, measure: bool = True) -> list[dict[str, Any]]:
+    """Check everything and return what to do per module (raises ``ValueError`` saying why not).
+
+    ``measure=False`` (the request's check, from any thread): the output sizes that need a
+    forward are not measured -- only that a batch will be there; the model runs only at the
+    step boundary, on the training thread."""
     if p["after"] is None:
         raise ValueError("insert_norm: name the modules to normalize after (after=[...]); 'all' is not allowed")
     if optimizer is None:
@@ -312,6 +316,8 @@ def plan_insert_norm(model: nn.Module, p: dict[str, Any], *, optimizer: Any, pro
                 f"insert_norm: the output size of {', '.join(repr(n) for n, _ in unknown)} is not known from its "
                 "type (Linear / Conv / Embedding are); it is measured on a real batch: give batch=, the Probe "
                 "data=loader, or let training run one step first")
+        if not measure:
+            return plans
         outs = _measure(model, [m for _, m in unknown], b, probe)
         for pl in plans:
             if pl.get("features") is not None or "weight" in pl:
@@ -487,7 +493,7 @@ def _weight_norm(model: nn.Module, plans: list[dict[str, Any]], optimizer: torch
 
 # ---------------------------------------------------------------------------- the action
 def _check(ctx: Any, p: dict[str, Any]) -> None:
-    plan_insert_norm(ctx.model, p, optimizer=ctx.optimizer, probe=ctx)
+    plan_insert_norm(ctx.model, p, optimizer=ctx.optimizer, probe=ctx, measure=False)
 
 
 @action("insert_norm", label="Insert normalization", category="normalization", schema=INSERT_NORM_SCHEMA,
