@@ -544,7 +544,7 @@ def test_a_script_in_another_process_is_followed_live_and_the_dashboard_refreshe
     import sys
     import time
 
-    from trainscope.runlog.reader import keep_refreshed
+    from trainscope.widgets._run_display import keep_refreshed
 
     script = tmp_path / "train.py"
     script.write_text(FOLLOWED_CHILD)

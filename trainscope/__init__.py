@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import interventions
+from . import runlog as _runlog
 from ._version import __version__
 from .builtins import register_builtins
 from .checklists import checklist_state, run_check
@@ -38,6 +39,35 @@ from .probe import Probe, ProbeError
 from .search import SearchResult, search
 
 register_builtins()
+
+
+# ---- runs read from disk get their display and export here (the reader itself never imports
+# ---- the report or the Jupyter layer; each hop below is lazy)
+def _show_run(obj: Any, *, refresh_every: float = 0.5) -> Any:
+    from .widgets._run_display import show_run
+
+    return show_run(obj, refresh_every=refresh_every)
+
+
+def _display_run(obj: Any) -> None:  # pragma: no cover - exercised in notebooks
+    from .widgets._run_display import display_run
+
+    display_run(obj)
+
+
+def _runs_html(runs: Any) -> str:
+    from .report import runs_overview_html
+
+    return runs_overview_html(runs)
+
+
+def _write_report(source: Any, path: Any, **kwargs: Any) -> str:
+    from .report import write_report
+
+    return write_report(source, path, **kwargs)
+
+
+_runlog.reader.set_display(show=_show_run, display=_display_run, html=_runs_html, report=_write_report)
 
 __all__ = [
     "LAYER_METRICS",

@@ -418,33 +418,23 @@ class Run:
             pass
 
     # ------------------------------------------------------------------ display and export
+    # The reader does not display: the composition root (trainscope/__init__.py) hands it the
+    # Jupyter layer's functions through set_display().
     def show(self, *, refresh_every: float = 0.5) -> Any:
         """Display the dashboard on this run's history (read-only).  While the run is followed,
         the dashboard is redrawn at most every ``refresh_every`` seconds after new records arrive
         (from a background thread, so it keeps up while the notebook is idle)."""
-        dash = _dashboard(self.history, title=self.name)
-        keep_refreshed(dash, [self], refresh_every)
-        return dash
+        return _display("show")(self, refresh_every=refresh_every)
 
     def _ipython_display_(self) -> None:  # pragma: no cover - exercised in notebooks
-        try:
-            self.show()  # trainscope.show displays it
-        except Exception as e:
-            from IPython.display import HTML, display
-
-            note = f"<p><i>dashboard unavailable: {_esc(str(e))}</i></p>"
-            display(HTML(self._repr_html_() + note))  # type: ignore[no-untyped-call]
+        _display("display")(self)
 
     def _repr_html_(self) -> str:
-        from ..report import runs_overview_html
-
-        return runs_overview_html([self])
+        return str(_display("html")([self]))
 
     def report(self, path: str | os.PathLike[str], **kwargs: Any) -> str:
         """Write a self-contained offline HTML report of this run (see :func:`trainscope.report.write_report`)."""
-        from ..report import write_report
-
-        return write_report(self, path, **kwargs)
+        return str(_display("report")(self, path, **kwargs))
 
     def __repr__(self) -> str:
         state = "finished" if self.finished else ("following" if self.following else "open")
@@ -492,81 +482,40 @@ class RunSet(Sequence[Run]):
             r.stop()
 
     def _repr_html_(self) -> str:
-        from ..report import runs_overview_html
-
-        return runs_overview_html(self.runs)
+        return str(_display("html")(self.runs))
 
     def show(self, *, refresh_every: float = 0.5) -> Any:
         """Display the runs overlaid in one dashboard (read-only), redrawn while any is followed."""
-        dash = _dashboard([r.history for r in self.runs], names=[r.name for r in self.runs])
-        keep_refreshed(dash, self.runs, refresh_every)
-        return dash
+        return _display("show")(self, refresh_every=refresh_every)
 
     def _ipython_display_(self) -> None:  # pragma: no cover - exercised in notebooks
-        try:
-            self.show()
-        except Exception as e:
-            from IPython.display import HTML, display
-
-            note = f"<p><i>dashboard unavailable: {_esc(str(e))}</i></p>"
-            display(HTML(self._repr_html_() + note))  # type: ignore[no-untyped-call]
+        _display("display")(self)
 
     def report(self, path: str | os.PathLike[str], **kwargs: Any) -> str:
-        from ..report import write_report
-
-        return write_report(self.runs, path, **kwargs)
+        return str(_display("report")(self.runs, path, **kwargs))
 
     def __repr__(self) -> str:
         return f"<trainscope RunSet: {', '.join(r.name for r in self.runs)}>"
 
 
-def _dashboard(source: Any, **kwargs: Any) -> Any:
-    import trainscope
-
-    show = getattr(trainscope, "show", None)
-    if show is None:
-        raise ImportError(
-            "the trainscope dashboard is not available in this installation (trainscope.show)"
-        )
-    return show(source, **kwargs)
+_DISPLAY: dict[str, Callable[..., Any]] = {}
 
 
-def keep_refreshed(dash: Any, runs: Sequence[Run], every: float = 0.5) -> threading.Thread | None:
-    """Redraw ``dash`` (anything with ``refresh()`` and ``closed``) after the runs' histories
-    change, at most every ``every`` seconds, from a background thread; it ends when the dashboard
-    is closed or every run is finished and no longer followed.  Returns the thread (``None`` when
-    no run is followed)."""
-    if not any(r.following for r in runs):
-        return None
-    dirty = threading.Event()
-    subs = [r.history.subscribe(lambda _u: dirty.set()) for r in runs]
-    ref = weakref.ref(dash)
+def set_display(**fns: Callable[..., Any]) -> None:
+    """Give runs their display and export (called once by :mod:`trainscope`): ``show(run_or_set,
+    refresh_every=)``, ``display(run_or_set)``, ``html(runs) -> str``, ``report(source, path,
+    **kwargs) -> str``."""
+    unknown = set(fns) - {"show", "display", "html", "report"}
+    if unknown:
+        raise TypeError(f"set_display: unknown function(s) {sorted(unknown)}")
+    _DISPLAY.update(fns)
 
-    def loop() -> None:
-        try:
-            while True:
-                changed = dirty.wait(timeout=max(every, 0.05) * 4)
-                d = ref()
-                if d is None or getattr(d, "closed", False):
-                    return
-                if changed:
-                    dirty.clear()
-                    try:
-                        d.refresh()
-                    except Exception:
-                        return
-                    del d
-                    time.sleep(every)  # throttle: bursts of records become one redraw
-                elif not any(r.following for r in runs):
-                    return
-                d = None
-        finally:
-            for sub in subs:
-                sub.remove()
 
-    t = threading.Thread(target=loop, name="trainscope-refresh", daemon=True)
-    t.start()
-    return t
+def _display(what: str) -> Callable[..., Any]:
+    fn = _DISPLAY.get(what)
+    if fn is None:
+        raise ImportError(f"run display ({what}) is not available: import trainscope (it sets it up)")
+    return fn
 
 
 def _clip(e: BaseException, n: int = 160) -> str:
@@ -591,12 +540,6 @@ def _read_meta(meta_file: str) -> dict[str, Any]:
             f'{meta_file} is not a trainscope run description (no "format": "{F.FORMAT}")'
         )
     return info
-
-
-def _esc(s: str) -> str:
-    import html
-
-    return html.escape(s, quote=True)
 
 
 def _follow_loop(ref: Callable[[], Run | None], stop: threading.Event, interval: float) -> None:
