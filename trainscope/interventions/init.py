@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 __all__ = ["SCHEMES", "detect_nonlinearity", "reinit_"]
 
 SCHEMES = ("zeros", "constant", "normal", "uniform", "xavier_uniform", "xavier_normal", "kaiming_uniform",
-           "kaiming_normal", "orthogonal", "lsuv", "data_dependent")
+           "kaiming_normal", "orthogonal", "lsuv", "data_dependent", "fixup")
 NONLINEARITIES = ("auto", "relu", "leaky_relu", "tanh", "sigmoid", "selu", "linear")
 
 REINIT_SCHEMA: dict[str, dict[str, Any]] = {
@@ -191,6 +191,9 @@ def reinit_(
     p = validate_params("reinit", REINIT_SCHEMA, {"scheme": scheme, "layers": layers, **options})
     if optimizer is None and probe is not None:
         optimizer = probe.optimizer
+    if p["scheme"] == "fixup":
+        from .fixup import fixup_
+        return fixup_(model, p, optimizer=optimizer, probe=probe)
     targets = target_modules(model, p["layers"])
     scheme = p["scheme"]
     tied = tied_note(model, targets)
@@ -267,6 +270,9 @@ def tied_note(model: nn.Module, targets: list[tuple[str, nn.Module]]) -> str:
 def _check_reinit(ctx: RunContext, p: dict[str, Any]) -> None:
     from ..actions import note
 
+    if p["scheme"] == "fixup":  # Zhang et al. 2019 (fixup.py); its branches are traced at the boundary
+        from .fixup import fixup_check
+        return fixup_check(ctx.model, p["layers"])
     tied = tied_note(ctx.model, target_modules(ctx.model, p["layers"]))
     if tied:
         note(f"note: {tied}")
