@@ -34,18 +34,9 @@ FLOOR0_TYPES = {"trainscope.run": {"trainscope.history", "trainscope.layers"}}
 """Annotation-only imports floor 0 may make: the storage types of floor 1 (which never import it)."""
 
 KNOWN_CYCLES: dict[frozenset[str], str] = {
-    frozenset({
-        "trainscope.diagnostics.registry", "trainscope.diagnostics.rules",
-        *(f"trainscope.diagnostics.rules.{m}" for m in (
-            "activations", "curves", "dynamics", "generalization", "gradients", "headloss", "params", "setup")),
-    }): "diagnostics/registry.py imports the rules lazily to fill LABELS; the rules register through "
-        "@rule from the registry (issue 12: registration belongs in builtins.register_builtins)",
-    frozenset({
-        "trainscope.checklists", "trainscope.checklists.checks", "trainscope.checklists.mixing",
-        "trainscope.checklists.runner", "trainscope.diagnostics", "trainscope.diagnostics.diagnoser",
-    }): "diagnostics/diagnoser.py runs the automatic checks (function-level import of checklists) while "
-        "checklists/checks.py reads diagnostics.assess / config; checks <-> mixing share CheckEnv "
-        "(issue 12: checklists/base.py, and Probe.findings() running the auto-checks)",
+    frozenset({"trainscope.checklists.checks", "trainscope.checklists.mixing"}):
+        "checks.py runs the mixing test lazily while mixing.py reads CheckEnv / CheckResult from checks.py "
+        "(issue 12: a checklists/base.py holding those)",
     frozenset({"trainscope.widgets._live", "trainscope.widgets.dashboard"}):
         "type-only import of Dashboard in widgets/_live.py (both in the Jupyter layer)",
     frozenset({"trainscope.search", "trainscope.widgets.search_panel"}):

@@ -8,7 +8,8 @@
    is one new module (its function, its schema, its ``@action``) and nothing else;
    ``run_check`` (:mod:`trainscope.checklists`) sits among them at order :data:`RUN_CHECK_ORDER`.
 
-Nothing registers itself by being imported.  :mod:`trainscope` calls this once at import; calling
+It also hands the diagnosis the checklists' ``run_check`` / ``auto_checks`` (the diagnosis asks
+for a check without importing the checklists).  Nothing registers itself by being imported.  :mod:`trainscope` calls this once at import; calling
 it again re-registers the same entries (idempotent).
 """
 
@@ -34,9 +35,12 @@ def register_builtins() -> list[str]:
     """Register every built-in action; return their names (in registration order)."""
     from . import interventions
     from .actions import register_undo
+    from .checklists import auto_checks, run_check
     from .checklists.runner import register as register_run_check
+    from .diagnostics import diagnoser
     from .interventions import _spec
 
+    diagnoser.CHECKS.update(run=run_check, auto=auto_checks)  # diagnosis asks for checks through it
     register_undo()
     names: list[str] = ["undo"]
     found: list[tuple[int, str, str, Callable[[], None]]] = [

@@ -12,7 +12,6 @@ reason; ``docs/diagnosis.md`` documents every label.
 
 from __future__ import annotations
 
-from . import rules as _rules  # noqa: F401  (registers the rules)
 from .config import Thresholds
 from .context import Context, context_from_probe
 from .diagnoser import Diagnoser, diagnose_probe, diagnoser_for

@@ -139,10 +139,17 @@ REFRESH_SECONDS = 2.0
 steps (the probe's own schedule may sample much more rarely on cheap steps)."""
 
 
+CHECKS: dict[str, Callable[..., Any]] = {}
+"""The checklists' ``run(name, run_ctx)`` and ``auto(run_ctx)``, handed over once by
+:func:`trainscope.builtins.register_builtins`: diagnostics never imports the checklists (which
+read diagnostics' assessments)."""
+
+
 def _run_named_check(name: str) -> Callable[[Any], None]:
     def task(probe: Any) -> None:
-        from ..checklists import run_check
-
+        run_check = CHECKS.get("run")
+        if run_check is None:
+            return
         try:
             run_check(name, probe)
         except ValueError:
@@ -255,10 +262,8 @@ def diagnose_probe(
     st = _state(probe)
     d = st.diagnoser
     try:
-        if auto_checks:
-            from ..checklists import auto_checks as _auto
-
-            _auto(probe)
+        if auto_checks and "auto" in CHECKS:
+            CHECKS["auto"](probe)
         h = probe.history
         if st.sym_step is None or (h.step != st.sym_step and (h.step < 2 * REFRESH_STEPS or h.step - st.sym_step >= REFRESH_STEPS)):
             ctx = context_from_probe(probe, thresholds=d.thresholds)

@@ -94,8 +94,6 @@ def diagnose(
     across calls.  A rule that fails is skipped, its traceback appended to ``errors`` and its label
     added to ``failed``.
     """
-    from . import rules as _rules  # noqa: F401  (registers the rules)
-
     ctx = context if context is not None else Context()
     ctx._memo.clear()
     wanted = list(labels) if labels is not None else list(LABELS)
