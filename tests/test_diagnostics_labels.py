@@ -259,3 +259,9 @@ def test_a_dominant_class_is_a_warning_only_while_the_model_learns_no_more_than_
     fs = train(mlp(8, 16, 2), nn.CrossEntropyLoss(), X, learnable, steps=200, batch=64, lr=1e-2)
     f = only(fs, "class_imbalance")
     assert f is not None and f.severity == "info", fs
+
+
+def test_unscaled_targets_that_are_learned_anyway_are_only_an_info() -> None:
+    raw = Y_REG * 100 + 500  # plain SGD at a learning rate that suits this linear problem fits them
+    f = only(train(nn.Linear(8, 1), nn.MSELoss(), X, raw, steps=100, lr=0.1, opt="sgd"), "unscaled_targets")
+    assert f is not None and f.severity == "info", f
