@@ -266,7 +266,7 @@ def test_panel_draws_the_latest_slice_and_capacity_from_a_live_probe() -> None:
         for j, n in enumerate(names):
             ps = list(mods[n].parameters(recurse=False))
             want = sum(float(p.detach().abs().sum(dtype=torch.float64)) for p in ps) if ps else float("nan")
-            assert values[-1, j] == pytest.approx(want, rel=1e-12, nan_ok=True)
+            assert values[-1, j] == pytest.approx(want, rel=1e-6, nan_ok=True)  # float32 sums
         assert panel.cap_fig in panel._cap_slot.children and "largest now" in panel.cap_info.value
         assert panel.errors == [] and probe.errors == []
         panel.close()
@@ -360,3 +360,42 @@ def test_a_running_slice_reports_progress_and_can_be_cancelled(monkeypatch: pyte
         assert calls == [1, 2, 3, 4] and _state(model) == moved
     finally:
         probe.detach()
+
+
+def test_the_dashboard_has_a_landscape_tab(tmp_path: Any) -> None:
+    from trainscope.widgets.dashboard import TABS
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    loss_fn = nn.CrossEntropyLoss()
+    x, y = torch.randn(32, 8), torch.randint(0, 3, (32,))
+    dash = trainscope.watch(model, opt, loss_fn=loss_fn, every=2, display=False, logdir=tmp_path / "run")
+    try:
+        i = list(TABS).index("Landscape")
+        assert dash.tabs.children[i] is dash.landscape and dash.tabs.titles[i] == "Landscape"
+        assert dash.landscape.tracker is not None and not dash.landscape._subs  # the dashboard drives it
+        for step in range(6):
+            opt.zero_grad()
+            loss_fn(model(x), y).backward()
+            opt.step()
+            if step == 1:
+                dash.landscape.btn1.click()  # through the dashboard: acknowledged like any click
+        t = next(t for t in dash.probe.actions.tickets if t.action == "loss_landscape")
+        assert t.status == "applied" and t.source == "ui"
+        dash.tabs.selected_index = i
+        dash.refresh(force=True)
+        assert dash.landscape._slot.children == (dash.landscape.fig1,) and len(dash.landscape.line.x) == 21
+        assert dash.landscape.cap_fig in dash.landscape._cap_slot.children
+    finally:
+        dash.detach()
+        dash.close()
+    from trainscope.widgets import Dashboard
+
+    saved = Dashboard(trainscope.open(tmp_path / "run", display=False).history)
+    try:  # a saved run: the slice is drawn, the buttons are off
+        saved.tabs.selected_index = i
+        saved.refresh(force=True)
+        assert saved.landscape.btn1.disabled and len(saved.landscape.line.x) == 21
+    finally:
+        saved.close()

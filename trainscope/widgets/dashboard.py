@@ -52,13 +52,14 @@ from .controls import Controls
 from .curves import Curves
 from .header import Header
 from .heatmap import Heatmap
+from .landscape_panel import LandscapePanel
 from .layer_table import LayerTable
 from .layer_views import DepthCurves, LayerCurves
 from .lr_finder_panel import LRFinderPanel
 
 __all__ = ["TABS", "Dashboard"]
 
-TABS = ("Curves", "Layers", "Depth", "Weights", "LR finder")
+TABS = ("Curves", "Layers", "Depth", "Weights", "LR finder", "Landscape")
 _MAX_TICKETS = 50
 _MAX_PENDING = 100
 _ids = itertools.count(1)
@@ -187,6 +188,8 @@ class Dashboard(W.VBox):
         self.lr_finder = LRFinderPanel(
             lambda action, params: self.submit(action, params, source="ui")
         )
+        self.landscape = LandscapePanel(histories[0] if probe is None else probe, follow=False, submit=None
+                                        if probe is None else lambda a, p: self.submit(a, p, source="ui"))
         self.controls = Controls()
         layers_tab = W.VBox(
             [
@@ -218,6 +221,7 @@ class Dashboard(W.VBox):
             depth_tab,
             self.layer_curves,
             self.lr_finder,
+            self.landscape,
         ]
         self.tabs = W.Tab(children=list(self._tab_content), titles=list(TABS))
         super().__init__([self.header, self.tabs, self.controls], layout=W.Layout(width="100%"))
@@ -239,6 +243,8 @@ class Dashboard(W.VBox):
                 self.tabs,
                 self.lr_finder.apply_lr,
                 self.lr_finder.apply_cycle,
+                self.landscape.btn1,
+                self.landscape.btn2,
                 self.curves.log_toggle,
             ):
                 self._delivery.route(w)
@@ -406,6 +412,7 @@ class Dashboard(W.VBox):
             self.grad_map,
             self.depth_map,
             self.controls,
+            self.landscape,
         ):
             with contextlib.suppress(Exception):
                 w.close()
@@ -834,6 +841,8 @@ class Dashboard(W.VBox):
             self.lr_finder.update(
                 h, read_only=bool(self.controls.read_only), registry=list(REGISTRY)
             )
+        elif tab == 5:
+            self.landscape.update()
 
     def _push_layer_maps(self, sel: int | None) -> None:
         h = self.history

@@ -75,23 +75,36 @@ class CapacityTracker:
             self._seen = n
             self.record(probe)
 
+    def _layout(self, probe: Probe) -> tuple[list[torch.Tensor], np.ndarray]:
+        """The tracked layers' own parameters (flat) and the layer index of each (cached)."""
+        key = id(probe.model)
+        if getattr(self, "_key", None) != key:
+            modules = dict(probe.model.named_modules())
+            params: list[torch.Tensor] = []
+            owner: list[int] = []
+            for i, name in enumerate(self.names):
+                mod = modules.get(name)
+                for p in [] if mod is None else mod.parameters(recurse=False):
+                    params.append(p)
+                    owner.append(i)
+            self._key, self._params, self._owner = key, params, np.asarray(owner, dtype=np.int64)
+        return self._params, self._owner
+
     @torch.no_grad()
     def record(self, probe: Probe) -> None:
-        """Add Σ|w| per layer at the probe's current step now."""
+        """Add Σ|w| per layer at the probe's current step now (one fused op and one host transfer
+        for a model on one device)."""
         try:
-            modules = dict(probe.model.named_modules())
-            parts: list[torch.Tensor | None] = []
-            for name in self.names:
-                mod = modules.get(name)
-                ps = [] if mod is None else list(mod.parameters(recurse=False))
-                parts.append(torch.stack([p.detach().abs().sum(dtype=torch.float64) for p in ps]).sum() if ps else None)
-            present = [t for t in parts if t is not None]
-            try:  # one transfer for the whole model (a model on one device)
-                host = torch.stack(present).cpu().tolist() if present else []
-            except RuntimeError:  # parameters on several devices
-                host = [float(t) for t in present]
-            it = iter(host)
-            sums = [math.nan if t is None else float(next(it)) for t in parts]
+            params, owner = self._layout(probe)
+            sums = np.full(len(self.names), math.nan)
+            if params:
+                try:
+                    norms = torch._foreach_norm([p.detach() for p in params], 1)
+                    host = torch.stack(norms).double().cpu().numpy()
+                except RuntimeError:  # parameters on several devices / dtypes foreach refuses
+                    host = np.array([float(p.detach().abs().sum(dtype=torch.float64)) for p in params])
+                sums = np.bincount(owner, weights=host, minlength=len(self.names))
+                sums[np.bincount(owner, minlength=len(self.names)) == 0] = math.nan
         except Exception as e:  # never in the training loop's way
             if len(self.errors) < 20:
                 self.errors.append(f"{type(e).__name__}: {e}")
@@ -99,10 +112,10 @@ class CapacityTracker:
         with self._lock:
             step = int(probe.step_count)
             if self.steps and self.steps[-1] == step:
-                self.rows[-1] = np.asarray(sums)
+                self.rows[-1] = sums
                 return
             self.steps.append(step)
-            self.rows.append(np.asarray(sums))
+            self.rows.append(sums)
             if len(self.steps) > self.max_points:
                 keep = [*range(0, len(self.steps) - 1, 2), len(self.steps) - 1]
                 self.steps = [self.steps[i] for i in keep]
@@ -131,10 +144,15 @@ def history_capacity(h: History) -> tuple[np.ndarray, np.ndarray] | None:
 
 
 class LandscapePanel(W.VBox):
-    """The latest loss-landscape slice and Σ|w| per layer over training (see the module docstring)."""
+    """The latest loss-landscape slice and Σ|w| per layer over training (see the module docstring).
+
+    ``submit(action, params)`` sends the buttons' requests (default: ``probe.actions.submit``);
+    ``follow`` redraws from the probe's step boundaries at most every ``interval`` seconds (the
+    dashboard passes ``False`` and calls :meth:`update` from its own loop when the tab is shown).
+    """
 
     def __init__(self, source: Probe | History, *, submit: Callable[[str, dict[str, Any]], Any] | None = None,
-                 interval: float = 1.0) -> None:
+                 interval: float = 1.0, follow: bool = True) -> None:
         if isinstance(source, Probe):
             self.probe: Probe | None = source
             self.history = source.history
@@ -187,7 +205,7 @@ class LandscapePanel(W.VBox):
         if self.probe is not None and history_capacity(self.history) is None:
             self.tracker = CapacityTracker(self.probe)
         self._subs: list[Any] = []
-        if self.probe is not None:
+        if self.probe is not None and follow:  # inside the dashboard, its update loop calls update()
             self._subs.append(self.probe.on_step(self._on_step))
         super().__init__([self._row, self._slot, self.cap_info, self._cap_slot], layout=W.Layout(width="100%"))
         self.add_class("trainscope-landscape")
