@@ -631,3 +631,100 @@ def test_over_regularization_needs_strong_regularization_and_a_run_that_cannot_f
     assert diagnose(fits, strong, labels=["over_regularization"]) == []
     heavy_dropout = Context(regularization={"decay_per_step": 0.0, "dropout": {"fc": 0.9}})
     assert diagnose(flat, heavy_dropout, labels=["over_regularization"])[0].layers == ["fc"]
+
+
+# ------------------------------------------------------------------ root cause before symptom
+def _fixed_rule(label: str, severity: str, first_step: int = 0):  # type: ignore[no-untyped-def]
+    def fn(h: History, ctx: Context) -> Finding:
+        return Finding(label=label, severity=severity, title=label, evidence="e", first_step=first_step)
+
+    return fn
+
+
+def test_causes_are_listed_before_symptoms(monkeypatch: pytest.MonkeyPatch) -> None:
+    from trainscope.diagnostics.registry import RuleSpec
+
+    for label, sev, first in (("nan_inf", "error", 2), ("exploding_gradients", "error", 0), ("lr_too_high", "warning", 8),
+                              ("unnormalized_inputs", "warning", 8), ("dead_units", "info", 0)):
+        monkeypatch.setitem(RULES, label, RuleSpec(label, _fixed_rule(label, sev, first), (), "test"))
+    wanted = ["nan_inf", "exploding_gradients", "lr_too_high", "unnormalized_inputs", "dead_units"]
+    h = _history_with_loss([1.0] * 3)
+    # the cause (inputs, then the learning rate: the root-cause tests' order) leads, even at a lower
+    # severity than the symptoms it produces; info findings come last
+    expected = ["unnormalized_inputs", "lr_too_high", "exploding_gradients", "nan_inf", "dead_units"]
+    assert [f.label for f in diagnose(h, Context(), labels=wanted)] == expected
+    assert [f.label for f in Diagnoser(labels=wanted).update(h, Context())] == expected
+
+
+def test_a_loss_the_model_cannot_move_is_not_divergence() -> None:
+    # a constant output (softmax over one unit): every gradient is exactly 0, the loss only follows the batches
+    rng = np.random.default_rng(0)
+    h = History([classify("fc", nn.Linear(2, 2))])
+    for k in range(120):
+        h.add_scalars(k, {"loss": float(0.4 + 0.2 * (k > 60) + 0.1 * rng.random()), "grad_norm_total": 0.0})
+    labels = {f.label: f for f in diagnose(h, Context())}
+    assert "divergence" not in labels and "oscillation" not in labels
+    assert "not_learning" in labels  # nothing can learn: a plateau
+    assert "lr_too_low" not in labels  # a zero gradient is not an lr problem
+
+
+def test_a_softmax_over_one_unit_names_the_head_layer() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential()
+    model.add_module("fc1", nn.Linear(4, 8))
+    model.add_module("relu1", nn.ReLU())
+    model.add_module("out", nn.Linear(8, 1))
+    model.add_module("head", nn.Softmax(dim=1))
+    x, y = torch.randn(64, 4), (torch.rand(64, 1) > 0.5).float()
+    opt, lf = torch.optim.SGD(model.parameters(), lr=0.1), nn.BCELoss()
+    probe = trainscope.Probe(model, opt, loss_fn=lf, every=1)
+    for _ in range(5):
+        opt.zero_grad()
+        lf(model(x), y).backward()
+        opt.step()
+    probe.flush()
+    try:
+        errors = [f for f in probe.findings() if f.severity == "error"]
+        assert errors and all(f.layers[0] == "head" for f in errors if f.label in ("wrong_loss", "head_loss_mismatch"))
+        wl = [f for f in probe.findings() if f.label == "wrong_loss"]
+        assert wl and wl[0].layers[:2] == ["head", "out"] and "softmax over a dimension of size 1" in wl[0].evidence
+    finally:
+        probe.detach()
+
+
+def _curve_history(losses: list[float], update: float, grad: float = 0.5, lr: float = 1e-3) -> History:
+    h = History([classify("fc", nn.Linear(2, 2))])
+    for k, v in enumerate(losses):
+        h.add_scalars(k, {"loss": float(v), "update_ratio_total": update, "grad_norm_total": grad, "lr": lr})
+    return h
+
+
+def test_a_plateau_with_small_updates_is_lr_too_low_with_a_computed_fix() -> None:
+    rng = np.random.default_rng(1)
+    flat = list(2.3 + 0.01 * rng.standard_normal(60))
+    f = next(f for f in diagnose(_curve_history(flat, update=3e-4), Context()) if f.label == "lr_too_low")
+    assert f.severity == "warning" and f.data["path"] == "stalled"
+    first = f.interventions[0]
+    assert first["action"] == "scale_lr" and first["params"]["factor"] == 20.0  # toward 1e-2 per step from 3e-4
+    assert f.interventions[1] == intervention("set_lr", "Set the learning rate to 0.02", lr=pytest.approx(0.02))
+    # the same plateau with healthy-sized updates is not blamed on the learning rate (and too early for not_learning)
+    assert not {"lr_too_low", "not_learning"} & {f.label for f in diagnose(_curve_history(flat, update=5e-3), Context())}
+
+
+def test_a_slow_steady_descent_is_lr_too_low_and_a_healthy_curve_is_not() -> None:
+    rng = np.random.default_rng(2)
+    n = np.arange(80)
+    slow = list(2.3 - 0.001 * n + 0.003 * rng.standard_normal(80))  # 3.5% in 80 steps, not slowing down
+    labels = {f.label: f for f in diagnose(_curve_history(slow, update=2e-3), Context())}
+    assert labels["lr_too_low"].severity == "warning" and labels["lr_too_low"].data["path"] == "slow"
+    assert labels["lr_too_low"].interventions[0] == intervention("scale_lr", "Scale the learning rate by 10", factor=10.0)
+    healthy = list(0.3 + 2.0 * np.exp(-n / 15) + 0.01 * rng.standard_normal(80))  # fast, then flattening
+    assert not [f for f in diagnose(_curve_history(healthy, update=2e-3), Context()) if f.label in ("lr_too_low", "not_learning")]
+
+
+def test_not_learning_waits_for_100_steps() -> None:
+    rng = np.random.default_rng(3)
+    flat = list(1.0 + 0.02 * rng.standard_normal(140))
+    assert "not_learning" not in {f.label for f in diagnose(_curve_history(flat[:80], update=5e-3), Context())}
+    f = next(f for f in diagnose(_curve_history(flat, update=5e-3), Context()) if f.label == "not_learning")
+    assert f.severity == "warning"

@@ -283,7 +283,7 @@ def c04(fixed: bool) -> Program:
 
 @case(5, "48251943", "act",
       "ReLU on the regression output while the targets lie in [-1, 1]: the negative half cannot be reached",
-      expect=("dead_units",), root=("dead_units",), module=HEAD, proposed=("head_loss_mismatch",),
+      expect=("dead_units",), root=("dead_units", "head_loss_mismatch"), module=HEAD, proposed=("head_loss_mismatch",),
       note="Fixed: tanh output. Targets: make_regression squashed to [-1, 1].")
 def c05(fixed: bool) -> Program:
     x, y, xv, yv = reg_data(True, True)
@@ -294,7 +294,7 @@ def c05(fixed: bool) -> Program:
 
 @case(6, "38648195", "act loss epoch",
       "Softmax over a one-unit output (always 1.0) trained with MSE: the output is constant and nothing learns",
-      expect=("wrong_loss", "not_learning", "vanishing_gradients", "frozen_parameters"), root=("wrong_loss",), module=HEAD,
+      expect=("wrong_loss", "not_learning", "vanishing_gradients", "frozen_parameters"), root=("wrong_loss", "head_loss_mismatch"), module=HEAD,
       proposed=("head_loss_mismatch",),
       note="Fixed: sigmoid + binary cross-entropy (BCELoss on the sigmoid), twice the epochs. Breast-cancer "
            "data, standardized.")
@@ -307,7 +307,7 @@ def c06(fixed: bool) -> Program:
 
 @case(7, "33969059", "act",
       "Softmax over the one-unit regression output: the prediction is the constant 1.0",
-      expect=("wrong_loss", "not_learning", "vanishing_gradients", "frozen_parameters"), root=("wrong_loss",), module=HEAD,
+      expect=("wrong_loss", "not_learning", "vanishing_gradients", "frozen_parameters"), root=("wrong_loss", "head_loss_mismatch"), module=HEAD,
       proposed=("head_loss_mismatch",),
       note="Fixed: linear output. DeepFD notes no fix helped the original (stock prices); here the fixed program "
            "does learn.")
@@ -345,7 +345,7 @@ def c09(fixed: bool) -> Program:
 
 @case(10, "31880720", "act epoch",
       "Softmax over a one-unit binary output (constant 1.0) into binary cross-entropy, one epoch",
-      expect=("wrong_loss", "not_learning", "vanishing_gradients", "frozen_parameters"), root=("wrong_loss",), module=HEAD,
+      expect=("wrong_loss", "not_learning", "vanishing_gradients", "frozen_parameters"), root=("wrong_loss", "head_loss_mismatch"), module=HEAD,
       proposed=("head_loss_mismatch", "still_improving"),
       note="Fixed: sigmoid output and 40 epochs (the patch); sizes scaled: 1 -> 15 epochs buggy, 40 fixed would be "
            "thousands of steps, so 5 -> 20.")
@@ -420,7 +420,7 @@ def c15(fixed: bool) -> Program:
 
 @case(16, "59278771", "act opt missing_prep",
       "Raw iris measurements, a sigmoid output layer into cross-entropy",
-      expect=("probabilities_into_loss", "unnormalized_inputs"), root=("probabilities_into_loss", "unnormalized_inputs"),
+      expect=("probabilities_into_loss", "unnormalized_inputs"), root=("probabilities_into_loss", "unnormalized_inputs", "head_loss_mismatch"),
       module=("fc1", *HEAD), proposed=("head_loss_mismatch",),
       note="Fixed: StandardScaler, SELU hidden layer, softmax output (logits into CrossEntropyLoss), SGD (the patch; "
            "lr 0.1 instead of Keras' 0.01 to converge in the scaled-down run).")
@@ -476,7 +476,7 @@ def c19(fixed: bool) -> Program:
 
 @case(20, "48221692", "act",
       "Sigmoid on a regression output whose standardized targets span about [-3, 3]",
-      expect=("saturated_activations",), root=("saturated_activations",), module=HEAD,
+      expect=("saturated_activations",), root=("saturated_activations", "head_loss_mismatch"), module=HEAD,
       proposed=("head_loss_mismatch",),
       note="Fixed: linear output.")
 def c20(fixed: bool) -> Program:
@@ -505,7 +505,7 @@ def c21(fixed: bool) -> Program:
 @case(22, "45337371", "act",
       "Softmax output on a multi-label task trained with binary cross-entropy: the labels compete for one unit "
       "of probability",
-      expect=(), root=(), module=HEAD, proposed=("head_loss_mismatch",),
+      expect=(), root=("head_loss_mismatch",), module=HEAD, proposed=("head_loss_mismatch",),
       note="Fixed: sigmoid output (the patch). make_multilabel_classification, 6 labels, about 2 per row.")
 def c22(fixed: bool) -> Program:
     x, y = P.multilabel(seed=22)
@@ -526,7 +526,7 @@ def c23(fixed: bool) -> Program:
 
 @case(25, "47352366", "act epoch",
       "ReLU on the ten output logits before cross-entropy: negative logits are cut to 0 and their gradient dies",
-      expect=("dead_units",), root=("dead_units",), module=HEAD, proposed=("head_loss_mismatch",),
+      expect=("dead_units",), root=("dead_units", "head_loss_mismatch"), module=HEAD, proposed=("head_loss_mismatch",),
       note="Fixed: softmax output (no ReLU: logits into CrossEntropyLoss). The epoch change (1 -> 2) was tried and "
            "not kept; both run 2 epochs.")
 def c25(fixed: bool) -> Program:
@@ -563,7 +563,7 @@ def c27(fixed: bool) -> Program:
 
 @case(28, "31627380", "opt act loss",
       "Softmax over a one-unit binary output (constant 1.0), Adam",
-      expect=("wrong_loss", "not_learning", "vanishing_gradients", "frozen_parameters"), root=("wrong_loss",), module=HEAD,
+      expect=("wrong_loss", "not_learning", "vanishing_gradients", "frozen_parameters"), root=("wrong_loss", "head_loss_mismatch"), module=HEAD,
       proposed=("head_loss_mismatch",),
       note="Fixed: sigmoid output and SGD (the patch's kept lines). Binary cross-entropy (BCELoss) in both: Keras' "
            "categorical cross-entropy over one unit is case 29's fault.")
@@ -588,7 +588,7 @@ def c29(fixed: bool) -> Program:
 
 @case(30, "50481178", "act loss",
       "Two sigmoid outputs (probabilities) into categorical cross-entropy for a binary task",
-      expect=("probabilities_into_loss",), root=("probabilities_into_loss",), module=HEAD,
+      expect=("probabilities_into_loss",), root=("probabilities_into_loss", "head_loss_mismatch"), module=HEAD,
       proposed=("head_loss_mismatch",),
       note="DeepFD: the original performs well, worse after its repair. Fixed: one logit, binary cross-entropy "
            "(BCEWithLogitsLoss).")
@@ -694,7 +694,7 @@ def c34(fixed: bool) -> Program:
 
 @case(36, "41327601", "loss",
       "Binary cross-entropy on a ten-way softmax (one-hot targets) instead of categorical cross-entropy",
-      expect=(), root=(), module=HEAD, proposed=("head_loss_mismatch",),
+      expect=(), root=("head_loss_mismatch",), module=HEAD, proposed=("head_loss_mismatch",),
       note="DeepFD: the original performs well and worse after the repair. Fixed: logits into CrossEntropyLoss; "
            "Adamax in both.")
 def c36(fixed: bool) -> Program:
@@ -734,7 +734,7 @@ def c39(fixed: bool) -> Program:
 
 @case(40, "42514960", "act",
       "A ReLU autoencoder with a sigmoid output for data in [-1, 1]: the negative half cannot be reconstructed",
-      expect=("dead_units", "saturated_activations"), root=(), module=HEAD, proposed=("head_loss_mismatch",),
+      expect=("dead_units", "saturated_activations"), root=("head_loss_mismatch",), module=HEAD, proposed=("head_loss_mismatch",),
       note="Fixed: tanh everywhere (the patch's lines, commented in the spreadsheet). Digits scaled to [-1, 1].")
 def c40(fixed: bool) -> Program:
     x, _, xv, _ = digits_data("raw")
@@ -746,7 +746,7 @@ def c40(fixed: bool) -> Program:
 
 @case(41, "42800203", "act",
       "Softmax over a one-unit binary output (constant 1.0) into binary cross-entropy",
-      expect=("wrong_loss", "not_learning", "vanishing_gradients", "frozen_parameters"), root=("wrong_loss",), module=HEAD,
+      expect=("wrong_loss", "not_learning", "vanishing_gradients", "frozen_parameters"), root=("wrong_loss", "head_loss_mismatch"), module=HEAD,
       proposed=("head_loss_mismatch",),
       note="Fixed: sigmoid output (the patch).")
 def c41(fixed: bool) -> Program:

@@ -14,6 +14,7 @@ __all__ = [
     "LossCurve",
     "feeder",
     "fmt",
+    "head_layers",
     "held",
     "loss_curve",
     "param_layers",
@@ -96,6 +97,23 @@ def feeder(h: History, ctx: Context, i: int) -> int | None:
         return None
     k = order.index(i)
     return order[k - 1] if k > 0 else None
+
+
+def head_layers(h: History, ctx: Context) -> list[str]:
+    """The model's head: the modules that ran after the last linear / conv layer with trainable
+    parameters (its output activation, e.g. a softmax), latest first, then that layer itself.
+    Empty when no such layer ran.  What a finding about the loss's inputs points at."""
+
+    def get() -> list[str]:
+        order = ran(h, ctx)
+        pl = param_layers(h, ctx)
+        if not pl:
+            return []
+        k = order.index(pl[-1])
+        after = [h.layers[i].name for i in order[k + 1:] if h.layers[i].kind in ("activation", "other", "norm")]
+        return [*reversed(after), h.layers[pl[-1]].name]
+
+    return ctx.memo("head_layers", get)
 
 
 def names(h: History, idx: list[int]) -> list[str]:

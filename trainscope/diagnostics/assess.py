@@ -156,9 +156,11 @@ def assess_loss_inputs(li: dict[str, Any]) -> list[tuple[str, str, str]]:
     if name in ("BCELoss", "NLLLoss") and n >= 2 and lo == hi and lo in (0.0, 1.0):
         out.append((
             "wrong_loss", "error",
-            f"{name} receives exactly {_fmt(lo)} for all {n} values: a softmax (gives 1) or log_softmax (gives 0) over a "
-            "dimension of size 1, so the loss has no gradient. Use sigmoid + BCELoss (or BCEWithLogitsLoss) for one "
-            "output, or log_softmax over the class dimension for NLLLoss",
+            f"{name} receives exactly {_fmt(lo)} for all {n} values (prediction {ps}): a "
+            + ("softmax" if lo == 1.0 else "log_softmax") + " over a dimension of size 1 is a constant, so the "
+            "model gets no gradient at all. Fix: for one output use a sigmoid + BCELoss (or no activation + "
+            "BCEWithLogitsLoss; no activation for a regression), or softmax / log_softmax over the class dimension "
+            "of a layer with one output per class",
         ))
     if name == "CrossEntropyLoss" and len(ps) >= 2 and ps[1] == 1:
         out.append(("wrong_loss", "error", f"CrossEntropyLoss over a single class (pred {ps}) is always 0: use BCEWithLogitsLoss"))

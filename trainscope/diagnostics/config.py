@@ -22,6 +22,8 @@ class Thresholds:
     persist_of: int = 4  # ... of the last 4 sampled steps (one odd batch never raises a finding)
     min_loss_points: int = 20  # loss-curve rules need this many recorded losses
     min_steps_plateau: int = 50  # "no progress" is only judged after this many steps
+    not_learning_steps: int = 100  # ... and "has not moved since the start" (not_learning) after this many:
+    # healthy sigmoid / tanh nets and SGD runs often sit flat for 50-100 steps before they take off
 
     # --- depth / time profiles of activations and gradients ------------------------------------
     depth_ratio: float = 1e-2  # 100x smaller (or larger) from the first to the last hidden layer:
@@ -43,7 +45,16 @@ class Thresholds:
     update_high: float = 3e-2  # 30x the rule of thumb: weights are re-drawn within ~30 steps
     update_high_plateau: float = 0.1  # with a mere plateau (many causes): 10% of the weights per step
     update_low: float = 1e-4  # 10x below it: 100 steps move the weights by at most 1%
+    update_plateau_low: float = 1e-3  # a plateau while the whole model moves by less than the rule of thumb
+    # per step: raising the learning rate is the first thing to try (lr_too_low, not not_learning)
     lr_low_progress: float = 0.5  # ...and the loss still above half its initial value
+    slow_min_steps: int = 50  # a slow steady descent is judged over at least 50 steps (and min_loss_points losses)
+    slow_keep: float = 0.5  # the last half of the curve removes >= 50% of what the first half did: no
+    # deceleration (a well-tuned run drops fast, then flattens: the second half's drop is a fraction of the first's)
+    slow_progress: float = 0.1  # ... while less than 10% of the initial loss is gone: a plateau that does move.
+    # Not more: short healthy runs (Adam at 1e-3, a few epochs) also fall linearly at 0.2-0.6% per step, and a
+    # curve's shape cannot tell "too slow" from "not finished yet" beyond that
+    slow_update_max: float = 1e-2  # ... and the weights move by less than 1% per step (a larger update is not "too low")
 
     # --- loss curve ----------------------------------------------------------------------------
     plateau_progress: float = 0.05  # "no progress": the loss is within 5% of where it started

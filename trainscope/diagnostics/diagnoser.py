@@ -13,7 +13,7 @@ from ..history import History
 from .config import Thresholds
 from .context import Context, context_from_probe
 from .finding import Finding, severity_rank
-from .registry import LABELS, diagnose
+from .registry import LABELS, diagnose, finding_order
 
 if TYPE_CHECKING:
     from ..run import RunContext
@@ -88,10 +88,7 @@ class Diagnoser:
             return self._sorted()
 
     def _sorted(self) -> list[Finding]:
-        return sorted(
-            self._memory.values(),
-            key=lambda f: (not f.active, -severity_rank(f.severity), f.first_step, LABELS.index(f.label)),
-        )
+        return sorted(self._memory.values(), key=lambda f: (not f.active, *finding_order(f)))
 
     def findings(self, min_severity: str | None = None, *, active_only: bool = False) -> list[Finding]:
         """What has been found so far: active first, then by severity and first step."""

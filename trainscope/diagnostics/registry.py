@@ -12,7 +12,7 @@ from ..history import History
 from .context import Context
 from .finding import Finding, severity_rank
 
-__all__ = ["LABELS", "RULES", "RuleSpec", "diagnose", "rule"]
+__all__ = ["HEAD_LABELS", "LABELS", "RULES", "SYMPTOMS", "RuleSpec", "causal_rank", "diagnose", "finding_order", "rule"]
 
 RuleFn = Callable[[History, Context], "Finding | None"]
 
@@ -61,6 +61,48 @@ LABELS: tuple[str, ...] = (
     "still_improving",
 )
 """The diagnosis vocabulary, in display order."""
+
+
+SYMPTOMS: frozenset[str] = frozenset({
+    "vanishing_activations", "exploding_activations", "vanishing_gradients", "exploding_gradients",
+    "dead_units", "saturated_activations", "nan_inf", "divergence", "oscillation", "not_learning",
+    "overfitting", "bad_loss_at_init",
+})
+"""Labels that name what training *shows* (a symptom) rather than what is wrong with the set-up
+or the hyper-parameters (a cause).  Every other label -- the input, loss, optimizer, learning-rate
+and data labels, including labels added later -- is a cause: when a cause and a symptom hold at
+the same time, the cause is listed first (it is what the user should change; the symptom findings
+name it in their own evidence through :func:`~trainscope.diagnostics.rules.causes.root_cause`)."""
+
+HEAD_LABELS: frozenset[str] = frozenset({"wrong_loss", "probabilities_into_loss", "head_loss_mismatch"})
+"""Findings about what the loss receives: when their rule names no layer, :func:`diagnose` points
+them at the model's head (its output activation, then its last linear / conv layer)."""
+
+
+def causal_rank(label: str) -> int:
+    """0 for a cause, 1 for a symptom (:data:`SYMPTOMS`): the first key of the findings' order."""
+    return 1 if label in SYMPTOMS else 0
+
+
+CAUSE_ORDER: tuple[str, ...] = ("unnormalized_inputs", "symmetric_init", "lr_too_high", "lr_too_low")
+"""Among causes of the same severity: the root-cause tests' order -- input scale, init, learning
+rate -- then every other cause (head / loss structure, data, set-up)."""
+
+
+def _cause_order(label: str) -> int:
+    return CAUSE_ORDER.index(label) if label in CAUSE_ORDER else len(CAUSE_ORDER)
+
+
+def _order(label: str) -> int:
+    return LABELS.index(label) if label in LABELS else len(LABELS)
+
+
+def finding_order(f: Finding) -> tuple[int, int, int, int, int, int]:
+    """Sort key of current findings: warning and error before info; among those, causes before
+    symptoms (root cause before symptom); then most severe; then, among causes, the root-cause
+    tests' order (:data:`CAUSE_ORDER`); then earliest, display order."""
+    sev = severity_rank(f.severity)
+    return (0 if sev >= 1 else 1, causal_rank(f.label), -sev, _cause_order(f.label), int(f.first_step), _order(f.label))
 
 
 def rule(label: str, *, checklist: Iterable[str] = (), finite: bool = False) -> Callable[[RuleFn], RuleFn]:
@@ -116,11 +158,15 @@ def diagnose(
             continue
         if not f.checklist:
             f.checklist = list(spec.checklist)
+        if not f.layers and label in HEAD_LABELS:
+            from ._series import head_layers
+
+            f.layers = head_layers(history, ctx)
         if f.last_step < 0:
             f.last_step = step
         f.first_step = f.last_step if f.first_step < 0 else min(f.first_step, f.last_step)
         out.append(f)
-    out.sort(key=lambda f: (-severity_rank(f.severity), LABELS.index(f.label)))
+    out.sort(key=finding_order)
     return out
 
 

@@ -3,6 +3,7 @@ learning rate, and generalization (overfitting, labels unrelated to the inputs).
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -10,6 +11,7 @@ import numpy as np
 
 from ...history import History
 from .._series import LossCurve, fmt, loss_curve, pct, scalar, series
+from ..config import Thresholds
 from ..context import Context
 from ..finding import Finding, intervention
 from ..registry import rule
@@ -25,6 +27,37 @@ class CurveState:
     oscillating: bool = False
     plateau: bool = False
     swing: float = 0.0  # mean |step-to-step change| / mean loss, last window
+    early_plateau: bool = False  # the plateau condition already after min_steps_plateau steps
+    no_gradient: bool = False  # every recorded total gradient norm since the curve's start is exactly 0
+    slow: bool = False  # steady, non-decelerating descent with little progress (see lr_too_low)
+    quarters: tuple[float, ...] = ()  # medians of the curve's four quarters
+
+
+def _no_gradient(h: History, since: int) -> bool:
+    """Every total gradient norm recorded since ``since`` is exactly 0 (and there are some): the
+    loss cannot move because of training, whatever it does is the batches' noise."""
+    s, g = scalar(h, "grad_norm_total")
+    g = g[(s >= since) & np.isfinite(g)]
+    return bool(len(g) >= 2 and not np.any(g != 0))
+
+
+def _slow_descent(c: LossCurve, th: Thresholds) -> tuple[bool, tuple[float, ...]]:
+    """A loss that falls steadily but slowly: the medians of the four quarters of the curve fall
+    strictly, the last half removes at least ``slow_keep`` of what the first half removed (no
+    deceleration: a well-tuned run drops fast, then flattens), and less than ``slow_progress`` of
+    the initial loss is gone.  Judged after ``min_loss_points`` losses over ``slow_min_steps``
+    steps."""
+    if c.n < th.min_loss_points or int(c.steps[-1] - c.steps[0]) + 1 < th.slow_min_steps:
+        return False, ()
+    parts = np.array_split(c.values, 4)
+    q = tuple(float(np.median(part)) for part in parts)
+    # a drop the batches' noise cannot explain: 4 standard errors of a quarter's median
+    noise = float(np.median(np.abs(np.diff(c.values)))) / math.sqrt(2)
+    se = 1.25 * noise / math.sqrt(max(min(len(p) for p in parts), 1))
+    falling = all(a > b for a, b in itertools.pairwise(q)) and q[0] - q[3] > 4 * se
+    first, last = q[0] - q[1], q[2] - q[3]
+    progress = (q[0] - q[3]) / max(abs(q[0]), 1e-12)
+    return bool(falling and first > 0 and last >= th.slow_keep * first and 0 < progress < th.slow_progress), q
 
 
 def _swing(v: np.ndarray) -> tuple[float, float]:
@@ -56,7 +89,17 @@ def curve_state(h: History, ctx: Context) -> CurveState:
             st.oscillating = all(flags)
         steps_run = int(c.steps[-1] - c.steps[0]) + 1
         if steps_run >= th.min_steps_plateau and abs(c.head) > 1e-8:
-            st.plateau = (c.head - c.best) / abs(c.head) < th.plateau_progress
+            st.early_plateau = (c.head - c.best) / abs(c.head) < th.plateau_progress
+            st.plateau = st.early_plateau and steps_run >= th.not_learning_steps
+        st.slow, st.quarters = _slow_descent(c, th)
+        if _no_gradient(h, int(c.steps[0])):
+            # nothing the model does moves the loss: a rise or a swing is the batches' noise, not
+            # divergence (the cause is upstream: a constant output, a detached graph -- wrong_loss,
+            # frozen_parameters); the loss cannot improve, so it is a plateau once judged
+            st.no_gradient = True
+            st.diverging = st.exploding = st.oscillating = st.slow = False
+            st.early_plateau = steps_run >= th.min_steps_plateau
+            st.plateau = steps_run >= th.not_learning_steps
         return st
 
     return ctx.memo("curve_state", get)
@@ -127,26 +170,32 @@ def oscillation(h: History, ctx: Context) -> Finding | None:
 
 @rule("not_learning", checklist=("tobin.error_dynamics", "karpathy.decreasing_loss", "tobin.overfit_batch"), finite=True)
 def not_learning(h: History, ctx: Context) -> Finding | None:
-    """Plateau from the start: after ``min_steps_plateau`` (50) steps, the best running median of
+    """Plateau from the start: after ``not_learning_steps`` (100) steps, the best running median of
     the training loss is still within ``plateau_progress`` (5%) of the initial one, and the loss is
     not rising (that is ``divergence``).  Warning."""
     st = curve_state(h, ctx)
     c = st.curve
     if c is None or not st.plateau or st.diverging or st.exploding:
         return None  # a rising loss is divergence, not a plateau
+    if st.slow:
+        return None  # it does move, steadily: too slowly is lr_too_low
+    cause = lr_too_low(h, ctx)  # the root-cause test for a plateau: are the updates too small?
+    lead = cause is not None and cause.severity != "info"
+    fixes = [intervention("lr_find", "Run the LR finder"), intervention("scale_lr", "Raise the learning rate 10x", factor=10.0)]
     return Finding(
         label="not_learning",
         severity="warning",
-        title="Training loss has not moved since the start",
+        title=("Learning rate too low -> " if lead else "") + "Training loss has not moved since the start",
         evidence=(
-            f"loss {fmt(c.head)} at the start, best {fmt(c.best)}, now {fmt(c.tail)} after "
+            (f"learning rate too low ({cause.evidence}) -> " if lead and cause is not None else "")
+            + f"loss {fmt(c.head)} at the start, best {fmt(c.best)}, now {fmt(c.tail)} after "
             f"{int(c.steps[-1] - c.steps[0]) + 1} steps (less than {pct(ctx.thresholds.plateau_progress)} progress). "
             "Tobin: error plateaus -> learning rate too low, gradients not flowing, too much regularization, "
             "wrong input to the loss, or corrupted data"
         ),
         first_step=int(c.steps[0]),
-        interventions=[intervention("lr_find", "Run the LR finder"), intervention("scale_lr", "Raise the learning rate 10x", factor=10.0)],
-        data={"head": c.head, "best": c.best},
+        interventions=[*cause.interventions[:1], *fixes] if lead and cause is not None else fixes,
+        data={"head": c.head, "best": c.best, **({"cause": "lr_too_low"} if lead else {})},
     )
 
 
@@ -204,47 +253,100 @@ def lr_too_high(h: History, ctx: Context) -> Finding | None:
 
 @rule("lr_too_low", checklist=("tobin.tune_lr", "karpathy.decreasing_loss"), finite=True)
 def lr_too_low(h: History, ctx: Context) -> Finding | None:
-    """Even the fastest-moving layer changes by less than ``update_low`` (1e-4) of its norm per
-    step (median of the last 10 records), with a non-zero gradient and no warm-up in progress, and
-    after ``min_steps_plateau`` steps the training loss is still above ``lr_low_progress`` (half)
-    of its initial value.  Warning."""
+    """The weights move too little for the loss to get anywhere, either way:
+
+    * *tiny updates*: even the fastest-moving layer changes by less than ``update_low`` (1e-4) of
+      its norm per step (median of the last 10 records) and after ``min_steps_plateau`` steps the
+      training loss is still above ``lr_low_progress`` (half) of its initial value;
+    * *stalled*: after ``min_steps_plateau`` (50) steps the loss has not moved (less than
+      ``plateau_progress``, 5%) while the whole model's update /
+      weight ratio stays below ``update_plateau_low`` (1e-3, the rule of thumb) -- the cause of the
+      plateau to try first;
+    * *slow steady descent*: over at least ``slow_min_steps`` (50) steps the medians of the loss
+      curve's four quarters fall strictly (by more than 4 standard errors of the batches' noise),
+      the last half removes at least ``slow_keep`` (50%) of what the first half removed (no
+      deceleration), less than ``slow_progress`` (10%) of the initial loss is gone (a plateau that does move), and the whole
+      model's update / weight ratio stays below ``slow_update_max`` (1e-2 per step).
+
+    Both need a non-zero gradient and no warm-up in progress (the lr rising).  Warning for tiny
+    updates, a stalled loss, and a slow descent that is a plateau (less than ``plateau_progress``,
+    5%, of the loss gone after ``not_learning_steps`` steps: ``not_learning`` then gives way to this label),
+    info for a slow descent with more progress (the start of a short healthy run looks the same).
+    The first
+    fix scales the learning rate by a factor computed from the update ratio (toward ~1e-3 for tiny
+    updates, 10x -- at most up to 0.1 per step -- for a slow descent)."""
     th = ctx.thresholds
-    c = loss_curve(h, ctx)
-    if c is None or int(c.steps[-1] - c.steps[0]) + 1 < th.min_steps_plateau:
+    st = curve_state(h, ctx)
+    c = st.curve
+    if c is None or c.head <= 0 or st.no_gradient:
         return None
-    if c.head <= 0 or c.tail < th.lr_low_progress * c.head:
-        return None
-    steps, ur = series(h, ctx, "update_ratio")
-    if len(steps) < th.persist_need:
-        return None
-    fin = np.where(np.isfinite(ur), ur, -np.inf)
-    fastest = fin.max(axis=1) if ur.shape[1] else np.full(len(steps), -np.inf)
-    fastest = np.where(np.isfinite(fastest), fastest, np.nan)
-    u = _recent(fastest, 10)
     _, g = scalar(h, "grad_norm_total")
     gr = _recent(g, 10)
     _, lr = scalar(h, "lr")
     lr = lr[np.isfinite(lr)]
     warming = len(lr) >= 4 and lr[-1] > 1.5 * lr[len(lr) // 2]
-    if not (u < th.update_low) or not (gr > 0) or warming:
+    if not (gr > 0) or warming:
         return None
     lr_now = float(lr[-1]) if len(lr) else math.nan
-    factor = float(min(max(10.0 ** round(math.log10(1e-3 / max(u, 1e-12))), 10.0), 1e3))  # toward ~1e-3
-    fixes = [intervention("lr_find", "Run the LR finder"), intervention("scale_lr", f"Scale the learning rate by {fmt(factor)}", factor=factor)]
+    steps_run = int(c.steps[-1] - c.steps[0]) + 1
+    tiny: float | None = None
+    if steps_run >= th.min_steps_plateau and c.tail >= th.lr_low_progress * c.head:
+        steps, ur = series(h, ctx, "update_ratio")
+        if len(steps) >= th.persist_need:
+            fin = np.where(np.isfinite(ur), ur, -np.inf)
+            fastest = fin.max(axis=1) if ur.shape[1] else np.full(len(steps), -np.inf)
+            u = _recent(np.where(np.isfinite(fastest), fastest, np.nan), 10)
+            if u < th.update_low:
+                tiny = u
+    _, utot = scalar(h, "update_ratio_total")
+    ut = _recent(utot, 10)
+    slow = st.slow and not st.diverging and not st.oscillating and (not np.isfinite(ut) or ut < th.slow_update_max)
+    stalled = tiny is None and not slow and st.early_plateau and not st.diverging and 0 < ut < th.update_plateau_low
+    if tiny is None and not slow and not stalled:
+        return None
+    if stalled:
+        factor = float(max(min(_nice(1e-2 / ut), 100.0), 2.0))  # toward ~1e-2 per step, at most 100x
+        what = (f"the training loss has not moved ({fmt(c.head)} -> {fmt(c.tail)}) while the weights move by only "
+                f"{fmt(ut)} of their norm per step (rule of thumb ~1e-3)")
+    elif tiny is not None:
+        factor = float(min(max(10.0 ** round(math.log10(1e-3 / max(tiny, 1e-12))), 10.0), 1e3))  # toward ~1e-3
+        what = f"the fastest-moving layer changes by {fmt(tiny)} of its norm per step (rule of thumb ~1e-3)"
+    else:
+        factor = 10.0 if not (ut > 0) else float(max(min(10.0, _nice(0.1 / ut)), 2.0))
+        q = st.quarters
+        what = (f"the loss falls steadily but slowly ({' -> '.join(fmt(v) for v in q)} over the four quarters of "
+                f"{steps_run} steps, not slowing down: the run is far from where this lr would take it)"
+                + (f"; the weights move by {fmt(ut)} of their norm per step" if np.isfinite(ut) else ""))
+    fixes = [intervention("scale_lr", f"Scale the learning rate by {fmt(factor)}", factor=factor)]
     if np.isfinite(lr_now) and lr_now > 0:
         fixes.append(intervention("set_lr", f"Set the learning rate to {fmt(lr_now * factor)}", lr=float(lr_now * factor)))
+    fixes.append(intervention("lr_find", "Run the LR finder"))
+    # a slow descent that has not even removed plateau_progress (5%) of the loss over
+    # min_steps_plateau steps is a plateau that moves (the warning not_learning would otherwise
+    # give); with more progress it is only worth knowing: a short healthy run's start looks the same
+    plateau_like = tiny is not None or stalled or st.early_plateau
     return Finding(
         label="lr_too_low",
-        severity="warning",
-        title="Learning rate too low (weights barely move)",
+        severity="warning" if plateau_like else "info",
+        title="Learning rate too low (" + ("weights barely move" if tiny is not None else "loss stalled, small updates"
+                                           if stalled else "slow, steady progress") + ")",
         evidence=(
-            f"the fastest-moving layer changes by {fmt(u)} of its norm per step (rule of thumb ~1e-3)"
-            + (f" at lr {fmt(lr_now)}" if np.isfinite(lr_now) else "")
-            + f"; after {int(c.steps[-1] - c.steps[0]) + 1} steps the loss went only from {fmt(c.head)} to {fmt(c.tail)}"
+            what + (f" at lr {fmt(lr_now)}" if np.isfinite(lr_now) else "")
+            + f"; after {steps_run} steps the loss went only from {fmt(c.head)} to {fmt(c.tail)}"
         ),
+        first_step=int(c.steps[0]),
         interventions=fixes,
-        data={"update_ratio": u, "lr": lr_now},
+        data={"update_ratio": tiny if tiny is not None else ut, "lr": lr_now, "factor": factor,
+              "path": "tiny" if tiny is not None else "stalled" if stalled else "slow"},
     )
+
+
+def _nice(v: float) -> float:
+    """``v`` rounded down to 1, 2 or 5 times a power of ten."""
+    if not (v > 0 and math.isfinite(v)):
+        return 1.0
+    e = 10.0 ** math.floor(math.log10(v))
+    return float(max(m for m in (1.0, 2.0, 5.0) if m * e <= v * (1 + 1e-9)) * e)
 
 
 def chance_loss(h: History, ctx: Context) -> float | None:
