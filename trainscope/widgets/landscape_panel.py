@@ -202,7 +202,7 @@ class LandscapePanel(W.VBox):
         self._row = W.HBox([self.btn1, self.btn2, self.info])
         self._slot = W.Box([], layout=W.Layout(width="100%"))
         self._cap_slot = W.Box([], layout=W.Layout(width="100%"))
-        if self.probe is not None and history_capacity(self.history) is None:
+        if self.probe is not None and HISTORY_METRIC not in LAYER_METRICS:  # the probe does not record it
             self.tracker = CapacityTracker(self.probe)
         self._subs: list[Any] = []
         if self.probe is not None and follow:  # inside the dashboard, its update loop calls update()
