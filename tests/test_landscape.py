@@ -126,6 +126,17 @@ def test_the_grid_is_the_loss_along_the_direction() -> None:
         assert got == pytest.approx(want, rel=1e-6, abs=1e-7)
 
 
+def test_the_random_slice_moves_along_the_filter_normalized_directions() -> None:
+    model, batch = _model()
+    weights = [p for p in model.parameters() if p.requires_grad]
+    dirs = random_directions(weights, seed=5, count=2)
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    auto = loss_landscape(model, nn.CrossEntropyLoss(), batch, dims=2, points=5, seed=5)
+    given = loss_landscape(model, nn.CrossEntropyLoss(), batch, dims=2, points=5,
+                           directions=[dict(zip(names, d, strict=True)) for d in dirs])
+    assert auto.norm == "filter" and np.array_equal(auto.losses, given.losses)
+
+
 def test_a_trained_model_sits_at_the_bottom_of_its_slice() -> None:
     from sklearn.datasets import load_digits
 
