@@ -42,3 +42,53 @@ def test_health_thresholds(name: str, values: list[float], expected: list[int]) 
 def test_unknown_metric_is_named() -> None:
     with pytest.raises(KeyError, match="unknown metric 'act_nope'; metrics are act_mean"):
         metrics.get("act_nope")
+
+
+def test_act_frac_neg_is_recorded_per_layer() -> None:
+    """The statistic added through the vocabulary (metrics.py + stats.py): the share of negative
+    outputs, exact for tensors up to stats.HIST_SAMPLE elements."""
+    import torch
+    from torch import nn
+
+    import trainscope
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2), nn.ReLU())
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    probe = trainscope.Probe(model, opt, every=1)
+    x = torch.randn(16, 4)
+    seen = {}
+    handles = [m.register_forward_hook(lambda mod, a, out, n=n: seen.__setitem__(n, out.detach()))
+               for n, m in model.named_children()]
+    model(x).sum().backward()
+    opt.step()
+    probe.flush()
+    for h in handles:
+        h.remove()
+    rec = probe.history.first_record or probe.history.latest
+    assert rec is not None
+    names = probe.history.layer_names
+    got = dict(zip(names, rec.metrics["act_frac_neg"].tolist(), strict=True))
+    for n, out in seen.items():
+        assert got[n] == pytest.approx(float((out < 0).float().mean()), abs=1e-6), n
+    assert got["3"] == 0.0  # a ReLU output is never negative
+    probe.detach()
+
+
+def test_runs_written_before_a_metric_was_added_still_load() -> None:
+    from trainscope.history import Downsampled
+    from trainscope.runlog import _format as F
+
+    old = Downsampled((3, len(history.LAYER_METRICS) - 1), recent=4, buckets=4)
+    rng = np.random.default_rng(0)
+    for step in range(20):  # past the recent window: buckets too
+        old.append(step, rng.normal(size=(3, len(history.LAYER_METRICS) - 1)))
+    before = old.arrays()
+    st = old.state_dict()
+    F._widen_layer_series(st, len(history.LAYER_METRICS))
+    new = Downsampled.from_state(st)
+    after = new.arrays()
+    assert new.shape == (3, len(history.LAYER_METRICS))
+    np.testing.assert_array_equal(after["step"], before["step"])
+    np.testing.assert_array_equal(after["mean"][..., :-1], before["mean"])
+    assert np.isnan(after["mean"][..., -1]).all()

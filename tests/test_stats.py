@@ -303,4 +303,5 @@ def test_summary_of_every_float_dtype_is_fp32_and_right(dtype: torch.dtype, cont
     assert (float(r[2]), float(r[3])) == (float(ref.min()), float(ref.max()))
     sub = S.subsample(x)
     assert int(r[4]) == int((sub != 0).sum()) and int(r[5]) == int((sub.abs() >= 0.98).sum())
-    assert r[6:].tolist() == [0.0, 0.0, 0.0]
+    assert r[6:9].tolist() == [0.0, 0.0, 0.0]
+    assert int(r[9]) == int((sub < 0).sum())  # sub_neg (act_frac_neg)

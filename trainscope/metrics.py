@@ -146,6 +146,7 @@ LAYER: tuple[Metric, ...] = (
     Metric("grad_nonfinite", "param", "grad_nonfinite", "non-finite grad",
            "non-finite gradient elements (exact)", fmt="count", short="non-finite grad",
            report=True),
+    Metric("act_frac_neg", "act", "frac_neg", "% negative", "share of negative outputs", fmt="pct"),
 )
 """Every per-layer metric, in the history's column order (new ones go at the end)."""
 

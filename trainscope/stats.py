@@ -115,6 +115,7 @@ ACT_FIELDS: tuple[str, ...] = (
     "nan",  # exact counts over the whole tensor in exact_nonfinite mode, -1 otherwise
     "posinf",
     "neginf",
+    "sub_neg",  # negative elements of the subsample
 )
 _F = {name: i for i, name in enumerate(ACT_FIELDS)}
 NFIELDS = len(ACT_FIELDS)
@@ -309,6 +310,7 @@ def summarize(
         parts.append((x == -math.inf).sum().float())
     else:
         parts += [neg, neg, neg]
+    parts.append((sub < 0).sum().float())
     h = None
     if hist:
         n = sub.numel()
@@ -357,6 +359,7 @@ class ActSummary:
     abs_max: np.ndarray
     frac_zero: np.ndarray
     frac_sat: np.ndarray  # NaN where not a bounded activation
+    frac_neg: np.ndarray  # share of negative elements (subsample)
     nonfinite: np.ndarray  # exact count; -1 = "at least one, count unknown"; 0 = none (exact)
     nan: np.ndarray  # exact counts where known, -1 where unknown
     posinf: np.ndarray
@@ -411,6 +414,7 @@ def finalize_summaries(
         out["abs_max"] = np.where(seen, np.maximum(np.abs(mn), np.abs(mx)), np.nan)
         out["frac_zero"] = np.where(seen, sub_zero / sub_n, np.nan)
         out["frac_sat"] = np.where(has_sat, sat / sat_n, np.nan)
+        out["frac_neg"] = np.where(seen, total(r[:, _F["sub_neg"]]) / sub_n, np.nan)
     # Non-finite accounting: min/max are NaN (NaN present) or infinite (Inf present) exactly when
     # the layer held a non-finite value.  Counts are exact in exact mode, "-1 = unknown" otherwise.
     any_nf = seen & ~(np.isfinite(mn) & np.isfinite(mx))

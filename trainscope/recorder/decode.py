@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import metrics as _metrics
 from .. import stats as S
 from .._lossextra import parse_loss_extras
 from .._params import ParamTracker
@@ -23,8 +24,8 @@ from .payload import StepPayload
 
 __all__ = ["decode_param_rows", "decode_record", "first_sample"]
 
-ACT_FIELDS = ("mean", "std", "min", "max", "abs_max", "frac_zero", "frac_sat", "nonfinite")
-OGRAD_FIELDS = ("mean", "std", "abs_max", "frac_zero", "nonfinite")
+ACT_FIELDS = tuple(m.field for m in _metrics.LAYER if m.source == "act")  # stats.ActSummary fields
+OGRAD_FIELDS = tuple(m.field for m in _metrics.LAYER if m.source == "ograd")
 LOSS_IN_FIELDS = (
     "pred_min",
     "pred_max",

@@ -737,6 +737,7 @@ def load_snapshot(path: str) -> dict[str, Any]:
         forward_order=doc["forward_order"],
         scalars={n: series[f"sc{i}"] for i, n in enumerate(doc["scalar_names"])},
     )
+    _widen_layer_series(state.get("layer"), len(LAYER_METRICS))
     latest = None
     if "latest" in doc:
         la = {k[len("latest.") :]: v for k, v in arrays.items() if k.startswith("latest.")}
@@ -755,6 +756,23 @@ def load_snapshot(path: str) -> dict[str, Any]:
         "latest_header": doc.get("latest"),
         "info": doc.get("info", {}),
     }
+
+
+def _widen_layer_series(st: Any, width: int) -> None:
+    """A run written before a per-layer metric was added (new metrics are appended to
+    ``trainscope.metrics.LAYER``): its saved series get NaN columns for them, in place."""
+    if not isinstance(st, dict):
+        return
+    sh = st.get("shape")
+    if not (isinstance(sh, list) and len(sh) == 2 and is_int(sh[1]) and 0 < int(sh[1]) < width):
+        return
+    old = int(sh[1])
+    for key in ("r_vals", "b_sum", "b_min", "b_max"):
+        a = st.get(key)
+        if isinstance(a, np.ndarray) and a.ndim == 3 and a.shape[2] == old:
+            pad = np.full((*a.shape[:2], width - old), np.nan, dtype=a.dtype)
+            st[key] = np.concatenate([a, pad], axis=2)
+    st["shape"] = [sh[0], width]
 
 
 def iter_segment_records(data: bytes) -> Iterator[tuple[dict[str, Any], dict[str, np.ndarray]]]:
