@@ -45,8 +45,6 @@ KNOWN_CYCLES: dict[frozenset[str], str] = {
 """Import cycles that remain, each with why; a new cycle, or one that grows, fails the test."""
 
 KNOWN_PROBE_IMPORTS: dict[str, str] = {
-    "trainscope.landscape": "reads the model -> probe registry to pause an attached probe "
-                            "(should read trainscope.recorder.ATTACHED)",
     "trainscope.search": "builds a Probe per trial when asked to record (a composition job)",
 }
 """Modules below the composition floor that still import probe.py, each with why."""

@@ -150,12 +150,11 @@ class BackgroundRun:
                 return
             self._armed = True
             handles: list[Any] = []
-            probe_mod = sys.modules.get("trainscope.probe")
-            attached = getattr(probe_mod, "_ATTACHED", None)
-            if attached is not None:
-                for probe in list(attached.values()):
-                    with contextlib.suppress(Exception):
-                        handles.append(probe.on_step(self._check_here))
+            from .recorder import ATTACHED  # model -> its attached probe (the public registry)
+
+            for probe in list(ATTACHED.values()):
+                with contextlib.suppress(Exception):
+                    handles.append(probe.on_step(self._check_here))
             optim_mod = sys.modules.get("torch.optim.optimizer")
             register = getattr(optim_mod, "register_optimizer_step_post_hook", None)
             if register is not None:

@@ -231,11 +231,10 @@ def _summaries(alphas: np.ndarray, betas: np.ndarray | None, losses: np.ndarray,
 
 # ---------------------------------------------------------------------------- the slice
 def _attached_probe(model: nn.Module) -> Any:
-    from . import probe as probe_mod
+    from .recorder import ATTACHED  # model -> its attached probe
 
-    attached = getattr(probe_mod, "_ATTACHED", None)
     try:
-        return attached.get(model) if attached is not None else None
+        return ATTACHED.get(model)
     except TypeError:
         return None
 
