@@ -44,25 +44,34 @@ What else is guaranteed:
   for the "spawn" start method).  trainscope has no scheduler of its own beyond successive halving.
   Optuna and Ray Tune are not integrated (neither is a dependency); their samplers and schedulers
   can call the same ``train_fn``.
+
+Modules: the space's distributions and checks are in ``trainscope._search_space``, the trials,
+rung decisions and :class:`SearchResult` in ``trainscope._search_result`` (both re-exported
+here); this module runs the trials (``Report``, sequential or on an executor).
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
-import json
 import math
 import os
 import random
 import threading
 import time
 import traceback
-from collections.abc import Callable, Mapping, MutableMapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
+from ._search_result import SearchResult, Trial, _jsonable, _Store
+from ._search_space import Choice as Choice  # re-exported: the space's types and checks lived here
+from ._search_space import Dist as Dist
+from ._search_space import LogUniform as LogUniform
+from ._search_space import RandInt as RandInt
+from ._search_space import Uniform as Uniform
+from ._search_space import check_space, choice, loguniform, randint, sample_config, uniform
 from .interventions._base import as_choice, as_int
 from .interventions._state import RNGCapture
 
@@ -74,191 +83,6 @@ MAX_REPORTS = 1000
 
 class TrialStopped(Exception):
     """Raised by ``report(step, value)`` when the trial fell below a rung's cut (successive halving)."""
-
-
-# ---------------------------------------------------------------------------- the space
-class Dist:
-    """A hyper-parameter's distribution (made by :func:`loguniform`, :func:`uniform`, :func:`choice`,
-    :func:`randint`)."""
-
-    def sample(self, rng: np.random.Generator) -> Any:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def position(self, value: Any) -> float:
-        """Where ``value`` lies on this axis, in [0, 1] (the parallel-coordinates plot)."""
-        raise NotImplementedError  # pragma: no cover - abstract
-
-
-def _finite(name: str, v: Any) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{name} must be a number, got {type(v).__name__} {v!r}")
-    x = float(v)
-    if not math.isfinite(x):
-        raise ValueError(f"{name} must be finite, got {v!r}")
-    return x
-
-
-@dataclass(frozen=True)
-class LogUniform(Dist):
-    low: float
-    high: float
-
-    def sample(self, rng: np.random.Generator) -> float:
-        return float(math.exp(rng.uniform(math.log(self.low), math.log(self.high))))
-
-    def position(self, value: Any) -> float:
-        return (math.log(float(value)) - math.log(self.low)) / (math.log(self.high) - math.log(self.low))
-
-    def __repr__(self) -> str:
-        return f"loguniform({self.low:g}, {self.high:g})"
-
-
-@dataclass(frozen=True)
-class Uniform(Dist):
-    low: float
-    high: float
-
-    def sample(self, rng: np.random.Generator) -> float:
-        return float(rng.uniform(self.low, self.high))
-
-    def position(self, value: Any) -> float:
-        return (float(value) - self.low) / (self.high - self.low)
-
-    def __repr__(self) -> str:
-        return f"uniform({self.low:g}, {self.high:g})"
-
-
-@dataclass(frozen=True)
-class Choice(Dist):
-    options: tuple[Any, ...]
-
-    def sample(self, rng: np.random.Generator) -> Any:
-        return self.options[int(rng.integers(len(self.options)))]
-
-    def position(self, value: Any) -> float:
-        idx = next((i for i, o in enumerate(self.options) if o == value), 0)
-        return idx / (len(self.options) - 1) if len(self.options) > 1 else 0.5
-
-    def __repr__(self) -> str:
-        return f"choice({list(self.options)!r})"
-
-
-@dataclass(frozen=True)
-class RandInt(Dist):
-    low: int
-    high: int
-
-    def sample(self, rng: np.random.Generator) -> int:
-        return int(rng.integers(self.low, self.high + 1))
-
-    def position(self, value: Any) -> float:
-        return (float(value) - self.low) / (self.high - self.low)
-
-    def __repr__(self) -> str:
-        return f"randint({self.low}, {self.high})"
-
-
-def loguniform(low: float, high: float) -> LogUniform:
-    """A float drawn uniformly in log space between ``low`` and ``high`` (both > 0): learning rates,
-    weight decay."""
-    lo, hi = _finite("loguniform low", low), _finite("loguniform high", high)
-    if lo <= 0:
-        raise ValueError(f"loguniform needs low > 0 (a log scale has no 0), got low={low!r}; "
-                         "use uniform(0, high) for a range that starts at 0")
-    if hi <= lo:
-        raise ValueError(f"loguniform needs high > low, got low={low!r}, high={high!r}")
-    return LogUniform(lo, hi)
-
-
-def uniform(low: float, high: float) -> Uniform:
-    """A float drawn uniformly between ``low`` and ``high``."""
-    lo, hi = _finite("uniform low", low), _finite("uniform high", high)
-    if hi <= lo:
-        raise ValueError(f"uniform needs high > low, got low={low!r}, high={high!r}")
-    return Uniform(lo, hi)
-
-
-def choice(options: Sequence[Any]) -> Choice:
-    """One of ``options``, each equally likely."""
-    if isinstance(options, (str, bytes)) or not isinstance(options, Sequence):
-        raise TypeError(f"choice takes a list of options, got {type(options).__name__} {options!r}")
-    if len(options) == 0:
-        raise ValueError("choice needs at least one option, got an empty list")
-    return Choice(tuple(options))
-
-
-def randint(low: int, high: int) -> RandInt:
-    """An integer between ``low`` and ``high``, both included."""
-    lo, hi = as_int("randint low", low), as_int("randint high", high)
-    if hi <= lo:
-        raise ValueError(f"randint needs high > low (both are included), got low={low!r}, high={high!r}")
-    return RandInt(lo, hi)
-
-
-def check_space(space: Any) -> dict[str, Any]:
-    """The space as a dict ``{name: Dist or constant}``, or a clear error."""
-    if not isinstance(space, Mapping) or not space:
-        raise TypeError("space must be a non-empty dict {name: loguniform(a, b) | uniform(a, b) | choice([...]) | "
-                        f"randint(a, b) | a constant}}, got {type(space).__name__ if not isinstance(space, Mapping) else 'an empty dict'}")
-    out: dict[str, Any] = {}
-    for k, v in space.items():
-        if not isinstance(k, str) or not k:
-            raise TypeError(f"space keys are hyper-parameter names (non-empty strings), got {k!r}")
-        if isinstance(v, (list, tuple, set, range)):
-            raise TypeError(f"space[{k!r}] is a {type(v).__name__}: write choice({list(v)!r}) to draw one of them")
-        if isinstance(v, (Mapping, np.ndarray)) or (callable(v) and not isinstance(v, Dist)):
-            raise TypeError(f"space[{k!r}] must be loguniform(a, b), uniform(a, b), choice([...]), randint(a, b) "
-                            f"or a constant, got {type(v).__name__}")
-        out[k] = v
-    if not any(isinstance(v, Dist) for v in out.values()):
-        raise ValueError("space has only constants: nothing to search (use loguniform / uniform / choice / randint)")
-    return out
-
-
-def sample_config(space: Mapping[str, Any], rng: np.random.Generator) -> dict[str, Any]:
-    return {k: v.sample(rng) if isinstance(v, Dist) else v for k, v in space.items()}
-
-
-# ---------------------------------------------------------------------------- trials
-@dataclass
-class Trial:
-    """One trial: its configuration, status and what it reported."""
-
-    id: int
-    config: dict[str, Any]
-    seed: int
-    status: str = "pending"  # pending | running | completed | stopped | failed | interrupted
-    value: float | None = None  # the trial's metric: last reported (or train_fn's return value)
-    step: int | None = None  # last reported step
-    rung: int = 0  # rungs passed
-    stopped_at: int | None = None  # the rung step it was stopped at
-    reports: list[tuple[int, float]] = field(default_factory=list)
-    error: str | None = None
-    logdir: str | None = None
-    seconds: float = 0.0
-
-    def row(self, metric: str) -> dict[str, Any]:
-        return {"trial": self.id, **self.config, metric: self.value, "step": self.step, "status": self.status,
-                "seconds": round(self.seconds, 3), **({"error": self.error} if self.error else {})}
-
-
-class _Store:
-    """Rung values and live progress, shared by the trials (dicts + lock, or manager proxies)."""
-
-    def __init__(self, rungs: MutableMapping[Any, Any], progress: MutableMapping[Any, Any], lock: Any) -> None:
-        self.rungs, self.progress, self.lock = rungs, progress, lock
-
-    def decide(self, k: int, value: float, eta: int, mode: str) -> bool:
-        """Record ``value`` at rung ``k``; go on only if it is in the best 1/eta there (ASHA)."""
-        v = value if math.isfinite(value) else math.inf * (1 if mode == "min" else -1)
-        with self.lock:
-            vals: list[float] = [*(float(x) for x in self.rungs.get(k, [])), v]
-            self.rungs[k] = vals
-        ranked = sorted(vals, reverse=(mode == "max"))
-        cut = ranked[max(len(ranked) // eta - 1, 0)]
-        if not math.isfinite(value):
-            return False
-        return bool(value <= cut) if mode == "min" else bool(value >= cut)
 
 
 class Report:
@@ -382,18 +206,6 @@ class Report:
                 pass
 
 
-def _jsonable(v: Any) -> Any:
-    if isinstance(v, dict):
-        return {str(k): _jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    if v is None or isinstance(v, (bool, int, float, str)):
-        return v
-    if isinstance(v, (np.integer, np.floating)):
-        return v.item()
-    return repr(v)
-
-
 def _seed_all(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -439,128 +251,6 @@ def _run_trial(train_fn: Callable[..., Any], trial: Trial, store: _Store, milest
         store.progress[trial.id] = {"status": trial.status, "value": trial.value, "step": trial.step,
                                     "rung": trial.rung}
     return trial
-
-
-# ---------------------------------------------------------------------------- the result
-class SearchResult:
-    """The trials of a search (live while it runs), the best configuration and the table."""
-
-    def __init__(self, trials: list[Trial], *, metric: str, mode: str, budget: int | None, eta: int,
-                 milestones: list[int], space: Mapping[str, Any], run_dir: str | None) -> None:
-        self.trials = trials
-        self.metric = metric
-        self.mode = mode
-        self.budget = budget
-        self.eta = eta
-        self.milestones = milestones
-        self.space = dict(space)
-        self.run_dir = run_dir
-        self.finished = False
-        self.elapsed = 0.0
-        self._listeners: dict[int, Callable[[SearchResult], None]] = {}
-        self._next = 0
-        self.listener_errors: list[str] = []
-
-    # -- what a user reads
-    @property
-    def best(self) -> Trial | None:
-        """The best trial that ran its whole budget (or, if none did, the best of those that reached
-        the furthest step); ``None`` if no trial has a finite value."""
-        ok = [t for t in self.trials if t.value is not None and math.isfinite(t.value)]
-        full = [t for t in ok if t.status == "completed"]
-        pool = full or ([t for t in ok if t.step == max(x.step or 0 for x in ok)] if ok else [])
-        if not pool:
-            return None
-        return (min if self.mode == "min" else max)(pool, key=lambda t: t.value if t.value is not None else math.nan)
-
-    @property
-    def best_config(self) -> dict[str, Any] | None:
-        b = self.best
-        return None if b is None else dict(b.config)
-
-    def counts(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for t in self.trials:
-            out[t.status] = out.get(t.status, 0) + 1
-        return out
-
-    @property
-    def steps_used(self) -> int:
-        """Steps the trials ran (their last reported steps): against ``trials * budget`` without stopping."""
-        return sum(t.step or 0 for t in self.trials)
-
-    def table(self) -> list[dict[str, Any]]:
-        """One row per trial: ``trial``, the hyper-parameters, the metric, ``step``, ``status``, ``seconds``."""
-        return [t.row(self.metric) for t in self.trials]
-
-    def dataframe(self) -> Any:
-        """:meth:`table` as a pandas DataFrame (pandas must be installed)."""
-        import pandas as pd  # type: ignore[import-untyped,unused-ignore]
-
-        return pd.DataFrame(self.table()).set_index("trial")
-
-    def __str__(self) -> str:
-        keys = list(self.space)
-        head = ["trial", *keys, self.metric, "step", "status"]
-        rows = [[str(t.id), *[_fmt(t.config.get(k)) for k in keys], _fmt(t.value), _fmt(t.step), t.status]
-                for t in self.trials]
-        widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(head)]
-        lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True))]
-        lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-        b = self.best
-        lines.append(f"best: trial {b.id} {self.metric}={b.value:.4g} {b.config}" if b is not None and b.value is not None
-                     else "best: none (no trial reported a finite value)")
-        return "\n".join(lines)
-
-    def __repr__(self) -> str:
-        c = self.counts()
-        return (f"<SearchResult {len(self.trials)} trials ({', '.join(f'{v} {k}' for k, v in c.items())}); "
-                f"best {self.metric}: {None if self.best is None else self.best.value}>")
-
-    # -- live updates
-    def subscribe(self, callback: Callable[[SearchResult], None]) -> Callable[[], None]:
-        """Call ``callback(result)`` whenever trials progress (on the searching thread); returns an
-        unsubscribe function.  A callback that raises is dropped and noted in ``listener_errors``."""
-        self._next += 1
-        key = self._next
-        self._listeners[key] = callback
-
-        def unsubscribe() -> None:
-            self._listeners.pop(key, None)
-
-        return unsubscribe
-
-    def notify(self) -> None:
-        for key, cb in list(self._listeners.items()):
-            try:
-                cb(self)
-            except Exception as e:
-                self._listeners.pop(key, None)
-                if len(self.listener_errors) < 20:
-                    self.listener_errors.append(f"{type(e).__name__}: {e}")
-
-    def save(self) -> None:
-        """Write ``run_dir/search.json`` (the settings and the table), atomically."""
-        if self.run_dir is None:
-            return
-        doc = {"metric": self.metric, "mode": self.mode, "budget": self.budget, "eta": self.eta,
-               "rungs": self.milestones, "space": {k: repr(v) for k, v in self.space.items()},
-               "finished": self.finished, "elapsed": self.elapsed,
-               "trials": [_jsonable({**t.row(self.metric), "config": t.config, "logdir": t.logdir,
-                                     "stopped_at": t.stopped_at, "rung": t.rung}) for t in self.trials]}
-        path = os.path.join(self.run_dir, "search.json")
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(doc, f, indent=1, allow_nan=True)
-        os.replace(tmp, path)
-
-
-def _fmt(v: Any) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
 
 
 # ---------------------------------------------------------------------------- the search
