@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
+from ..run import jsonable
 
 __all__ = ["SEVERITIES", "Finding", "intervention", "severity_rank"]
 
@@ -97,16 +97,4 @@ class Finding:
 
 def _plain(v: Any) -> Any:
     """Plain JSON types only (numpy scalars become floats / ints)."""
-    if isinstance(v, dict):
-        return {str(k): _plain(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_plain(x) for x in v]
-    if isinstance(v, bool) or v is None or isinstance(v, str):
-        return v
-    if isinstance(v, int):
-        return int(v)
-    if isinstance(v, (float, np.floating)):
-        return float(v)
-    if isinstance(v, np.integer):
-        return int(v)
-    return str(v)
+    return jsonable(v, fallback=str)

@@ -7,15 +7,13 @@ guarded and turns a failure into a message the panel shows ("diagnosis unavailab
 from __future__ import annotations
 
 import importlib
-import math
 import warnings
 from typing import Any
-
-import numpy as np
 
 from ..actions import REGISTRY
 from ..history import History
 from ..probe import Probe
+from ..run import jsonable as _jsonable
 
 __all__ = [
     "action_specs",
@@ -30,20 +28,7 @@ _OPTIONAL = ("trainscope.interventions", "trainscope.lr_finder", "trainscope.che
 
 def jsonable(v: Any) -> Any:
     """Plain JSON: numpy scalars and arrays converted, non-finite floats -> ``None``."""
-    if isinstance(v, dict):
-        return {str(k): jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple, set, frozenset)):
-        return [jsonable(x) for x in v]
-    if isinstance(v, (bool, str)) or v is None:
-        return v
-    if isinstance(v, (int, np.integer)):
-        return int(v)
-    if isinstance(v, (float, np.floating)):
-        f = float(v)
-        return f if math.isfinite(f) else None
-    if isinstance(v, np.ndarray):
-        return jsonable(v.tolist())
-    return str(v)
+    return _jsonable(v, finite=True, fallback=str)
 
 
 def register_optional_actions() -> None:
