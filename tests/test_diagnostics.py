@@ -7,6 +7,7 @@ import json
 import math
 import threading
 import warnings
+from collections import OrderedDict
 
 import numpy as np
 import pytest
@@ -728,3 +729,60 @@ def test_not_learning_waits_for_100_steps() -> None:
     assert "not_learning" not in {f.label for f in diagnose(_curve_history(flat[:80], update=5e-3), Context())}
     f = next(f for f in diagnose(_curve_history(flat, update=5e-3), Context()) if f.label == "not_learning")
     assert f.severity == "warning"
+
+
+def test_after_an_applied_lsuv_reinit_the_stale_vanishing_finding_is_resolved() -> None:
+    # examples/demo.ipynb's flow: six tanh layers of 128 initialized 100x too small, SGD with momentum on
+    # the digits; the user applies the suggested re-init; the evidence before it belongs to another model
+    from sklearn.datasets import load_digits
+
+    torch.manual_seed(0)
+    digits = load_digits()
+    x, y = torch.tensor(digits.data, dtype=torch.float32) / 16, torch.tensor(digits.target)
+    layers: list[tuple[str, nn.Module]] = []
+    for i in range(1, 7):
+        layers += [(f"fc{i}", nn.Linear(64 if i == 1 else 128, 128)), (f"tanh{i}", nn.Tanh())]
+    model = nn.Sequential(OrderedDict([*layers, ("head", nn.Linear(128, 10))]))
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.Linear):
+                m.weight.mul_(0.01)
+    opt, lf = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9), nn.CrossEntropyLoss()
+    probe = trainscope.Probe(model, opt, loss_fn=lf, every=10, budget=0.10)
+
+    def train(steps: int) -> None:
+        for s in range(steps):
+            idx = torch.randint(len(x), (32,))
+            opt.zero_grad()
+            lf(model(x[idx]), y[idx]).backward()
+            opt.step()
+            if s % 10 == 9:
+                probe.findings()
+
+    try:
+        train(400)
+        van = next(f for f in probe.findings() if f.label == "vanishing_gradients")
+        assert van.active and van.severity == "error" and van.interventions[0]["action"] == "reinit"
+        ticket = probe.request(van.interventions[0]["action"], **van.interventions[0]["params"])
+        train(400)
+        assert ticket.status == "applied"
+        v = next(f for f in probe.findings() if f.label == "vanishing_gradients")
+        # no longer active at any level (it used to stay as an info with the pre-fix ratio in its evidence)
+        assert not v.active and v.data["resolved_by"] == {"step": ticket.applied_step, "action": "reinit"}
+        stale = [f.label for f in probe.findings() if f.active and f.first_step < int(ticket.applied_step)]
+        assert stale == []
+    finally:
+        probe.detach()
+
+
+def test_evidence_from_before_a_learning_rate_change_is_not_read_after_it() -> None:
+    h = History([classify("fc", nn.Linear(2, 2))])
+    for k in range(60):  # an lr that is far too high: updates of 20% per step, the loss oscillating
+        h.add_scalars(k, {"loss": 1.0 + (k % 2), "update_ratio_total": 0.2, "grad_norm_total": 1.0, "lr": 1.0})
+    d = Diagnoser()
+    assert "lr_too_high" in {f.label for f in d.update(h, Context())}
+    h.add_event("intervention", "Scale the learning rate by 0.01", step=60, action="scale_lr")
+    for k in range(60, 63):  # a few steps later: the last 10 records still mostly predate the change
+        h.add_scalars(k, {"loss": float(np.exp(-(k - 60) / 10)), "update_ratio_total": 2e-3, "grad_norm_total": 1.0, "lr": 0.01})
+    f = next(f for f in d.update(h, Context()) if f.label == "lr_too_high")
+    assert not f.active and f.data["resolved_by"] == {"step": 60, "action": "scale_lr"}

@@ -46,18 +46,31 @@ def pct(v: float) -> str:
     return f"{100 * v:.0f}%"
 
 
-def scalar(h: History, name: str) -> tuple[np.ndarray, np.ndarray]:
-    """``(steps, values)`` of a scalar series (older points are bucket means)."""
+def scalar(h: History, name: str, *, whole: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """``(steps, values)`` of a scalar series (older points are bucket means) since the latest
+    change the user made to the model or its optimizer (:func:`last_change`; ``whole``: the whole
+    run)."""
     a = h.scalar(name)
-    return np.asarray(a["last"], dtype=np.int64), np.asarray(a["mean"], dtype=np.float64)
+    s, v = np.asarray(a["last"], dtype=np.int64), np.asarray(a["mean"], dtype=np.float64)
+    change = None if whole else last_change(h)
+    if change is not None:
+        keep = s >= change
+        s, v = s[keep], v[keep]
+    return s, v
 
 
 def series(h: History, ctx: Context, metric: str) -> tuple[np.ndarray, np.ndarray]:
-    """``(steps (T,), values (T, L))`` of a per-layer metric, memoized for one diagnosis."""
+    """``(steps (T,), values (T, L))`` of a per-layer metric since the latest change the user made
+    (:func:`last_change`), memoized for one diagnosis."""
 
     def get() -> tuple[np.ndarray, np.ndarray]:
         s, v = h.layer_series(metric)
-        return np.asarray(s), np.asarray(v, dtype=np.float64)
+        s, v = np.asarray(s), np.asarray(v, dtype=np.float64)
+        change = last_change(h)
+        if change is not None and len(s):
+            keep = s >= change
+            s, v = s[keep], v[keep]
+        return s, v
 
     return ctx.memo(f"series:{metric}", get)
 
@@ -151,11 +164,7 @@ def loss_curve(h: History, ctx: Context, name: str = "loss") -> LossCurve | None
     """Summary of a loss series, or ``None`` with fewer than ``min_loss_points`` finite values."""
 
     def get() -> LossCurve | None:
-        steps, vals = scalar(h, name)
-        change = last_weight_change(h)
-        if change is not None:  # a jump the user caused (re-init, rollback, undo) is not a fault
-            keep = steps >= change
-            steps, vals = steps[keep], vals[keep]
+        steps, vals = scalar(h, name)  # since the latest change: a jump the user caused is not a fault
         fin = np.isfinite(vals)
         bad = np.flatnonzero(~fin)
         nonfinite = int(steps[bad[0]]) if len(bad) else None
@@ -179,13 +188,30 @@ def loss_curve(h: History, ctx: Context, name: str = "loss") -> LossCurve | None
     return ctx.memo(f"curve:{name}", get)
 
 
-WEIGHT_CHANGES = ("reinit", "rollback", "undo")
-"""Timeline actions that replace the weights: the loss curve before them is another model's."""
+NOT_CHANGES = ("snapshot", "snapshot_ensemble", "run_check", "lr_find", "early_stopping", "loss_landscape")
+"""Timeline actions that change neither the model nor its training (they read, save, or restore what
+they touched).  Every other intervention, and every undo, is a *change*: the evidence before it
+belongs to another model or another optimizer setting."""
+
+
+def is_change(ev: object) -> bool:
+    """Whether a timeline event is a change the user made (an intervention other than
+    :data:`NOT_CHANGES`, or an undo)."""
+    kind = getattr(ev, "kind", None)
+    data = getattr(ev, "data", None) or {}
+    return kind == "undo" or (kind == "intervention" and data.get("action") not in NOT_CHANGES)
+
+
+def last_change(h: History) -> int | None:
+    """Step of the latest change on the history's timeline (``None``: none): the rules read the
+    evidence from that step on (a re-init, a rollback, an undo, a new learning rate or optimizer
+    starts a new segment; a finding from before it that no longer holds is resolved by it)."""
+    for ev in reversed(list(h.events)):
+        if is_change(ev):
+            return int(ev.step)
+    return None
 
 
 def last_weight_change(h: History) -> int | None:
-    """Step of the latest re-init / rollback / undo on the history's timeline (``None``: none)."""
-    for ev in reversed(list(h.events)):
-        if ev.kind == "undo" or (ev.kind == "intervention" and ev.data.get("action") in WEIGHT_CHANGES):
-            return int(ev.step)
-    return None
+    """Deprecated name of :func:`last_change`."""
+    return last_change(h)

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..history import History
+from ._series import is_change
 from .config import Thresholds
 from .context import Context, context_from_probe
 from .finding import Finding, severity_rank
@@ -79,7 +80,9 @@ class Diagnoser:
             for label, old in self._memory.items():
                 if label not in held:
                     if old.active and "resolved_by" not in old.data:
-                        fix = next((c for c in reversed(changes) if old.first_step <= c[0] <= max(history.step, 0)), None)
+                        # the latest change since the finding was first seen (an event's step can be
+                        # ahead of the latest recorded step: it is the step the change applies to)
+                        fix = next((c for c in reversed(changes) if old.first_step <= c[0]), None)
                         if fix is not None:
                             old.data["resolved_by"] = {"step": fix[0], "action": fix[1]}
                             old.evidence += f" [resolved: no longer holds after `{fix[1]}` at step {fix[0]}]"
@@ -105,11 +108,7 @@ class Diagnoser:
 
 def _model_changes(history: History) -> list[tuple[int, str]]:
     """``(step, action)`` of the interventions and undos on the timeline, in order."""
-    return [(int(e.step), str(e.data.get("action") or e.label)) for e in list(history.events)
-            if e.kind in ("intervention", "undo") and e.data.get("action") not in _NOT_CHANGES]
-
-
-_NOT_CHANGES = ("snapshot", "snapshot_ensemble", "run_check", "lr_find", "early_stopping")
+    return [(int(e.step), str(e.data.get("action") or e.label)) for e in list(history.events) if is_change(e)]
 
 
 class _ProbeState:
