@@ -786,3 +786,17 @@ def test_evidence_from_before_a_learning_rate_change_is_not_read_after_it() -> N
         h.add_scalars(k, {"loss": float(np.exp(-(k - 60) / 10)), "update_ratio_total": 2e-3, "grad_norm_total": 1.0, "lr": 0.01})
     f = next(f for f in d.update(h, Context()) if f.label == "lr_too_high")
     assert not f.active and f.data["resolved_by"] == {"step": 60, "action": "scale_lr"}
+
+
+def test_min_max_scaled_inputs_are_normalized_enough() -> None:
+    th = Thresholds()
+    g = torch.Generator().manual_seed(4)
+    # min-max scaling to [0, 1] (or [-1, 0]): features near 0.5 that vary by +-0.1 are standard practice
+    unit = (0.5 + 0.1 * torch.randn(256, 8, generator=g)).clamp(0, 1)
+    assert assess_inputs(input_stats(unit), th)[0] == "pass"
+    assert assess_inputs(input_stats(unit - 1), th)[0] == "pass"
+    # the same offset at a larger scale still warns, and so do features of very different scales in [0, 1]
+    assert assess_inputs(input_stats(unit * 10), th)[0] == "warn"
+    spread = unit.clone()
+    spread[:, 1:] *= 1e-3
+    assert assess_inputs(input_stats(spread), th)[0] == "warn"

@@ -61,8 +61,8 @@ def assess_inputs(stats: dict[str, Any], th: Thresholds) -> tuple[str, str, dict
 
     Warn when the inputs' RMS ``sqrt(mean^2 + std^2)`` is above ``input_scale_high`` or below
     ``input_scale_low`` (data in [0, 1] exempt from the low bound), when the median feature has
-    ``|mean| > input_offset * std``, or when one feature's std is ``input_spread`` times the median
-    feature's.
+    ``|mean| > input_offset * std`` (data within [-1, 1] exempt: min-max scaling), or when one
+    feature's std is ``input_spread`` times the median feature's.
     """
     if stats.get("dtype") not in _FLOAT or "mean" not in stats:
         return "not_run", f"inputs are {stats.get('dtype', 'not a tensor')}: no normalization to check", {}
@@ -85,7 +85,9 @@ def assess_inputs(stats: dict[str, Any], th: Thresholds) -> tuple[str, str, dict
             off = float(np.median(np.abs(cm[live]) / cs[live]))
             spread = float(cs[live].max() / np.median(cs[live]))
             nums.update(offset=off, spread=spread)
-            if off > th.input_offset:
+            # data within [-1, 1] (min-max scaled: pixels / 255, (x - max) / max) is at unit scale: an
+            # offset there is standard preprocessing, not a fault; only its spread across features matters
+            if off > th.input_offset and not (lo >= -1 and hi <= 1):
                 issues.append(f"the typical feature's mean is {_fmt(off)} of its std away from zero")
             if spread > th.input_spread:
                 j = int(np.argmax(np.where(live, cs, -1)))
