@@ -800,3 +800,11 @@ def test_min_max_scaled_inputs_are_normalized_enough() -> None:
     spread = unit.clone()
     spread[:, 1:] *= 1e-3
     assert assess_inputs(input_stats(spread), th)[0] == "warn"
+
+
+def test_small_batch_noise_on_a_plateau_is_not_divergence() -> None:
+    rng = np.random.default_rng(5)
+    noisy = list(1.0 + 0.3 * rng.standard_normal(60))  # batch-of-16 noise around a plateau, 60 steps
+    assert "divergence" not in {f.label for f in diagnose(_curve_history(noisy, update=5e-3), Context())}
+    rising = noisy[:30] + list(1.0 + np.linspace(0.5, 3.0, 30) + 0.3 * rng.standard_normal(30))
+    assert "divergence" in {f.label for f in diagnose(_curve_history(rising, update=5e-3), Context())}

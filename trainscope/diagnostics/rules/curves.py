@@ -75,7 +75,11 @@ def curve_state(h: History, ctx: Context) -> CurveState:
         level = max(abs(c.head), abs(c.best), 1e-12)
         progress = max(c.head - c.best, 0.0)
         rise = c.tail - c.best
-        st.diverging = rise > th.divergence_lost * progress + th.divergence_level * level
+        # the best running median is the minimum of many noisy medians: a rise within 4 standard errors
+        # of a window's median is the batches' noise (small batches on a plateau), not divergence
+        sigma = float(np.median(np.abs(np.diff(c.values)))) / 0.954 if c.n >= 2 else 0.0
+        noise = 4 * 1.25 * sigma / math.sqrt(c.w)
+        st.diverging = rise > th.divergence_lost * progress + th.divergence_level * level and rise > noise
         st.exploding = c.head > 0 and c.tail > th.explosion_factor * c.head
         w = th.osc_window
         if c.n >= 2 * w:
