@@ -193,9 +193,9 @@ def fit_in_background(fn: Any, /, *args: Any, **kwargs: Any) -> Any:
     """Run ``fn(*args, **kwargs)`` in a thread so the kernel stays free for clicks.
 
     The fallback where clicks cannot reach a blocking cell; see
-    :func:`trainscope._background.fit_in_background` for the trade-offs.
+    :func:`trainscope.widgets._background.fit_in_background` for the trade-offs.
     """
-    from ._background import fit_in_background as _fit
+    from .widgets._background import fit_in_background as _fit
 
     return _fit(fn, *args, **kwargs)
 
