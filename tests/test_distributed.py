@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import time
 from typing import Any
@@ -395,6 +396,21 @@ ACTION_PLAN: list[tuple[str, dict[str, Any]]] = [
     ("add_dropout", {"after": ["2"], "p": 0.2}),
     ("set_dropout", {"p": 0.3}),
     ("remove_dropout", {}),
+    ("insert_norm", {"after": ["3"], "kind": "batch"}),  # new parameters outside the DDP module
+    ("insert_norm", {"after": ["5"], "kind": "weight"}),  # refused under DDP (see _expected_refusal)
+    ("prune", {"amount": 0.5, "rewind": "init"}),  # refused under DDP (see _expected_refusal)
+    ("mixup", {"alpha": 0.2}),  # per-rank random pairs and lambda: DDP averages the gradients
+    ("undo", {}),
+    ("input_noise", {"std": 0.1}),
+    ("undo", {}),
+    ("label_smoothing", {"eps": 0.1}),
+    ("accumulate", {"steps": 2}),  # every rank steps on the same micro-batch count
+    ("undo", {}),
+    ("batch_schedule", {"factor": 2, "every": 1000}),
+    ("undo", {}),
+    ("set_output_activation", {"layer": "4", "to": "tanh"}),
+    ("undo", {}),
+    ("set_loss", {"kind": "cross_entropy", "input": "logits"}),
     ("weight_decay", {"value": 1e-3}),
     ("l1", {"value": 1e-5}),
     ("clip_grad", {"mode": "norm", "max_norm": 1.0}),
@@ -410,7 +426,20 @@ ACTION_PLAN: list[tuple[str, dict[str, Any]]] = [
     ("snapshot_ensemble", {"T_0": 10}),
     ("run_check", {"check": "overfit_batch"}),
     ("loss_landscape", {"dims": 2, "points": 5}),
+    ("standardize_targets", {}),  # refused: a classification loss (see _expected_refusal)
+    ("standardize_inputs", {}),  # per-rank statistics: rank 0's are sent to every rank
 ]
+
+
+def _expected_refusal(name: str, params: dict[str, Any]) -> str | None:
+    """A word of the reason an action of the plan is refused on this model (None: it applies)."""
+    if name == "insert_norm" and params.get("kind") == "weight":
+        return "DistributedProbe"  # DDP's reducer still waits for the replaced weight's gradient
+    if name == "prune":
+        return "DistributedProbe"  # its parametrization re-creates the gradient accumulators DDP hooked
+    if name == "standardize_targets":
+        return "regression"  # defined for regression losses; the DDP case is in test_new_parameters...
+    return None
 PER_ACTION = 2 * EVERY + 1  # the request's exchange, and one more for a follow-up (lr_find's suggestion)
 
 
@@ -432,6 +461,18 @@ def _state_digest(model: nn.Module, opt: torch.optim.Optimizer) -> str:
                     h.update(v.detach().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes()
                              if isinstance(v, torch.Tensor) else repr(v).encode())
     return h.hexdigest()
+
+
+def _output_digest(probe: Any, model: nn.Module) -> str:
+    """What the replica computes (its hooks included: inserted norms, input standardization) on a
+    fixed batch, in training mode with the same seed on every rank (dropout masks alike)."""
+    import hashlib
+
+    x = torch.linspace(-2, 2, 8 * 20).reshape(8, 20)
+    with torch.random.fork_rng(), probe.paused(), torch.no_grad():
+        torch.manual_seed(7)
+        out = model(x)
+    return hashlib.sha256(out.reshape(-1).contiguous().view(torch.uint8).numpy().tobytes()).hexdigest()
 
 
 def _actions_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
@@ -470,7 +511,8 @@ def _actions_worker(rank: int, world: int, init_file: str, out_dir: str) -> None
                      "digest": _state_digest(model, probe.optimizer)})  # type: ignore[arg-type]
     result = {"rows": rows, "errors": [f"{e.where}: {e.error}" for e in probe.errors],
               "registry": sorted(REGISTRY), "stats": dict(probe.ddp_stats),
-              "final_digest": _state_digest(model, probe.optimizer)}  # type: ignore[arg-type]
+              "final_digest": _state_digest(model, probe.optimizer),  # type: ignore[arg-type]
+              "final_output": _output_digest(probe, model)}
     with open(os.path.join(out_dir, f"actions{rank}.json"), "w") as f:
         json.dump(result, f)
     dist.barrier()
@@ -496,12 +538,19 @@ def test_every_registered_action_leaves_the_replicas_identical(tmp_path: Any) ->
     # the plan covers every registered action (a new action must be added to ACTION_PLAN)
     covered = {n for n, _ in ACTION_PLAN}
     assert set(r0["registry"]) - {"ddp_test_scale_lr"} <= covered, set(r0["registry"]) - covered
-    for a, b in zip(r0["rows"], r1["rows"], strict=True):
-        assert a["status"] == "applied", (a["action"], a["message"])
+    for (name, params), a, b in zip(ACTION_PLAN, r0["rows"], r1["rows"], strict=True):
+        why = _expected_refusal(name, params)
+        if why is None:
+            assert a["status"] == "applied", (a["action"], a["message"])
+        else:
+            assert a["status"] == "refused" and why in a["message"], (a["action"], a["message"])
         assert a["digest"] == b["digest"], f"replicas differ after {a['action']}: {a['message']}"
     assert r0["final_digest"] == r1["final_digest"]
+    assert r0["final_output"] == r1["final_output"]  # hooks' state too (standardize_inputs' statistics)
     assert r0["errors"] == [] and r1["errors"] == []
-    assert r0["stats"]["syncs"] == r1["stats"]["syncs"] >= len(ACTION_PLAN)
+    applied = sum(1 for n, p in ACTION_PLAN if _expected_refusal(n, p) is None)
+    assert r0["stats"]["syncs"] == r1["stats"]["syncs"] >= applied
+    assert r0["stats"]["extra_reduces"] == r1["stats"]["extra_reduces"] > 0  # the inserted norm's gradients
     lr_rows = [r for r in r0["rows"] if r["action"] == "lr_find"]
     assert all("sent to every rank" in r["message"] for r in lr_rows), lr_rows
 
@@ -520,3 +569,109 @@ def test_rank0_ids_never_collide_with_a_browser_id(blobs) -> None:
     assert mine.id != "a1"
     probe._ddp_active = False
     probe.detach()
+
+
+# ---------------------------------------------------------------------------- parameters DDP does not reduce
+def _newparams_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    """A regression model; each rank its own data, with targets on different scales.  Rank 0 asks
+    for BatchNorm after a layer (new parameters outside the DDP module), then standardize_targets
+    and standardize_inputs (statistics measured on a rank's own batches)."""
+    from trainscope.interventions.normalization import added_norms
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(20, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 1))
+    ddp = nn.parallel.DistributedDataParallel(model)
+    opt = torch.optim.SGD(ddp.parameters(), lr=0.002, momentum=0.9)
+    loss_fn = nn.MSELoss()
+    probe = DistributedProbe(ddp, opt, every=2, loss_fn=loss_fn)
+    g = torch.Generator().manual_seed(10 + rank)  # different data on every rank
+    w = torch.randn(20, 1, generator=torch.Generator().manual_seed(3))
+    tickets: dict[str, Any] = {}
+    counts: list[int] = []
+    calls = [0]
+    real_all_reduce = dist.all_reduce
+
+    def counted(*a: Any, **k: Any) -> Any:
+        calls[0] += 1
+        return real_all_reduce(*a, **k)
+
+    dist.all_reduce = counted  # type: ignore[assignment]
+    for step in range(24):
+        if rank == 0 and step == 0:
+            tickets["norm"] = probe.request("insert_norm", after=["2"], kind="batch")
+            tickets["weight"] = probe.request("insert_norm", after=["4"], kind="weight")
+        if rank == 0 and step == 6:
+            tickets["targets"] = probe.request("standardize_targets")
+        if rank == 0 and step == 10:
+            tickets["inputs"] = probe.request("standardize_inputs")
+        x = torch.randn(B, 20, generator=g) * (1 + rank) + 3 * rank
+        y = (x @ w) * (2 + 2 * rank) + 5 * rank
+        before = calls[0]
+        opt.zero_grad()
+        loss_fn(ddp(x), y).backward()
+        opt.step()
+        counts.append(calls[0] - before)
+    norms = added_norms(model)
+    extra = [t.detach().clone() for h in norms.values() for t in h.norm.parameters()]
+    state = [v.detach().clone() for gr in opt.param_groups for q in gr["params"]
+             for v in opt.state.get(q, {}).values() if isinstance(v, torch.Tensor)]
+    xs = torch.linspace(-2, 2, 8 * 20).reshape(8, 20)
+    with probe.paused(), torch.no_grad():
+        out = model(xs)
+    result = {
+        "tickets": {k: [t.status, t.message] for k, t in tickets.items()} if rank == 0 else {},
+        "norms": sorted(norms),
+        "extra": [t.tolist() for t in extra],
+        "params": [q.detach().reshape(-1).tolist() for q in model.parameters()],
+        "state": [t.reshape(-1).tolist() for t in state],
+        "n_groups": len(opt.param_groups),
+        "out": out.reshape(-1).tolist(),
+        "counts": counts,
+        "errors": [f"{e.where}: {e.error}" for e in probe.errors],
+    }
+    with open(os.path.join(out_dir, f"newparams{rank}.json"), "w") as f:
+        json.dump(result, f)
+    dist.all_reduce = real_all_reduce  # type: ignore[assignment]
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow  # two spawned gloo processes, 24 steps
+def test_new_parameters_and_measured_statistics_stay_identical_across_ranks(tmp_path: Any) -> None:
+    """insert_norm's BatchNorm scale / shift join the optimizer but not DDP's reducer (built when
+    the model was wrapped): without their own all-reduce each rank trained them on its own batch and
+    the replicas diverged at the first step.  standardize_targets / _inputs measured each rank's
+    own batches, so the replicas computed different functions.  Weight normalization is refused."""
+    import torch.multiprocessing as mp
+
+    ctx = mp.start_processes(_newparams_worker, args=(2, str(tmp_path / "pg"), str(tmp_path)), nprocs=2,
+                             join=False, start_method="spawn")
+    deadline = time.time() + 180
+    try:
+        while not ctx.join(timeout=1):
+            if time.time() > deadline:
+                raise TimeoutError("DDP workers did not finish (deadlock?)")
+    finally:
+        for p in ctx.processes:
+            if p.is_alive():
+                p.kill()
+    r0, r1 = (json.loads((tmp_path / f"newparams{r}.json").read_text()) for r in (0, 1))
+    t = r0["tickets"]
+    assert t["norm"][0] == "applied", t["norm"]
+    assert t["targets"][0] == "applied", t["targets"]
+    assert t["inputs"][0] == "applied", t["inputs"]
+    assert t["weight"][0] == "refused" and "DistributedProbe" in t["weight"][1], t["weight"]
+    assert r0["norms"] == r1["norms"] == ["2"] and r0["n_groups"] == r1["n_groups"] == 2
+    assert r0["errors"] == [] and r1["errors"] == []
+    # trained 23 steps on different data: identical to the bit, and actually trained
+    assert all(math.isfinite(v) for r in (r0, r1) for k in ("extra", "out") for t in r[k] for v in np.ravel(t))
+    assert r0["extra"] == r1["extra"]
+    assert r0["extra"][0] != [1.0] * 32  # the BatchNorm scale moved from its init
+    assert r0["params"] == r1["params"]
+    assert r0["state"] == r1["state"]
+    assert r0["out"] == r1["out"]  # the same function, hooks' statistics included
+    # one all-reduce per step for the norm's gradients once it exists (none before: step 0)
+    for r in (r0, r1):
+        assert r["counts"][0] == 0 and all(c == 1 for c in r["counts"][1:]), r["counts"]

@@ -28,8 +28,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections import OrderedDict
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -39,6 +40,8 @@ from .actions import ActionQueue, Ticket
 from .probe import Probe
 
 __all__ = ["DistributedProbe"]
+
+_D = TypeVar("_D", bound="DistributedProbe")
 
 _ACTION_BYTES = 16 << 10  # one request's parameters at most (JSON)
 
@@ -93,6 +96,11 @@ class _SyncedActionQueue(ActionQueue):
                 "refused",
                 f"parameters must be plain numbers, strings, lists or dicts to be sent to every rank ({e})",
             )
+        why = _ddp_refusal(p, str(action), raw)
+        if why is not None:
+            t = Ticket(id=tid, action=str(action), params=raw, source=source, submitted_step=p.step_count)
+            return self._finish(t, "refused", why)
+        raw = _resolve_on_rank0(p, str(action), raw)
         t = super().submit(action, raw, source=source, id=tid)
         if t.status == "pending":
             self._raw[t.id] = raw
@@ -277,6 +285,14 @@ class DistributedProbe(Probe):
         if self.rank != 0:
             kwargs["logdir"] = None
         self.ddp_model = model
+        # the parameters DDP's reducer all-reduces (fixed when the model was wrapped); a parameter an
+        # action adds later (insert_norm's scale / shift, Fixup's scalars) is averaged by our own hook
+        reduced = getattr(model, "_module_parameters", None) if inner is not model else None
+        self._reduced: dict[int, Tensor] = {
+            id(q): q for q in (reduced if reduced is not None else inner.parameters()) if q.requires_grad}
+        self._extra_key: tuple[Any, ...] | None = None
+        self._extra: list[Tensor] = []
+        self._extra_handle: Any = None
         super().__init__(inner, optimizer, **kwargs)
         self.actions = _SyncedActionQueue(self)
         self._ddp = RankExchange(self)  # the payload-exchange strategy handed to the recorder
@@ -287,6 +303,94 @@ class DistributedProbe(Probe):
                 self._coll_device = torch.device("cuda", torch.cuda.current_device())
             self._ddp.size_for()
             self.history.meta.update(world_size=self.world_size, backend=backend, rank=self.rank)
+
+    # ------------------------------------------------------------------ parameters DDP does not reduce
+    def attach(self: _D) -> _D:
+        super().attach()
+        if self._ddp_active and self.optimizer is not None and self._extra_handle is None:
+            try:
+                h = self.optimizer.register_step_pre_hook(self._reduce_extra_grads)
+                hooks = getattr(self.optimizer, "_optimizer_step_pre_hooks", None)
+                if isinstance(hooks, OrderedDict) and h.id in hooks:
+                    hooks.move_to_end(h.id, last=False)  # before clipping / L1 / schedules read the gradients
+                self._extra_handle = h
+            except Exception as e:
+                self._fail("distributed", e)
+        return self
+
+    def detach(self) -> None:
+        h, self._extra_handle = self._extra_handle, None
+        if h is not None:
+            h.remove()
+        super().detach()
+
+    def _extra_params(self, optimizer: Any) -> list[Tensor]:
+        """The optimizer's parameters that DDP's reducer does not all-reduce (cached while the
+        param groups are unchanged)."""
+        groups = optimizer.param_groups
+        key = tuple((id(g["params"]), len(g["params"])) for g in groups)
+        if key != self._extra_key:
+            seen: set[int] = set()
+            extra = []
+            for g in groups:
+                for q in g["params"]:
+                    if id(q) not in self._reduced and id(q) not in seen and getattr(q, "requires_grad", False):
+                        seen.add(id(q))
+                        extra.append(q)
+            self._extra, self._extra_key = extra, key
+        return self._extra
+
+    def _reduce_extra_grads(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        """Optimizer step pre-hook: average across ranks the gradients of the parameters the
+        optimizer trains but DDP does not reduce (added by an action after the model was wrapped),
+        in one flat all-reduce per dtype / device.  None such (an ordinary run): no collective.
+
+        Every rank has the same set: actions apply on every rank at the same step.  Not inside
+        ``probe.paused()`` (the LR finder's sweep, checks): ranks step there on their own."""
+        if not self._ddp_active or self._paused:
+            return
+        extra = self._extra_params(optimizer)
+        if not extra:
+            return
+        dist = _dist()
+        buckets: dict[tuple[Any, Any], list[Tensor]] = {}
+        for q in extra:
+            buckets.setdefault((q.device, q.dtype), []).append(q)
+        for (dev, dtype), qs in buckets.items():
+            n = sum(q.numel() for q in qs)
+            flat = torch.zeros(n + len(qs), dtype=dtype, device=dev)
+            try:  # gradient, then 1 per parameter that has one (a missing gradient counts as 0, as in DDP)
+                off = 0
+                for i, q in enumerate(qs):
+                    g = q.grad
+                    if g is not None:
+                        flat[off: off + q.numel()] = (g.to_dense() if g.is_sparse else g).reshape(-1)
+                        flat[n + i] = 1
+                    off += q.numel()
+            except Exception as e:  # still take part in the collective
+                self._fail("distributed gradients", e)
+                flat.zero_()
+            try:
+                dist.all_reduce(flat, group=self.group)
+            except Exception as e:
+                self._fail("distributed gradients", e)
+                return
+            self.ddp_stats["extra_reduces"] = self.ddp_stats.get("extra_reduces", 0) + 1
+            try:
+                with torch.no_grad():
+                    flat.div_(self.world_size)
+                    off = 0
+                    for i, q in enumerate(qs):
+                        k = q.numel()
+                        if float(flat[n + i]) > 0:
+                            avg = flat[off: off + k].view_as(q)
+                            if q.grad is None or q.grad.is_sparse:
+                                q.grad = avg.clone()
+                            else:
+                                q.grad.copy_(avg)
+                        off += k
+            except Exception as e:
+                self._fail("distributed gradients", e)
 
     # ------------------------------------------------------------------ identical replicas
     def _replica_state(self) -> tuple[list[Tensor], list[list[Any]], dict[str, Any]]:
@@ -301,6 +405,10 @@ class DistributedProbe(Probe):
 
         for name, t in list(self.model.named_parameters()) + list(self.model.named_buffers()):
             add(f"m.{name}", t)
+        in_model = {id(t) for t in self.model.parameters()}
+        for name, t in _hook_state(self.model):  # normalization / input statistics held by action hooks
+            if id(t) not in in_model:
+                add(f"h.{name}", t)
         plain: dict[str, Any] = {"groups": [], "state": []}
         opt = self.optimizer
         if opt is not None:
@@ -319,6 +427,9 @@ class DistributedProbe(Probe):
                 layout.append([f"g{gi}", sorted(k for k in g if k != "params"), len(g["params"])])
                 if sharded:
                     continue
+                for pi, prm in enumerate(g["params"]):
+                    if id(prm) not in in_model and isinstance(prm, Tensor):  # an action's new parameter
+                        add(f"p{gi}.{pi}", prm)
                 for pi, prm in enumerate(g["params"]):
                     st = opt.state.get(prm, {})
                     layout.append([f"s{gi}.{pi}", sorted(map(str, st))])
@@ -409,6 +520,68 @@ class DistributedProbe(Probe):
                     opt.state[prm][k] = tuple(v) if isinstance(cur, tuple) and isinstance(v, list) else v
         except Exception as e:
             self._fail("distributed sync", e)
+
+
+def _hook_state(model: nn.Module) -> list[tuple[str, Tensor]]:
+    """Tensors held by actions' hooks rather than the model: inserted BatchNorm's running
+    statistics and scale / shift, ``standardize_inputs``' mean / std."""
+    out: list[tuple[str, Tensor]] = []
+    from .interventions.normalization import added_norms
+
+    for name, h in sorted(added_norms(model).items()):
+        for k, t in list(h.norm.named_parameters()) + list(h.norm.named_buffers()):
+            out.append((f"norm.{name}.{k}", t))
+    try:
+        from .interventions import head_fix
+    except ImportError:  # pragma: no cover - the module is optional to this sync
+        return out
+    fix = getattr(head_fix, "_INPUT_FIXES", {}).get(model)
+    if fix is not None and getattr(fix, "_handle", None) is not None:
+        for k in ("mean", "std"):
+            v = getattr(fix, k, None)
+            if isinstance(v, Tensor):
+                out.append((f"inputs.{k}", v))
+    return out
+
+
+def _ddp_refusal(probe: DistributedProbe, action: str, raw: Mapping[str, Any]) -> str | None:
+    """Why an action cannot keep the replicas identical under DDP (None: it can)."""
+    if action == "insert_norm" and raw.get("kind") == "weight":
+        return ("insert_norm kind='weight' is refused under DistributedProbe: weight normalization replaces the "
+                "layer's weight by two new parameters (g, v), while DDP's gradient reducer, built when the model "
+                "was wrapped, waits for a gradient of the old weight, which is no longer used (the next backward "
+                "would fail or the replicas would diverge). Use kind='batch' or 'layer', or apply "
+                "torch.nn.utils.parametrizations.weight_norm before wrapping the model in DDP")
+    if action == "prune":
+        return ("prune is refused under DistributedProbe: its masks re-parametrize the weights "
+                "(torch.nn.utils.parametrize), which re-creates their gradient accumulators, and DDP's gradient "
+                "reducer, hooked on the old ones when the model was wrapped, would never see those gradients (the "
+                "next step fails: 'Expected to have finished reduction'). Prune in a single process, or apply the "
+                "masks (trainscope.interventions.pruning.prune_) before wrapping the model in DDP")
+    if action == "standardize_inputs" and raw.get("targets"):
+        return ("standardize_inputs with targets=True is refused under DistributedProbe (each rank would measure "
+                "the targets of its own batches); request standardize_inputs, then standardize_targets: its "
+                "mean / std are then rank 0's, sent to every rank")
+    return None
+
+
+def _resolve_on_rank0(probe: DistributedProbe, action: str, raw: dict[str, Any]) -> dict[str, Any]:
+    """Rank 0 fills in parameters an action would otherwise measure on each rank's own data, so
+    that every rank applies the same numbers."""
+    if action == "standardize_targets" and (raw.get("mean") is None or raw.get("std") is None):
+        try:
+            from .interventions.head_fix import _target_stats
+
+            m, s = _target_stats(probe)
+        except Exception:  # nothing measured yet: the action's own check says why
+            return raw
+        out = dict(raw)
+        if out.get("mean") is None:
+            out["mean"] = m
+        if out.get("std") is None:
+            out["std"] = s
+        return out
+    return raw
 
 
 def _plain(v: Any) -> bool:
