@@ -177,12 +177,14 @@ def head_loss_mismatch(h: History, ctx: Context) -> Finding | None:
     head = hd[1] if hd is not None else None
     later_constant = len(recs) == 2 and last.loss_inputs.get("pred_min") == last.loss_inputs.get("pred_max") == li.get("pred_min")
     sev, msg = "error", _constant_output(li, head, later_constant)
+    constant = msg is not None
     if msg is None:
         msg = _batch_axis(li)
         if msg is not None and len(recs) == 2 and _batch_axis(last.loss_inputs) is None:
             msg = None  # not the structure of the model: gone at the latest batch
+    test = "constant" if constant else "batch"
     if msg is None and hd is not None:
-        sev = "warning"
+        sev, test = "warning", "structural"
         msg = _structural(h, first, th)
         if msg is not None and len(recs) == 2 and _structural(h, last, th) is None:
             msg = None  # gone at the latest batch: not how the model is built
@@ -195,10 +197,49 @@ def head_loss_mismatch(h: History, ctx: Context) -> Finding | None:
         title=f"The output layer does not fit {li.get('loss', 'the loss')}",
         evidence=msg + f" (first batch, step {first.step})",
         layers=layers,
-        interventions=[],  # no action replaces an output activation or a loss: the evidence says the code change
+        interventions=head_fixes(li, head, test),
         first_step=int(first.step),
         data={"loss_inputs": dict(li), "head": head.type if head is not None else None},
     )
+
+
+def affine_head_ok(h: History, rec: StepRecord | None) -> bool:
+    """Whether ``standardize_targets``' output affine (``out * std + mean``) keeps what the model can
+    reach: not when its output goes through an identified bounded or one-sided activation (a ReLU
+    head on positive targets would then stop at the targets' mean)."""
+    hd = head_of(h, rec) if rec is not None else None
+    return hd is None or (hd[1].bounds is None and not hd[1].nonneg and hd[1].type not in ("Softplus", "Softmax", "ReLU6"))
+
+
+def head_fixes(li: dict[str, Any], head: LayerInfo | None, test: str) -> list[dict[str, Any]]:
+    """The one-click fix of a head / loss mismatch found by ``test`` (``constant``: an output fixed
+    at 1.0 / 0.0; ``batch``: a softmax over the batch; ``structural``: tests (c)-(e)), as a live
+    ``set_output_activation`` on the identified output activation module.  Empty when the head is
+    not a module of its own (a functional softmax in ``forward``: only the code can change)."""
+    if head is None:
+        return []
+    loss, kind, name = li.get("loss"), head.type, head.name
+    tlo, thi = li.get("target_min", math.nan), li.get("target_max", math.nan)
+    in_unit = bool(tlo >= 0 and thi <= 1)
+    if test == "constant":
+        if kind not in ("Softmax", "LogSoftmax", "Softmin"):
+            return []
+        if loss == "BCELoss" or (loss in REGRESSION_LOSSES and in_unit):
+            return [intervention("set_output_activation", f"Use a sigmoid instead of the {kind} at `{name}`", layer=name, to="sigmoid")]
+        if loss == "BCEWithLogitsLoss" or loss in REGRESSION_LOSSES:
+            return [intervention("set_output_activation", f"Remove the {kind} at `{name}`", layer=name, to="identity")]
+        return []
+    if test == "batch":
+        if kind == "Softmax" and loss == "CrossEntropyLoss":
+            return [intervention("set_output_activation", f"Remove the softmax at `{name}` (CrossEntropyLoss takes logits)",
+                                 layer=name, to="identity")]
+        if kind in ("Softmax", "LogSoftmax"):
+            to = "softmax" if kind == "Softmax" else "log_softmax"
+            return [intervention("set_output_activation", f"Apply the {to} at `{name}` over dim=1", layer=name, to=to, dim=1)]
+        return []
+    if loss == "BCELoss":  # (e) a softmax into BCE: each output its own sigmoid
+        return [intervention("set_output_activation", f"Use a sigmoid instead of the {kind} at `{name}`", layer=name, to="sigmoid")]
+    return [intervention("set_output_activation", f"Remove the output activation `{name}` ({kind})", layer=name, to="identity")]
 
 
 def _sum_reduction(h: History, ctx: Context) -> Finding | None:
@@ -273,6 +314,8 @@ def unscaled_targets(h: History, ctx: Context) -> Finding | None:
         severity="warning" if hurt else "info",
         title=f"Regression targets are not scaled (scale {fmt(rms)})",
         evidence=evidence,
+        interventions=([intervention("standardize_targets", "Standardize the targets (predictions keep their units)")]
+                       if affine_head_ok(h, recs[0]) else []),
         first_step=int(recs[0].step),
         data={"target_mean": mean, "target_std": std, "rms": rms},
     )

@@ -4,13 +4,23 @@ and the batch-mixing test."""
 from __future__ import annotations
 
 import math
+from typing import Any
 
-from ...history import History
+import numpy as np
+
+from ...history import History, StepRecord
 from .._series import fmt, param_layers, scalar
-from ..assess import assess_init_loss, assess_inputs, assess_loss_inputs, expected_init_loss
+from ..assess import (
+    REGRESSION_LOSSES,
+    assess_init_loss,
+    assess_inputs,
+    assess_loss_inputs,
+    expected_init_loss,
+)
 from ..context import Context
 from ..finding import SEVERITIES, Finding, intervention
 from ..registry import rule
+from .headloss import affine_head_ok, head_fixes, head_of
 
 MODE_DEPENDENT = (
     "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm", "LazyBatchNorm1d", "LazyBatchNorm2d",
@@ -78,7 +88,10 @@ def unnormalized_inputs(h: History, ctx: Context) -> Finding | None:
         return None
     pl = param_layers(h, ctx)
     first = [h.layers[pl[0]].name] if pl else []
-    fixes = [intervention("reinit", "Re-initialize the first layer for this input scale (LSUV)", layers=first, scheme="lsuv")] if first else []
+    fixes = [intervention("standardize_inputs", "Standardize the inputs and the regression targets", targets=True)
+             if _unscaled_targets(h, ctx) else
+             intervention("standardize_inputs", "Standardize the inputs ((x - mean) / std of the recent batches)")]
+    fixes += [intervention("reinit", "Re-initialize the first layer for this input scale (LSUV)", layers=first, scheme="lsuv")] if first else []
     return Finding(
         label="unnormalized_inputs",
         severity="warning",
@@ -88,6 +101,58 @@ def unnormalized_inputs(h: History, ctx: Context) -> Finding | None:
         interventions=fixes,
         data=nums,
     )
+
+
+_ELEMENTWISE = {"MSELoss": "mse", "L1Loss": "l1", "SmoothL1Loss": "smooth_l1"}
+
+
+def _unscaled_targets(h: History, ctx: Context) -> bool:
+    """Floating regression targets whose RMS on the first batch is ``target_scale_high`` or more
+    (what ``unscaled_targets`` reads): standardizing the inputs alone would leave the output layer
+    to reach that scale from standardized features.  Not when the output goes through a bounded or
+    one-sided activation (see :func:`affine_head_ok`)."""
+    rec = h.first_record or h.latest
+    li = rec.loss_inputs if rec is not None else {}
+    if li.get("loss") not in REGRESSION_LOSSES or "target_mean" not in li:
+        return False
+    if not str(li.get("target_dtype", "")).startswith(("float", "bfloat")):
+        return False
+    rms = math.hypot(float(li["target_mean"]), float(li.get("target_std", 0.0)))
+    return bool(math.isfinite(rms) and rms >= ctx.thresholds.target_scale_high) and affine_head_ok(h, rec)
+
+
+def _loss_fixes(h: History, rec: StepRecord, label: str) -> list[dict[str, Any]]:
+    """Live one-click fixes (``set_loss`` / ``set_output_activation``, see
+    :mod:`trainscope.interventions.head_fix`) for what :func:`assess_loss_inputs` found, with the
+    parameters read from the loss inputs; none where only the code can fix it (class indices
+    through one output unit, BCE on targets outside [0, 1])."""
+    li = rec.loss_inputs
+    name = li.get("loss")
+    ps = tuple(li.get("pred_shape") or ())
+    lo, hi = li.get("pred_min", math.nan), li.get("pred_max", math.nan)
+    tlo, thi = li.get("target_min", math.nan), li.get("target_max", math.nan)
+    rows_sum_1 = bool(len(ps) >= 2 and ps[1] >= 2 and li.get("pred_rowsum_dev", math.nan) < 1e-3 and lo >= 0 and hi <= 1)
+    out: list[dict[str, Any]] = []
+    if label == "probabilities_into_loss":
+        if name in ("CrossEntropyLoss", "NLLLoss") and rows_sum_1:
+            out.append(intervention("set_loss", "Cross-entropy of the probabilities (-log p of the true class)",
+                                    kind="cross_entropy", input="probabilities"))
+        elif name in ("BCEWithLogitsLoss", "MultiLabelSoftMarginLoss"):
+            out.append(intervention("set_loss", "Binary cross-entropy on the probabilities (BCELoss)", kind="bce", input="probabilities"))
+        return out
+    if name in ("BCELoss", "NLLLoss") and lo == hi and lo in (0.0, 1.0):
+        hd = head_of(h, rec)
+        out += head_fixes(li, hd[1] if hd is not None else None, "constant")
+    if name == "CrossEntropyLoss" and len(ps) >= 2 and ps[1] == 1 and tlo >= 0 and thi <= 1:
+        out.append(intervention("set_loss", "Binary cross-entropy on the one logit (BCEWithLogitsLoss)", kind="bce_with_logits"))
+    if name == "NLLLoss" and hi > 0 and len(ps) >= 2 and ps[1] >= 2:
+        out.append(intervention("set_loss", "Cross-entropy of the " + ("probabilities" if rows_sum_1 else "raw outputs (logits)"),
+                                kind="cross_entropy", input="probabilities" if rows_sum_1 else "logits"))
+    ts = li.get("target_shape")
+    if name in _ELEMENTWISE and ts is not None and tuple(ts) != ps and int(np.prod(ts)) == int(np.prod(ps or (0,))) > 0:
+        out.append(intervention("set_loss", f"Compare prediction and target element-wise ({_ELEMENTWISE[name]}, no broadcasting)",
+                                kind=_ELEMENTWISE[name]))
+    return out
 
 
 def _loss_problem(h: History, label: str) -> Finding | None:
@@ -100,7 +165,8 @@ def _loss_problem(h: History, label: str) -> Finding | None:
     sev = max((s for s, _ in hits), key=SEVERITIES.index)
     name = rec.loss_inputs.get("loss", "the loss")
     title = f"{name} receives probabilities, not logits" if label == "probabilities_into_loss" else f"{name} does not fit its inputs"
-    return Finding(label=label, severity=sev, title=title, evidence="; ".join(e for _, e in hits), data=dict(rec.loss_inputs))
+    return Finding(label=label, severity=sev, title=title, evidence="; ".join(e for _, e in hits), data=dict(rec.loss_inputs),
+                   interventions=_loss_fixes(h, rec, label))
 
 
 @rule("probabilities_into_loss", checklist=("tobin.bug_loss_input",))
