@@ -572,16 +572,30 @@ def test_rank0_ids_never_collide_with_a_browser_id(blobs) -> None:
 
 
 # ---------------------------------------------------------------------------- parameters DDP does not reduce
+class _Residual(nn.Module):
+    """One residual branch of two layers (what Fixup re-initializes, adding its scalars)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp, self.a, self.b = nn.Linear(20, 32), nn.Linear(32, 32), nn.Linear(32, 32)
+        self.c, self.out = nn.Linear(32, 32), nn.Linear(32, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.inp(x))
+        h = h + self.b(torch.relu(self.a(h)))
+        return self.out(torch.relu(self.c(h)))
+
+
 def _newparams_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
-    """A regression model; each rank its own data, with targets on different scales.  Rank 0 asks
-    for BatchNorm after a layer (new parameters outside the DDP module), then standardize_targets
-    and standardize_inputs (statistics measured on a rank's own batches)."""
+    """A residual regression model; each rank its own data, with targets on different scales.
+    Rank 0 asks for Fixup and BatchNorm after a layer (new parameters outside the DDP module), then
+    standardize_targets and standardize_inputs (statistics measured on a rank's own batches)."""
     from trainscope.interventions.normalization import added_norms
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(20, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 1))
+    model = _Residual()
     ddp = nn.parallel.DistributedDataParallel(model)
     opt = torch.optim.SGD(ddp.parameters(), lr=0.002, momentum=0.9)
     loss_fn = nn.MSELoss()
@@ -600,8 +614,9 @@ def _newparams_worker(rank: int, world: int, init_file: str, out_dir: str) -> No
     dist.all_reduce = counted  # type: ignore[assignment]
     for step in range(24):
         if rank == 0 and step == 0:
-            tickets["norm"] = probe.request("insert_norm", after=["2"], kind="batch")
-            tickets["weight"] = probe.request("insert_norm", after=["4"], kind="weight")
+            tickets["fixup"] = probe.request("reinit", layers="all", scheme="fixup")
+            tickets["norm"] = probe.request("insert_norm", after=["c"], kind="batch")
+            tickets["weight"] = probe.request("insert_norm", after=["out"], kind="weight")
         if rank == 0 and step == 6:
             tickets["targets"] = probe.request("standardize_targets")
         if rank == 0 and step == 10:
@@ -614,7 +629,8 @@ def _newparams_worker(rank: int, world: int, init_file: str, out_dir: str) -> No
         opt.step()
         counts.append(calls[0] - before)
     norms = added_norms(model)
-    extra = [t.detach().clone() for h in norms.values() for t in h.norm.parameters()]
+    mine = {id(q) for q in model.parameters()}
+    extra = [q.detach().clone() for gr in opt.param_groups for q in gr["params"] if id(q) not in mine]
     state = [v.detach().clone() for gr in opt.param_groups for q in gr["params"]
              for v in opt.state.get(q, {}).values() if isinstance(v, torch.Tensor)]
     xs = torch.linspace(-2, 2, 8 * 20).reshape(8, 20)
@@ -623,7 +639,8 @@ def _newparams_worker(rank: int, world: int, init_file: str, out_dir: str) -> No
     result = {
         "tickets": {k: [t.status, t.message] for k, t in tickets.items()} if rank == 0 else {},
         "norms": sorted(norms),
-        "extra": [t.tolist() for t in extra],
+        "extra": [t.reshape(-1).tolist() for t in extra],
+        "norm_w": [h.norm.weight.tolist() for h in norms.values()],
         "params": [q.detach().reshape(-1).tolist() for q in model.parameters()],
         "state": [t.reshape(-1).tolist() for t in state],
         "n_groups": len(opt.param_groups),
@@ -640,9 +657,9 @@ def _newparams_worker(rank: int, world: int, init_file: str, out_dir: str) -> No
 
 @pytest.mark.slow  # two spawned gloo processes, 24 steps
 def test_new_parameters_and_measured_statistics_stay_identical_across_ranks(tmp_path: Any) -> None:
-    """insert_norm's BatchNorm scale / shift join the optimizer but not DDP's reducer (built when
-    the model was wrapped): without their own all-reduce each rank trained them on its own batch and
-    the replicas diverged at the first step.  standardize_targets / _inputs measured each rank's
+    """insert_norm's BatchNorm scale / shift and Fixup's scalars join the optimizer but not DDP's
+    reducer (built when the model was wrapped): without their own all-reduce each rank trained them
+    on its own batch and the replicas diverged at the first step.  standardize_targets / _inputs measured each rank's
     own batches, so the replicas computed different functions.  Weight normalization is refused."""
     import torch.multiprocessing as mp
 
@@ -659,16 +676,19 @@ def test_new_parameters_and_measured_statistics_stay_identical_across_ranks(tmp_
                 p.kill()
     r0, r1 = (json.loads((tmp_path / f"newparams{r}.json").read_text()) for r in (0, 1))
     t = r0["tickets"]
+    assert t["fixup"][0] == "applied", t["fixup"]
     assert t["norm"][0] == "applied", t["norm"]
     assert t["targets"][0] == "applied", t["targets"]
     assert t["inputs"][0] == "applied", t["inputs"]
     assert t["weight"][0] == "refused" and "DistributedProbe" in t["weight"][1], t["weight"]
-    assert r0["norms"] == r1["norms"] == ["2"] and r0["n_groups"] == r1["n_groups"] == 2
+    assert r0["norms"] == r1["norms"] == ["c"] and r0["n_groups"] == r1["n_groups"] == 3
+    assert len(r0["extra"]) == 5 + 2  # Fixup's 5 scalars, the BatchNorm's scale and shift
     assert r0["errors"] == [] and r1["errors"] == []
     # trained 23 steps on different data: identical to the bit, and actually trained
     assert all(math.isfinite(v) for r in (r0, r1) for k in ("extra", "out") for t in r[k] for v in np.ravel(t))
     assert r0["extra"] == r1["extra"]
-    assert r0["extra"][0] != [1.0] * 32  # the BatchNorm scale moved from its init
+    assert r0["norm_w"] == r1["norm_w"] and r0["norm_w"][0] != [1.0] * 32  # the BatchNorm scale trained
+    assert any(v != 0.0 for q in r0["extra"][:5] for v in q)  # and Fixup's scalars
     assert r0["params"] == r1["params"]
     assert r0["state"] == r1["state"]
     assert r0["out"] == r1["out"]  # the same function, hooks' statistics included

@@ -18,6 +18,16 @@ actions requested on rank 0 (dashboard clicks, ``probe.request``).  Every rank d
 list and applies it at the same step boundary -- the one right after the exchange.  An action
 therefore waits for the next sampled step: up to ``every`` optimizer steps.
 
+Every applied action leaves the replicas identical: right after it, rank 0's parameters, buffers,
+optimizer hyper-parameters and state -- and what actions keep outside the model (an inserted norm's
+scale / shift and running statistics, ``standardize_inputs``' statistics) -- are broadcast.
+Parameters an action adds after the model was wrapped (``insert_norm``'s scale / shift, Fixup's
+scalars) are not in DDP's reducer; an optimizer step pre-hook averages their gradients (one flat
+``all_reduce``; none while there are no such parameters).  Statistics an action measures on the
+data (``standardize_targets``) are measured on rank 0 and sent.  Refused, saying why, because DDP's
+reducer cannot follow them: ``prune`` and ``insert_norm(kind="weight")`` (re-parametrized weights)
+and ``standardize_inputs(targets=True)`` (request the two separately).
+
 Caveats (documented in ``docs/beyond.md``): output-gradient statistics are those of each
 replica's own loss (DDP averages parameter gradients, not output gradients); scalars such as
 ``loss`` are rank 0's own; the probe must be created at the same point on every rank.
