@@ -695,3 +695,29 @@ def test_new_parameters_and_measured_statistics_stay_identical_across_ranks(tmp_
     # one all-reduce per step for the norm's gradients once it exists (none before: step 0)
     for r in (r0, r1):
         assert r["counts"][0] == 0 and all(c == 1 for c in r["counts"][1:]), r["counts"]
+
+
+def test_actions_ddp_cannot_follow_are_refused_with_the_reason(blobs) -> None:
+    """Under DDP, pruning and weight normalization re-parametrize weights (DDP's reducer keeps
+    waiting for the old gradient accumulators: training failed at the next step), and
+    standardize_inputs(targets=True) would measure each rank's own targets: refused, saying what
+    to do instead, with nothing changed.  Without a process group they are accepted."""
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    probe = DistributedProbe(model, opt, every=2)
+    before = [q.detach().clone() for q in model.parameters()]
+    probe._ddp_active = True  # the decision only; no collective runs at submit time
+    cases = {
+        "prune": ({"amount": 0.5}, "before wrapping"),
+        "insert_norm": ({"after": ["2"], "kind": "weight"}, "kind='batch'"),
+        "standardize_inputs": ({"targets": True}, "standardize_targets"),
+    }
+    for name, (params, hint) in cases.items():
+        t = probe.actions.submit(name, params)
+        assert t.status == "refused" and "DistributedProbe" in t.message and hint in t.message, (name, t.message)
+    assert probe.actions.submit("insert_norm", {"after": ["2"], "kind": "batch"}).status == "pending"
+    probe._ddp_active = False
+    assert probe.actions.submit("prune", {"amount": 0.5}).status == "pending"  # one process: fine
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    assert len(opt.param_groups) == 1
+    probe.detach()
