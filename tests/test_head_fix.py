@@ -452,3 +452,33 @@ def test_standardize_inputs_with_targets_undo_restores_the_program() -> None:
             assert torch.equal(model(x), snap(x))  # no hook left: the plain module's output
     finally:
         probe.detach()
+
+
+def test_standardize_targets_on_a_model_returning_a_tuple_says_so() -> None:
+    class Two(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(5, 1)
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return self.fc(x), x
+
+    g = torch.Generator().manual_seed(11)
+    x, y = torch.randn(32, 5, generator=g), torch.randn(32, 1, generator=g) * 100 + 300
+    model = Two()
+    lf = nn.MSELoss()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-9)
+    probe = trainscope.Probe(model, opt, loss_fn=lf)
+    try:
+        for _ in range(2):
+            opt.zero_grad()
+            lf(model(x)[0], y).backward()
+            opt.step()
+            if probe.step_count == 1:
+                t = probe.request("standardize_targets")
+        assert t.status == "applied", t.message
+        with pytest.warns(RuntimeWarning, match="not a floating tensor"):
+            model(x)
+        assert any("standardize_targets" in e.where for e in probe.errors)
+    finally:
+        probe.detach()

@@ -152,7 +152,12 @@ class _Fixes:
                     return None
                 out, changed = fn(args[0], args[1]), True
         for e in self.entries:
-            if e[0] == "affine" and isinstance(out, Tensor) and out.is_floating_point():
+            if e[0] == "affine" and not (isinstance(out, Tensor) and out.is_floating_point()):
+                _note(self.owner, "standardize_targets", f"standardize_targets: the model returned "
+                      f"{type(out).__name__}, not a floating tensor, so its output could not be mapped back to the "
+                      "targets' units while the loss is still divided by std^p: undo standardize_targets (it needs "
+                      "a model that returns its prediction as one tensor)", self.seen, "affine-output")
+            elif e[0] == "affine":
                 out, changed = out * e[1] + e[2], True
             elif e[0] == "scale" and isinstance(out, Tensor):
                 out, changed = out * e[1], True
