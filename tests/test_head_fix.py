@@ -482,3 +482,28 @@ def test_standardize_targets_on_a_model_returning_a_tuple_says_so() -> None:
         assert any("standardize_targets" in e.where for e in probe.errors)
     finally:
         probe.detach()
+
+
+def test_standardize_inputs_refuses_keyword_only_inputs() -> None:
+    class Kw(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(5, 3)
+
+        def forward(self, *, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(x)
+
+    model = Kw()
+    lf = nn.CrossEntropyLoss()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    probe = trainscope.Probe(model, opt, loss_fn=lf)
+    try:
+        x, y = _data()
+        opt.zero_grad()
+        lf(model(x=x * 100), y).backward()
+        opt.step()
+        n0 = _hooks(model)
+        assert "first positional argument" in _refused(probe, "standardize_inputs")
+        assert _hooks(model) == n0
+    finally:
+        probe.detach()

@@ -522,10 +522,13 @@ def _input_stats(probe: RunContext | None, model: nn.Module) -> tuple[Tensor, Te
     if active is not None and active._handle is not None:
         raise ValueError("standardize_inputs is already applied to this model (its statistics are of the raw inputs); "
                          "undo it first to measure again")
-    xs = [b.args[0] for b in (probe.recent_batches if probe is not None else ())
-          if b.args and isinstance(b.args[0], Tensor)]
-    if not xs:
+    batches = list(probe.recent_batches if probe is not None else ())
+    xs = [b.args[0] for b in batches if b.args and isinstance(b.args[0], Tensor)]
+    if not batches:
         raise ValueError("standardize_inputs: no training batch seen yet (train a step first)")
+    if not xs:
+        raise ValueError("standardize_inputs: the model is not called with a tensor as its first positional argument "
+                         "(keyword inputs?); it standardizes that tensor: standardize the inputs in the data pipeline")
     if not all(x.is_floating_point() for x in xs):
         raise ValueError("standardize_inputs: the model's inputs are not floating point (token ids?); it is defined for "
                          "continuous inputs")
