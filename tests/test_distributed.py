@@ -635,12 +635,17 @@ def _newparams_worker(rank: int, world: int, init_file: str, out_dir: str) -> No
              for v in opt.state.get(q, {}).values() if isinstance(v, torch.Tensor)]
     xs = torch.linspace(-2, 2, 8 * 20).reshape(8, 20)
     with probe.paused(), torch.no_grad():
+        model.eval()  # the inserted BatchNorm's running statistics
+        out_eval = model(xs)
+        model.train()
         out = model(xs)
     result = {
         "tickets": {k: [t.status, t.message] for k, t in tickets.items()} if rank == 0 else {},
         "norms": sorted(norms),
         "extra": [t.reshape(-1).tolist() for t in extra],
         "norm_w": [h.norm.weight.tolist() for h in norms.values()],
+        "norm_stats": [b.tolist() for h in norms.values() for b in h.norm.buffers() if b.is_floating_point()],
+        "out_eval": out_eval.reshape(-1).tolist(),
         "params": [q.detach().reshape(-1).tolist() for q in model.parameters()],
         "state": [t.reshape(-1).tolist() for t in state],
         "n_groups": len(opt.param_groups),
@@ -692,6 +697,8 @@ def test_new_parameters_and_measured_statistics_stay_identical_across_ranks(tmp_
     assert r0["params"] == r1["params"]
     assert r0["state"] == r1["state"]
     assert r0["out"] == r1["out"]  # the same function, hooks' statistics included
+    assert len(r0["norm_stats"]) == 2 and r0["norm_stats"] == r1["norm_stats"]  # running mean / var
+    assert r0["out_eval"] == r1["out_eval"]
     # one all-reduce per step for the norm's gradients once it exists (none before: step 0)
     for r in (r0, r1):
         assert r["counts"][0] == 0 and all(c == 1 for c in r["counts"][1:]), r["counts"]

@@ -22,8 +22,9 @@ Every applied action leaves the replicas identical: right after it, rank 0's par
 optimizer hyper-parameters and state -- and what actions keep outside the model (an inserted norm's
 scale / shift and running statistics, ``standardize_inputs``' statistics) -- are broadcast.
 Parameters an action adds after the model was wrapped (``insert_norm``'s scale / shift, Fixup's
-scalars) are not in DDP's reducer; an optimizer step pre-hook averages their gradients (one flat
-``all_reduce``; none while there are no such parameters).  Statistics an action measures on the
+scalars) are not in DDP's reducer; an optimizer step pre-hook averages their gradients, and an
+inserted BatchNorm's running statistics (one flat ``all_reduce``; none while there are no such
+parameters).  Statistics an action measures on the
 data (``standardize_targets``) are measured on rank 0 and sent.  Refused, saying why, because DDP's
 reducer cannot follow them: ``prune`` and ``insert_norm(kind="weight")`` (re-parametrized weights)
 and ``standardize_inputs(targets=True)`` (request the two separately).
@@ -302,6 +303,7 @@ class DistributedProbe(Probe):
             id(q): q for q in (reduced if reduced is not None else inner.parameters()) if q.requires_grad}
         self._extra_key: tuple[Any, ...] | None = None
         self._extra: list[Tensor] = []
+        self._extra_bufs: list[Tensor] = []
         self._extra_handle: Any = None
         super().__init__(inner, optimizer, **kwargs)
         self.actions = _SyncedActionQueue(self)
@@ -334,9 +336,10 @@ class DistributedProbe(Probe):
             h.remove()
         super().detach()
 
-    def _extra_params(self, optimizer: Any) -> list[Tensor]:
-        """The optimizer's parameters that DDP's reducer does not all-reduce (cached while the
-        param groups are unchanged)."""
+    def _extra_params(self, optimizer: Any) -> tuple[list[Tensor], list[Tensor]]:
+        """The optimizer's parameters that DDP's reducer does not all-reduce, and the floating
+        running statistics of the norms actions inserted (cached while the param groups are
+        unchanged: inserting or removing a norm changes them)."""
         groups = optimizer.param_groups
         key = tuple((id(g["params"]), len(g["params"])) for g in groups)
         if key != self._extra_key:
@@ -347,29 +350,42 @@ class DistributedProbe(Probe):
                     if id(q) not in self._reduced and id(q) not in seen and getattr(q, "requires_grad", False):
                         seen.add(id(q))
                         extra.append(q)
-            self._extra, self._extra_key = extra, key
-        return self._extra
+            from .interventions.normalization import added_norms
+
+            bufs = [b for _, h in sorted(added_norms(self.model).items()) for b in h.norm.buffers()
+                    if b.is_floating_point()]
+            self._extra, self._extra_bufs, self._extra_key = extra, bufs, key
+        return self._extra, self._extra_bufs
 
     def _reduce_extra_grads(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         """Optimizer step pre-hook: average across ranks the gradients of the parameters the
         optimizer trains but DDP does not reduce (added by an action after the model was wrapped),
-        in one flat all-reduce per dtype / device.  None such (an ordinary run): no collective.
+        and the running statistics of inserted norms (DDP's reducer and buffer broadcast know
+        neither), in one flat all-reduce per dtype / device.  None such (an ordinary run): no
+        collective.
 
         Every rank has the same set: actions apply on every rank at the same step.  Not inside
         ``probe.paused()`` (the LR finder's sweep, checks): ranks step there on their own."""
         if not self._ddp_active or self._paused:
             return
-        extra = self._extra_params(optimizer)
-        if not extra:
+        try:
+            extra, bufs = self._extra_params(optimizer)
+        except Exception as e:  # pragma: no cover - the same failure on every rank
+            self._fail("distributed gradients", e)
+            return
+        if not extra and not bufs:
             return
         dist = _dist()
-        buckets: dict[tuple[Any, Any], list[Tensor]] = {}
+        buckets: dict[tuple[Any, Any], tuple[list[Tensor], list[Tensor]]] = {}
         for q in extra:
-            buckets.setdefault((q.device, q.dtype), []).append(q)
-        for (dev, dtype), qs in buckets.items():
+            buckets.setdefault((q.device, q.dtype), ([], []))[0].append(q)
+        for b in bufs:
+            buckets.setdefault((b.device, b.dtype), ([], []))[1].append(b)
+        for (dev, dtype), (qs, bs) in buckets.items():
             n = sum(q.numel() for q in qs)
-            flat = torch.zeros(n + len(qs), dtype=dtype, device=dev)
-            try:  # gradient, then 1 per parameter that has one (a missing gradient counts as 0, as in DDP)
+            m = sum(b.numel() for b in bs)
+            flat = torch.zeros(n + len(qs) + m, dtype=dtype, device=dev)
+            try:  # gradients, 1 per parameter that has one (a missing gradient counts as 0, as in DDP), buffers
                 off = 0
                 for i, q in enumerate(qs):
                     g = q.grad
@@ -377,9 +393,14 @@ class DistributedProbe(Probe):
                         flat[off: off + q.numel()] = (g.to_dense() if g.is_sparse else g).reshape(-1)
                         flat[n + i] = 1
                     off += q.numel()
+                off = n + len(qs)
+                for b in bs:
+                    flat[off: off + b.numel()] = b.detach().reshape(-1)
+                    off += b.numel()
             except Exception as e:  # still take part in the collective
                 self._fail("distributed gradients", e)
                 flat.zero_()
+                qs, bs = [], []
             try:
                 dist.all_reduce(flat, group=self.group)
             except Exception as e:
@@ -399,6 +420,10 @@ class DistributedProbe(Probe):
                             else:
                                 q.grad.copy_(avg)
                         off += k
+                    off = n + len(qs)
+                    for b in bs:
+                        b.copy_(flat[off: off + b.numel()].view_as(b))
+                        off += b.numel()
             except Exception as e:
                 self._fail("distributed gradients", e)
 
