@@ -507,3 +507,33 @@ def test_standardize_inputs_refuses_keyword_only_inputs() -> None:
         assert _hooks(model) == n0
     finally:
         probe.detach()
+
+
+def test_an_applied_fix_is_not_offered_again_until_undone() -> None:
+    x, y = _binary()
+    model = _mlp(1, nn.Softmax(dim=1))
+    lf = nn.BCELoss()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    probe = trainscope.Probe(model, opt, loss_fn=lf)
+
+    def offered() -> list[dict[str, Any]]:
+        f = next(f for f in probe.findings() if f.label == "head_loss_mismatch")
+        return [i for i in f.interventions if i["action"] == "set_output_activation"]
+
+    try:
+        for step in range(40):
+            i = torch.arange(step * 32, step * 32 + 32) % len(x)
+            _step(model, opt, lf, x[i], y[i])
+            if step == 9:
+                fix = offered()
+                assert fix and fix[0]["params"] == {"layer": "head", "to": "sigmoid"}
+                t = probe.request("set_output_activation", **fix[0]["params"])
+        assert t.status == "applied"
+        assert offered() == []
+        f = next(f for f in probe.findings() if f.label == "head_loss_mismatch")
+        assert "Live fix applied" in f.evidence
+        probe.request("undo", ticket=t.id)
+        _step(model, opt, lf, x[:32], y[:32])
+        assert offered() and offered()[0]["params"]["layer"] == "head"
+    finally:
+        probe.detach()

@@ -191,16 +191,46 @@ def head_loss_mismatch(h: History, ctx: Context) -> Finding | None:
     if msg is None:
         return _sum_reduction(h, ctx)
     layers = [head.name] if head is not None else []
+    fixes, note = without_live(h, head_fixes(li, head, test))
     return Finding(
         label="head_loss_mismatch",
         severity=sev,
         title=f"The output layer does not fit {li.get('loss', 'the loss')}",
-        evidence=msg + f" (first batch, step {first.step})",
+        evidence=msg + f" (first batch, step {first.step})" + note,
         layers=layers,
-        interventions=head_fixes(li, head, test),
+        interventions=fixes,
         first_step=int(first.step),
         data={"loss_inputs": dict(li), "head": head.type if head is not None else None},
     )
+
+
+LIVE_FIXES = ("set_output_activation", "set_loss", "standardize_targets", "standardize_inputs")
+
+
+def without_live(h: History, fixes: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str]:
+    """``fixes`` less those already applied live and not undone (the same action -- on the same
+    layer for ``set_output_activation``), and a sentence saying which is applied: the code still
+    has the fault (the finding stays true of it), but the fix need not be offered twice."""
+    events = list(h.events)
+    undone = {str(e.data.get("undid")) for e in events if e.kind == "undo"}
+    live = [e for e in events if e.kind == "intervention" and e.data.get("action") in LIVE_FIXES
+            and str(e.data.get("ticket")) not in undone]
+    if not live:
+        return fixes, ""
+
+    def same(fix: dict[str, Any], e: Any) -> bool:
+        if fix["action"] != e.data.get("action"):
+            return False
+        if fix["action"] == "set_output_activation":
+            return bool(fix["params"].get("layer") == (e.data.get("params") or {}).get("layer"))
+        return True
+
+    hit = [e for e in live if any(same(f, e) for f in fixes)]
+    if not hit:
+        return fixes, ""
+    e = hit[-1]
+    return ([f for f in fixes if not any(same(f, x) for x in hit)],
+            f". Live fix applied at step {e.step}: {e.data.get('action')} (the code still has the fault; undo it to see)")
 
 
 def affine_head_ok(h: History, rec: StepRecord | None) -> bool:
@@ -301,21 +331,22 @@ def unscaled_targets(h: History, ctx: Context) -> Finding | None:
             hurt = (f"; after {int(s[-1])} steps the loss ({fmt(c.tail)}) is still above half of what predicting the "
                     f"targets' mean would score ({fmt(base)})")
     off = abs(mean) > 3 * std
+    fixes, note = without_live(h, [intervention("standardize_targets", "Standardize the targets (predictions keep their units)")]
+                               if affine_head_ok(h, recs[0]) else [])
     evidence = (
         f"the {li.get('loss')} targets have mean {fmt(mean)} and std {fmt(std)} on the first batch (range "
         f"{fmt(li.get('target_min'))} to {fmt(li.get('target_max'))}): "
         + ("they sit far from 0, " if off else "")
         + f"a scale of {fmt(rms)} that the output layer has to reach from ~1, while the loss and its gradients are "
         f"that scale squared{hurt}. Standardize the targets (y = (y - mean) / std with the training set's statistics) "
-        "and map predictions back with y * std + mean"
+        "and map predictions back with y * std + mean" + note
     )
     return Finding(
         label="unscaled_targets",
         severity="warning" if hurt else "info",
         title=f"Regression targets are not scaled (scale {fmt(rms)})",
         evidence=evidence,
-        interventions=([intervention("standardize_targets", "Standardize the targets (predictions keep their units)")]
-                       if affine_head_ok(h, recs[0]) else []),
+        interventions=fixes,
         first_step=int(recs[0].step),
         data={"target_mean": mean, "target_std": std, "rms": rms},
     )

@@ -20,7 +20,7 @@ from ..assess import (
 from ..context import Context
 from ..finding import SEVERITIES, Finding, intervention
 from ..registry import rule
-from .headloss import affine_head_ok, head_fixes, head_of
+from .headloss import affine_head_ok, head_fixes, head_of, without_live
 
 MODE_DEPENDENT = (
     "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm", "LazyBatchNorm1d", "LazyBatchNorm2d",
@@ -92,11 +92,12 @@ def unnormalized_inputs(h: History, ctx: Context) -> Finding | None:
              if _unscaled_targets(h, ctx) else
              intervention("standardize_inputs", "Standardize the inputs ((x - mean) / std of the recent batches)")]
     fixes += [intervention("reinit", "Re-initialize the first layer for this input scale (LSUV)", layers=first, scheme="lsuv")] if first else []
+    fixes, note = without_live(h, fixes)
     return Finding(
         label="unnormalized_inputs",
         severity="warning",
         title="Inputs are not normalized",
-        evidence=evidence + ". Standardize them: x = (x - mean) / std, with statistics of the training set",
+        evidence=evidence + ". Standardize them: x = (x - mean) / std, with statistics of the training set" + note,
         layers=first,
         interventions=fixes,
         data=nums,
@@ -165,8 +166,9 @@ def _loss_problem(h: History, label: str) -> Finding | None:
     sev = max((s for s, _ in hits), key=SEVERITIES.index)
     name = rec.loss_inputs.get("loss", "the loss")
     title = f"{name} receives probabilities, not logits" if label == "probabilities_into_loss" else f"{name} does not fit its inputs"
-    return Finding(label=label, severity=sev, title=title, evidence="; ".join(e for _, e in hits), data=dict(rec.loss_inputs),
-                   interventions=_loss_fixes(h, rec, label))
+    fixes, note = without_live(h, _loss_fixes(h, rec, label))
+    return Finding(label=label, severity=sev, title=title, evidence="; ".join(e for _, e in hits) + note,
+                   data=dict(rec.loss_inputs), interventions=fixes)
 
 
 @rule("probabilities_into_loss", checklist=("tobin.bug_loss_input",))
