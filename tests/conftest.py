@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import itertools
 import random
+import sys
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -25,6 +28,33 @@ def _seed() -> None:
     random.seed(0)
     np.random.seed(0)
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _no_cell_hooks_left_behind() -> Iterator[None]:
+    """A dashboard built while an IPython shell exists (another test made one) registers
+    trainscope's end-of-cell hooks on it; a test that did not find them there must not leave them
+    to the next test (test_magics checks that unloading removes exactly what loading added)."""
+    shell = _ipython_shell()
+    had = shell is not None and _hooks_installed(shell)
+    yield
+    shell = _ipython_shell()
+    if shell is not None and not had and _hooks_installed(shell):
+        from trainscope.widgets import _live
+
+        _live.uninstall(shell)
+
+
+def _ipython_shell() -> Any:
+    mod = sys.modules.get("IPython.core.interactiveshell")
+    if mod is None or not mod.InteractiveShell.initialized():
+        return None
+    return mod.InteractiveShell.instance()
+
+
+def _hooks_installed(shell: Any) -> bool:
+    live = sys.modules.get("trainscope.widgets._live")
+    return live is not None and bool(live.installed(shell))
 
 
 @pytest.fixture

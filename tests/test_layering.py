@@ -231,3 +231,21 @@ def test_the_jupyter_layer_is_where_the_jupyter_imports_are() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "True"  # the check above would notice a leak
+
+
+def test_the_old_delivery_paths_name_the_same_module_whatever_is_imported_first() -> None:
+    """``trainscope._delivery`` / ``_background`` are shims for the modules now in the Jupyter layer.
+    Imported first, the shim started importing the widgets package, whose dashboard bound the
+    half-initialized shim instead of the real module: a patch of ``_delivery.get_delivery`` (as
+    tests and users do) then missed the dashboard, depending on import order."""
+    code = (
+        "import trainscope\n"
+        "from trainscope import _delivery, _background\n"
+        "import trainscope.widgets.dashboard as d, trainscope.widgets._live as live\n"
+        "import trainscope.widgets._delivery as wd, trainscope.widgets._background as wb\n"
+        "assert _delivery is wd and _background is wb\n"
+        "assert d._delivery is wd and d._background is wb and live._background is wb, (d._delivery, d._background)\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]

@@ -152,7 +152,7 @@ class TrainscopeMagics(Magics):
 
     @staticmethod
     def _info() -> None:
-        from . import _delivery
+        from .widgets import _delivery
 
         k = _delivery.current_kernel()
         if k is None:

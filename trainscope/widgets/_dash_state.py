@@ -23,9 +23,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import ipywidgets as W
 
-    from .. import _delivery
     from ..history import History
     from ..probe import Probe
+    from . import _delivery
     from ._acks import AckStore
     from ._throttle import Throttle
     from .controls import Controls

@@ -8,7 +8,7 @@ import threading
 import weakref
 from typing import TYPE_CHECKING, Any
 
-from .. import _background
+from . import _background
 
 if TYPE_CHECKING:
     from ..probe import Probe
@@ -72,7 +72,7 @@ def _post_run_cell(result: Any = None) -> None:
     for d in dashboards():
         with contextlib.suppress(Exception):  # never print tracebacks into the user's cell
             d._cell_finished(error)
-    from .. import _delivery
+    from . import _delivery
 
     for strategy in _delivery.active():
         with contextlib.suppress(Exception):

@@ -38,11 +38,10 @@ from typing import Any
 
 import ipywidgets as W
 
-from .. import _background, _delivery
 from ..actions import Ticket
 from ..history import History, Update
 from ..probe import Probe
-from . import _live
+from . import _background, _delivery, _live
 from ._acks import AckStore
 from ._dash_clicks import DashboardClicks
 from ._health import COLUMNS
