@@ -23,9 +23,13 @@ next to it, and :func:`trainscope.builtins.register_builtins` puts it on the whi
 from __future__ import annotations
 
 from ._base import Applied
+from .batch_size import accumulate_, batch_growth_
+from .data_reg import input_noise_, label_smoothing_, mixup_
 from .dropout import add_dropout_, remove_dropout_, set_dropout_
 from .init import SCHEMES, detect_nonlinearity, reinit_
+from .normalization import insert_norm_
 from .optimizers import Lookahead, make_optimizer, switch_optimizer_
+from .pruning import masks, prune_, sparsity
 from .regularization import clip_grad_, l1_, weight_decay_
 from .schedule import LiveSchedule, one_cycle_, scale_lr_, set_lr_, set_schedule_
 from .snapshots import Snapshot, SnapshotEnsemble, SnapshotStore, rollback_, snapshot_, snapshots
@@ -40,13 +44,21 @@ __all__ = [
     "Snapshot",
     "SnapshotEnsemble",
     "SnapshotStore",
+    "accumulate_",
     "add_dropout_",
+    "batch_growth_",
     "clip_grad_",
     "detect_nonlinearity",
     "early_stopping_",
+    "input_noise_",
+    "insert_norm_",
     "l1_",
+    "label_smoothing_",
     "make_optimizer",
+    "masks",
+    "mixup_",
     "one_cycle_",
+    "prune_",
     "reinit_",
     "remove_dropout_",
     "rollback_",
@@ -58,6 +70,7 @@ __all__ = [
     "snapshot_",
     "snapshot_ensemble_",
     "snapshots",
+    "sparsity",
     "switch_optimizer_",
     "weight_decay_",
 ]
