@@ -34,13 +34,6 @@ FLOOR0_TYPES = {"trainscope.run": {"trainscope.history", "trainscope.layers"}}
 """Annotation-only imports floor 0 may make: the storage types of floor 1 (which never import it)."""
 
 KNOWN_CYCLES: dict[frozenset[str], str] = {
-    frozenset({"trainscope.checklists.checks", "trainscope.checklists.mixing"}):
-        "checks.py runs the mixing test lazily while mixing.py reads CheckEnv / CheckResult from checks.py "
-        "(issue 12: a checklists/base.py holding those)",
-    frozenset({"trainscope.widgets._live", "trainscope.widgets.dashboard"}):
-        "type-only import of Dashboard in widgets/_live.py (both in the Jupyter layer)",
-    frozenset({"trainscope.search", "trainscope.widgets.search_panel"}):
-        "search.py opens its panel lazily (search(..., display=True)); the panel reads search's types",
 }
 """Import cycles that remain, each with why; a new cycle, or one that grows, fails the test."""
 
@@ -50,7 +43,6 @@ KNOWN_PROBE_IMPORTS: dict[str, str] = {
 """Modules below the composition floor that still import probe.py, each with why."""
 
 KNOWN_UI_IMPORTS: dict[str, str] = {
-    "trainscope.search": "search(..., display=True) opens trainscope.widgets.search_panel",
 }
 
 

@@ -537,7 +537,7 @@ def test_fit_in_background_applies_clicks_and_stops_at_a_step(live: SimpleNamesp
     _ticket(live.dash, "bg1", "applied")
     run.stop()
     run.join(10)
-    assert run.status == "stopped" and isinstance(run.exception, trainscope._background.StopTraining)
+    assert run.status == "stopped" and isinstance(run.exception, trainscope.widgets._background.StopTraining)
     assert 0.05 in seen_lr and seen_lr[-1] == pytest.approx(0.05)
     # the final state was flushed when the thread ended
     st = live.dash.header.state

@@ -6,6 +6,7 @@ The core (this package's top level) needs only torch and numpy.  The Jupyter lay
 
 from __future__ import annotations
 
+import importlib as _importlib
 from typing import Any
 
 from . import interventions
@@ -75,6 +76,16 @@ def _write_report(source: Any, path: Any, **kwargs: Any) -> str:
 
 
 _runlog.reader.set_display(show=_show_run, display=_display_run, html=_runs_html, report=_write_report)
+
+
+def _show_search(result: Any) -> Any:
+    from .widgets.search_panel import show_search
+
+    return show_search(result)
+
+
+# ``trainscope.search`` the attribute is the function; the module is in sys.modules
+_importlib.import_module(f"{__name__}.search").set_display(_show_search)
 
 __all__ = [
     "LAYER_METRICS",

@@ -75,6 +75,16 @@ from ._search_space import check_space, choice, loguniform, randint, sample_conf
 from .interventions._base import as_choice, as_int
 from .interventions._state import RNGCapture
 
+_show: Callable[[SearchResult], Any] | None = None
+
+
+def set_display(show: Callable[[SearchResult], Any] | None) -> None:
+    """Register the live panel a running search opens (``trainscope/__init__`` hands over the Jupyter
+    layer's ``widgets.search_panel.show_search``, imported lazily): the search itself, a service,
+    never imports the Jupyter layer."""
+    global _show
+    _show = show
+
 __all__ = ["Report", "SearchResult", "Trial", "TrialStopped", "choice", "loguniform", "randint", "search", "uniform"]
 
 MAX_REPORTS = 1000
@@ -362,9 +372,9 @@ def search(
                           space=sp, run_dir=root)
     if display is True or (display == "auto" and _in_notebook()):
         try:
-            from .widgets.search_panel import show_search
-
-            show_search(result)
+            if _show is None:
+                raise RuntimeError("no panel registered (import trainscope, which registers the Jupyter layer's)")
+            _show(result)
         except Exception as e:  # the search runs without its widget
             result.listener_errors.append(f"display: {type(e).__name__}: {e}")
     t0 = time.perf_counter()

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from ..layers import select_layers
 from ..run import Batch
-from .checks import CheckEnv, CheckResult, forward, primary
+from .base import CheckEnv, CheckResult, forward, primary
 
 _SEED = 0xB47C
 

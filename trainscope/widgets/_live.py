@@ -6,13 +6,31 @@ import contextlib
 import inspect
 import threading
 import weakref
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from . import _background
 
 if TYPE_CHECKING:
     from ..probe import Probe
-    from .dashboard import Dashboard
+
+
+class Dashboard(Protocol):
+    """What this registry needs of a live dashboard (``widgets.dashboard.Dashboard`` is one; this
+    module does not import it, so the two do not form an import cycle)."""
+
+    @property
+    def probe(self) -> Probe | None: ...
+
+    @property
+    def closed(self) -> bool: ...
+
+    def detach(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    def _cell_finished(self, error: BaseException | None) -> None: ...
+
+    def _background_finished(self, run: _background.BackgroundRun) -> None: ...
 
 __all__ = [
     "cell_parent",

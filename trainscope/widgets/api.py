@@ -168,7 +168,7 @@ def show(source: Probe | History | Sequence[History] | Dashboard, **kwargs: Any)
         dash = source
     elif isinstance(source, Probe):
         found = _live.for_probe(source)
-        dash = found if found is not None and not kwargs else Dashboard(source, **kwargs)
+        dash = found if isinstance(found, Dashboard) and not kwargs else Dashboard(source, **kwargs)
     elif isinstance(source, History) or (
         isinstance(source, (list, tuple)) and source and all(isinstance(h, History) for h in source)
     ):
