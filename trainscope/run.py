@@ -123,6 +123,11 @@ class RunContext(Protocol):
 
     def sample_next(self) -> None: ...
 
+    def at_boundary(self, key: str, task: Callable[[Any], None]) -> bool:
+        """Run ``task(run)`` now if that cannot race with training, else once (per ``key``) at the
+        next step boundary on the training thread; returns whether it ran now."""
+        ...
+
     def detach(self) -> None: ...
 
 

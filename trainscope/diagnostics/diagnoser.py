@@ -119,11 +119,6 @@ class _ProbeState:
         self.tied: dict[str, str] | None = None
         self.regularization: dict[str, Any] | None = None
         self.demanded: dict[str, int] = {}  # on-demand check -> step it was last asked for
-        self.thread: int | None = None  # the thread step boundaries run on (the training thread)
-        self.tasks: dict[str, Callable[[Any], None]] = {}
-        self.handle: Any = None
-        self.idle_since: float | None = None  # when step_count was last seen to change
-        self.idle_step: int | None = None
 
 
 _STATES: weakref.WeakKeyDictionary[Any, _ProbeState] = weakref.WeakKeyDictionary()
@@ -176,50 +171,30 @@ def diagnoser_for(probe: RunContext) -> Diagnoser:
     return _state(probe).diagnoser
 
 
-def _at_boundary(probe: Any) -> None:
-    st = _STATES.get(probe)
-    if st is None:
-        return
-    st.thread = threading.get_ident()
-    while st.tasks:
-        _key, task = st.tasks.popitem()
-        try:
-            task(probe)
-        except Exception:
-            if len(st.diagnoser.errors) < 100:
-                st.diagnoser.errors.append(traceback.format_exc())
-
-
 def _state(probe: RunContext) -> _ProbeState:
     with _STATES_LOCK:
         st = _STATES.get(probe)
         if st is None:
             st = _STATES[probe] = _ProbeState()
-            st.handle = probe.on_step(_at_boundary)
         return st
 
 
-IDLE_SECONDS = 1.0
-"""Before any step boundary has been seen, training counts as idle (and a task may run on the
-calling thread) once the probe's step count has not moved for this long, or when it is detached."""
-
-
 def on_training_thread(probe: RunContext, key: str, task: Callable[[Any], None]) -> bool:
-    """Run ``task(probe)`` where it cannot race with training: now if this is the thread step
-    boundaries run on, or if training is idle (detached probe, or no step for
-    :data:`IDLE_SECONDS`); otherwise at the next step boundary, on the training thread.  Returns
-    whether it ran now.  Tasks are keyed: a task queued twice runs once."""
+    """Run ``task(probe)`` where it cannot race with training (the run's one boundary queue,
+    :meth:`~trainscope.run.RunContext.at_boundary`): now on the training thread or when training is
+    idle, otherwise once at the next step boundary.  Returns whether it ran now.  A task that
+    raises is kept in the diagnoser's errors, as a rule's is: it never reaches the caller or the
+    training loop."""
     st = _state(probe)
-    now = time.monotonic()
-    if st.idle_step != probe.step_count or st.idle_since is None:
-        st.idle_step, st.idle_since = probe.step_count, now
-    idle = not probe.is_attached or (st.thread is None and now - st.idle_since >= IDLE_SECONDS)
-    if st.thread == threading.get_ident() or idle:
-        st.tasks.pop(key, None)
-        task(probe)
-        return True
-    st.tasks[key] = task
-    return False
+
+    def guarded(p: Any) -> None:
+        try:
+            task(p)
+        except Exception:
+            if len(st.diagnoser.errors) < 100:
+                st.diagnoser.errors.append(traceback.format_exc())
+
+    return probe.at_boundary(key, guarded)
 
 
 def diagnose_probe(

@@ -48,7 +48,11 @@ from .hooks import Hooks
 from .payload import Pending, StepPayload, start_transfer
 from .schedule import Schedule
 
-__all__ = ["ATTACHED", "Exchange", "Recorder", "StepPayload"]
+__all__ = ["ATTACHED", "IDLE_SECONDS", "Exchange", "Recorder", "StepPayload"]
+
+IDLE_SECONDS = 1.0
+"""Before any step boundary has been seen, training counts as idle for :meth:`Recorder.at_boundary`
+(a task may run on the calling thread) once the step count has not moved for this long."""
 
 R = TypeVar("R", bound="Recorder")
 
@@ -150,6 +154,10 @@ class Recorder(Hooks, Schedule):
         self._cb_key = 0
         # (where, task) run at every boundary after the recorder's own work, before the callbacks
         self._boundary_tasks: list[tuple[str, Callable[[], Any]]] = []
+        # the one "run this at the next step boundary" queue (at_boundary), keyed
+        self._queued: dict[str, Callable[[Any], None]] = {}
+        self._boundary_thread: int | None = None  # the thread step boundaries run on
+        self._idle_mark: tuple[int, float] | None = None  # (step_count, when it was first seen)
         self._lock = threading.RLock()
         self._attached = False
         self._paused = 0
@@ -327,6 +335,25 @@ class Recorder(Hooks, Schedule):
         self._step_callbacks[self._cb_key] = callback
         return Handle(self._step_callbacks, self._cb_key)
 
+    def at_boundary(self, key: str, task: Callable[[Any], None]) -> bool:
+        """Run ``task(self)`` where it cannot race with training: now, on the thread step boundaries
+        run on, or when training is idle (detached, or no step for :data:`IDLE_SECONDS` before any
+        boundary was seen); otherwise at the next step boundary, on the training thread.  Tasks
+        are keyed: one queued twice runs once.  Returns whether it ran now (a task that raises at a
+        boundary is recorded in :attr:`errors`, never reaching the loop)."""
+        now = time.monotonic()
+        if self._idle_mark is None or self._idle_mark[0] != self.step_count:
+            self._idle_mark = (self.step_count, now)
+        idle = not self._attached or (
+            self._boundary_thread is None and now - self._idle_mark[1] >= IDLE_SECONDS
+        )
+        if self._boundary_thread == threading.get_ident() or idle:
+            self._queued.pop(key, None)
+            task(self)
+            return True
+        self._queued[key] = task
+        return False
+
     def sample_next(self) -> None:
         """Record full statistics at the next step, whatever the schedule."""
         if self._exchange is not None and self._exchange.defer_sample():
@@ -468,6 +495,10 @@ class Recorder(Hooks, Schedule):
         self._account(t0, time.perf_counter(), sampled)
         for where, task in self._boundary_tasks:
             self._guarded_call(where, task)
+        self._boundary_thread = threading.get_ident()
+        while self._queued:
+            name, queued = self._queued.popitem()
+            self._guarded_call(f"boundary task {name}", queued, self)
         for key, cb in list(self._step_callbacks.items()):
             try:
                 cb(self)
