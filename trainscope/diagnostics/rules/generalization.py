@@ -94,6 +94,15 @@ def overfitting(h: History, ctx: Context) -> Finding | None:
     )
 
 
+def _still_improving(v: np.ndarray) -> bool:
+    """Whether a validation series (loss or error) is still setting new bests: its minimum is in the
+    last third of the evaluations and below the first one."""
+    v = np.asarray(v, dtype=float)
+    if len(v) < 2 or not np.isfinite(v).all():
+        return False
+    return int(np.argmin(v)) >= len(v) - max(1, len(v) // 3) and float(v.min()) < float(v[0])
+
+
 @rule("label_noise", checklist=("karpathy.input_independent_baseline", "tobin.bias_variance", "karpathy.data"), finite=True)
 def label_noise(h: History, ctx: Context) -> Finding | None:
     """Labels unrelated to the inputs: after ``min_steps_plateau`` steps and ``min_val_points``
@@ -102,7 +111,9 @@ def label_noise(h: History, ctx: Context) -> Finding | None:
     at least twice as much, relatively, as validation did -- training memorizes, nothing generalizes.
     Only judged when the first validation loss was near chance (not ``bad_loss_at_init``-high).
     With only an accuracy logged (``val_acc``), "at chance" is a best accuracy below ``1/C`` plus
-    ``chance_margin`` (5 points).  A failed ``input_baseline`` check (real inputs do no better
+    ``chance_margin`` (5 points).  Not while validation is still improving (its best is in the last
+    third of the evaluations and below the first): a slowly generalizing model is not memorizing.
+    A failed ``input_baseline`` check (real inputs do no better
     than zeroed ones) raises it too.
     Warning."""
     th = ctx.thresholds
@@ -123,6 +134,7 @@ def label_noise(h: History, ctx: Context) -> Finding | None:
             and steps_run >= th.min_steps_plateau
             and best_acc < c_acc + th.chance_margin
             and c.tail < (1 - th.memorize_progress) * chance
+            and not _still_improving(err)
         ):
             parts.append(
                 f"{name} never exceeded {pct(best_acc)} (chance: {pct(c_acc)}) over {len(err)} evaluations, while the "
@@ -142,6 +154,7 @@ def label_noise(h: History, ctx: Context) -> Finding | None:
             and val_gain < th.chance_margin
             and c.tail < (1 - th.memorize_progress) * ref
             and train_gain > 2 * val_gain
+            and not _still_improving(vv)
         ):
             parts.append(
                 f"validation loss never went below {fmt(float(vv.min()))} (chance: {fmt(ref)}) over {len(vv)} evaluations, "
