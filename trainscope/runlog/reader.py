@@ -14,6 +14,10 @@ import numpy as np
 
 from ..history import History, Update
 from . import _format as F
+from ._display_slot import _display
+from ._display_slot import (
+    set_display as set_display,  # trainscope/__init__ fills the slot through here
+)
 
 __all__ = ["Run", "RunSet", "follow", "open_run"]
 
@@ -496,26 +500,6 @@ class RunSet(Sequence[Run]):
 
     def __repr__(self) -> str:
         return f"<trainscope RunSet: {', '.join(r.name for r in self.runs)}>"
-
-
-_DISPLAY: dict[str, Callable[..., Any]] = {}
-
-
-def set_display(**fns: Callable[..., Any]) -> None:
-    """Give runs their display and export (called once by :mod:`trainscope`): ``show(run_or_set,
-    refresh_every=)``, ``display(run_or_set)``, ``html(runs) -> str``, ``report(source, path,
-    **kwargs) -> str``."""
-    unknown = set(fns) - {"show", "display", "html", "report"}
-    if unknown:
-        raise TypeError(f"set_display: unknown function(s) {sorted(unknown)}")
-    _DISPLAY.update(fns)
-
-
-def _display(what: str) -> Callable[..., Any]:
-    fn = _DISPLAY.get(what)
-    if fn is None:
-        raise ImportError(f"run display ({what}) is not available: import trainscope (it sets it up)")
-    return fn
 
 
 def _clip(e: BaseException, n: int = 160) -> str:
