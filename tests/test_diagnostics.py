@@ -824,3 +824,20 @@ def test_label_noise_not_raised_while_validation_still_improves() -> None:
     assert run([0.688, 0.684, 0.681, 0.675, 0.670, 0.668, 0.664, 0.661]) == []
     # labels unrelated to inputs: validation rises from chance as training memorizes -> still a warning
     assert run([0.693, 0.690, 0.695, 0.700, 0.705, 0.712, 0.720, 0.730]) == ["warning"]
+
+
+def test_not_learning_is_info_while_validation_sets_new_bests() -> None:
+    # a noisy training loss (dropout) that has barely moved after 150 steps, while validation (eval
+    # mode) improves at every evaluation: the model learns, slowly (DeepFD 50's fixed program)
+    def run(val: list[float]) -> list[str]:
+        rng = np.random.default_rng(0)
+        h = History([classify("fc", nn.Linear(4, 2))])
+        for k, v in enumerate(np.linspace(0.69, 0.67, 150) + 0.03 * rng.standard_normal(150)):
+            h.add_scalars(k, {"loss": float(v)})
+        for k, v in zip(range(24, 150, 25), val, strict=True):
+            h.add_scalars(k, {"val_loss": v})
+        return [f.severity for f in diagnose(h, Context(n_classes=2), labels=["not_learning"])]
+
+    assert run([0.688, 0.684, 0.681, 0.675, 0.670, 0.666]) == ["info"]
+    # validation flat or noisy: still the warning
+    assert run([0.690, 0.689, 0.691, 0.690, 0.692, 0.689]) == ["warning"]

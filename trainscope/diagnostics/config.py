@@ -24,6 +24,7 @@ class Thresholds:
     min_steps_plateau: int = 50  # "no progress" is only judged after this many steps
     not_learning_steps: int = 100  # ... and "has not moved since the start" (not_learning) after this many:
     # healthy sigmoid / tanh nets and SGD runs often sit flat for 50-100 steps before they take off
+    val_trend_points: int = 4  # ... unless validation improved at each of the last 4 evaluations (info then)
 
     # --- depth / time profiles of activations and gradients ------------------------------------
     depth_ratio: float = 1e-2  # 100x smaller (or larger) from the first to the last hidden layer:

@@ -176,7 +176,8 @@ def oscillation(h: History, ctx: Context) -> Finding | None:
 def not_learning(h: History, ctx: Context) -> Finding | None:
     """Plateau from the start: after ``not_learning_steps`` (100) steps, the best running median of
     the training loss is still within ``plateau_progress`` (5%) of the initial one, and the loss is
-    not rising (that is ``divergence``).  Warning."""
+    not rising (that is ``divergence``).  Warning; info when validation improved at each of the
+    last ``val_trend_points`` (4) evaluations (the model learns, slowly; a noisy training loss hides it)."""
     st = curve_state(h, ctx)
     c = st.curve
     if c is None or not st.plateau or st.diverging or st.exploding:
@@ -186,9 +187,10 @@ def not_learning(h: History, ctx: Context) -> Finding | None:
     cause = lr_too_low(h, ctx)  # the root-cause test for a plateau: are the updates too small?
     lead = cause is not None and cause.severity != "info"
     fixes = [intervention("lr_find", "Run the LR finder"), intervention("scale_lr", "Raise the learning rate 10x", factor=10.0)]
+    val = _val_new_bests(h, ctx)
     return Finding(
         label="not_learning",
-        severity="warning",
+        severity="info" if val else "warning",
         title=("Learning rate too low -> " if lead else "") + "Training loss has not moved since the start",
         evidence=(
             (f"learning rate too low ({cause.evidence}) -> " if lead and cause is not None else "")
@@ -196,11 +198,26 @@ def not_learning(h: History, ctx: Context) -> Finding | None:
             f"{int(c.steps[-1] - c.steps[0]) + 1} steps (less than {pct(ctx.thresholds.plateau_progress)} progress). "
             "Tobin: error plateaus -> learning rate too low, gradients not flowing, too much regularization, "
             "wrong input to the loss, or corrupted data"
+            + (f". But validation improved at each of the last {val} evaluations: the model learns, slowly "
+               "(a noisy training loss -- dropout, small batches -- can hide it)" if val else "")
         ),
         first_step=int(c.steps[0]),
         interventions=[*cause.interventions[:1], *fixes] if lead and cause is not None else fixes,
         data={"head": c.head, "best": c.best, **({"cause": "lr_too_low"} if lead else {})},
     )
+
+
+def _val_new_bests(h: History, ctx: Context) -> int:
+    """``val_trend_points`` when each of the last that many validation values (``val_loss``, else
+    ``1 - val_acc``) is strictly better than the one before, else 0."""
+    k = ctx.thresholds.val_trend_points
+    for name, flip in (("val_loss", False), ("val_acc", True), ("val_accuracy", True)):
+        _, v = scalar(h, name)
+        v = v[np.isfinite(v)]
+        if len(v):
+            v = -v if flip else v
+            return k if len(v) >= k and bool(np.all(np.diff(v[-k:]) < 0)) else 0
+    return 0
 
 
 def _recent(v: np.ndarray, k: int) -> float:
