@@ -289,3 +289,32 @@ def test_checklist_state_contract_and_statuses() -> None:
     assert "probabilities" in state["tobin.bug_loss_input"]["evidence"]
     assert state["karpathy.human_baseline"]["status"] == "manual"
     probe.detach()
+
+
+class _CenterThenDead(nn.Module):
+    """Mixes the batch (subtracts the batch mean) and ends in a ReLU that is 0 everywhere."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(64, 16)
+        self.fc2 = nn.Linear(16, 4)
+        with torch.no_grad():
+            self.fc2.bias.fill_(-100.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc1(x)
+        return torch.relu(self.fc2(h - h.mean(0, keepdim=True)))
+
+
+def test_batch_mixing_tests_the_deepest_output_with_a_gradient_when_the_model_output_has_none() -> None:
+    """A young BatchNorm network's output ReLU can be 0 for every example in eval mode (SqueezeNet
+    early in training): the check used to give up ("nothing to test"); it now tests the deepest
+    intermediate output that has a gradient, and still finds mixing there."""
+    x, _ = _digits(16)
+    dead = nn.Sequential(nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 4), nn.ReLU())
+    with torch.no_grad():
+        dead[2].bias.fill_(-100.0)
+    res = run_check("batch_mixing", dead, batch=x)
+    assert res.status == "pass" and "up to the output of `2`" in res.evidence, res.evidence
+    res = run_check("batch_mixing", _CenterThenDead(), batch=x)
+    assert res.status == "fail", res.evidence
