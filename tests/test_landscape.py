@@ -410,3 +410,32 @@ def test_the_dashboard_has_a_landscape_tab(tmp_path: Any) -> None:
         assert saved.landscape.btn1.disabled and len(saved.landscape.line.x) == 21
     finally:
         saved.close()
+
+
+def test_the_dashboard_draws_the_capacity_chart_only_when_its_tab_is_shown() -> None:
+    """In the browser a figure laid out inside a hidden tab logged SVG errors (translate(undefined),
+    and d=null for the line of a parameter-free ReLU): the capacity chart joins the Landscape tab
+    only when that tab is shown, and layers without parameters get no line."""
+    from trainscope.widgets.dashboard import TABS
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    loss_fn = nn.CrossEntropyLoss()
+    x, y = torch.randn(32, 8), torch.randint(0, 3, (32,))
+    dash = trainscope.watch(model, opt, loss_fn=loss_fn, display=False)
+    try:
+        for _ in range(30):
+            opt.zero_grad()
+            loss_fn(model(x), y).backward()
+            opt.step()
+        dash.refresh(force=True)
+        assert dash.landscape._cap_slot.children == ()  # the Curves tab is shown
+        dash.tabs.selected_index = list(TABS).index("Landscape")
+        dash.refresh(force=True)
+        assert dash.landscape.cap_fig in dash.landscape._cap_slot.children
+        ys = np.asarray(dash.landscape.cap_lines.y)
+        assert ys.shape[0] == 2 and np.isfinite(ys).any(axis=1).all()  # fc layers only, each drawn
+    finally:
+        dash.detach()
+        dash.close()

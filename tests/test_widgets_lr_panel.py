@@ -68,3 +68,22 @@ def test_crafted_texts_are_bounded_and_stay_text() -> None:
     assert len(panel.advice.value) <= MAX_TEXT + 1 and panel.advice.value.endswith("…")
     assert [type(c) for c in panel.warnings.children] == [W.Label]  # non-text warnings are dropped
     assert len(panel.warnings.children[0].value) <= MAX_TEXT + 2
+
+
+def test_apply_buttons_are_off_when_the_sweep_has_no_suggestion() -> None:
+    """'Apply as LR' stayed enabled after a sweep with no suggestion (a converged model), and its
+    click did nothing: the e2e run waited for a 'Set learning rate' that never came."""
+    sugg = {"steep": 0.01, "valley": 0.02, "minimum": 0.03}
+    lr, trusted, agree, advice = agreement(sugg)
+    h = History()
+    sent: list[tuple[str, dict[str, Any]]] = []
+    panel = LRFinderPanel(lambda a, p: sent.append((a, p)))
+    _event(h, suggestion=lr, suggestions=sugg, agree=agree, trusted=trusted, advice=advice, warnings=[])
+    panel.update(h, read_only=False, registry=["set_lr", "one_cycle"])
+    assert not panel.apply_lr.disabled and not panel.apply_cycle.disabled
+    _event(h, suggestion=None, suggestions={}, agree=None, note="the loss did not fall anywhere in the sweep",
+           advice="keep the current lr", warnings=[])
+    panel.update(h, read_only=False, registry=["set_lr", "one_cycle"])
+    assert panel.apply_lr.disabled and panel.apply_cycle.disabled
+    panel.update(h, read_only=False, registry=["set_lr", "one_cycle"])  # and stay off on later updates
+    assert panel.apply_lr.disabled

@@ -209,7 +209,9 @@ class LandscapePanel(W.VBox):
             self._subs.append(self.probe.on_step(self._on_step))
         super().__init__([self._row, self._slot, self.cap_info, self._cap_slot], layout=W.Layout(width="100%"))
         self.add_class("trainscope-landscape")
-        self.update()
+        if follow:  # shown on its own: draw now.  Inside the dashboard (follow=False) the update loop
+            # draws it when its tab is shown -- a figure laid out in a hidden tab logs SVG errors
+            self.update()
 
     # ------------------------------------------------------------------ actions
     def _request(self, action: str, params: dict[str, Any]) -> Any:
@@ -307,6 +309,11 @@ class LandscapePanel(W.VBox):
                                    else "Σ|w| per layer: appears with the probe's next sampled step")
             return
         steps, values = cap
+        # layers without parameters (a ReLU) have no Σ|w|: an all-NaN line has no path (d=null)
+        keep = np.isfinite(values).any(axis=0)
+        names_all = self._layer_names(values.shape[1])
+        values = values[:, keep]
+        kept_names = [n for n, k in zip(names_all, keep, strict=False) if k]
         L = values.shape[1]
         if L == 0:
             return
@@ -322,9 +329,8 @@ class LandscapePanel(W.VBox):
         fin = np.isfinite(last)
         top = ""
         if fin.any():
-            names = self._layer_names(L)
             i = int(np.nanargmax(np.where(fin, last, -np.inf)))
-            top = f"; largest now: {names[i]} ({last[i]:.4g})"
+            top = f"; largest now: {kept_names[i] if i < len(kept_names) else i} ({last[i]:.4g})"
         self.cap_info.value = f"Σ|w| per layer ({self.capacity_source}){top}"
         if self.cap_fig not in tuple(self._cap_slot.children):
             self._cap_slot.children = (self.cap_fig,)

@@ -126,10 +126,14 @@ class LRFinderPanel(W.VBox):
 
     def update(self, h: History, *, read_only: bool, registry: Sequence[str]) -> None:
         ev = next((e for e in reversed(list(h.events)) if e.kind == "lr_find"), None)
-        self.apply_lr.disabled = read_only or ev is None or "set_lr" not in registry
-        self.apply_cycle.disabled = read_only or ev is None or "one_cycle" not in registry
-        if ev is None or ev.id == self._event_id:
-            return
+        if ev is not None and ev.id != self._event_id:
+            self._draw(ev)
+        # nothing to apply without a suggestion (the sweep said why): the buttons are off
+        off = read_only or ev is None or self.suggestion is None
+        self.apply_lr.disabled = off or "set_lr" not in registry
+        self.apply_cycle.disabled = off or "one_cycle" not in registry
+
+    def _draw(self, ev: Any) -> None:
         self._event_id = ev.id
         shown: tuple[Any, ...] = tuple(getattr(self, "children", ()))
         if self.fig not in shown:
