@@ -31,12 +31,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
 import threading
 import time
 import warnings
-from collections.abc import Iterator
 from typing import Any, ClassVar
+
+from ..interventions._state import interrupts_deferred
 
 __all__ = [
     "STRATEGIES",
@@ -276,29 +276,11 @@ class InprocPump(Delivery):
         self._closed = True
 
 
-@contextlib.contextmanager
-def _interrupts_held() -> Iterator[None]:
+def _interrupts_held() -> contextlib.AbstractContextManager[None]:
     """Delay Ctrl-C (SIGINT) until the block ends: a message read off the socket is always
-    dispatched or handed back, never lost half-way (a queued cell would hang at ``[*]``)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    got: list[int] = []
-    try:
-        old = signal.getsignal(signal.SIGINT)
-        signal.signal(signal.SIGINT, lambda signum, frame: got.append(signum))
-    except (ValueError, TypeError, OSError):  # pragma: no cover - not the main interpreter
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, old)
-        if got and old is not signal.SIG_IGN:
-            if callable(old):
-                old(signal.SIGINT, None)
-            else:
-                raise KeyboardInterrupt
+    dispatched or handed back, never lost half-way (a queued cell would hang at ``[*]``).  The
+    core's :func:`~trainscope.interventions._state.interrupts_deferred` does exactly that."""
+    return interrupts_deferred()
 
 
 class UiPoll(Delivery):
