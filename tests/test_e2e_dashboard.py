@@ -488,7 +488,12 @@ def test_jupyterlab_running_state_readable_marks_and_no_console_errors(scratch: 
                 timeout=60_000,
             )
             assert bar.locator("progress").count() == 1
-            assert page.locator(f"{DASH} .trainscope-state").inner_text().startswith("training paused: LR finder")
+            # the badge and the banner are two widgets, two messages: the badge may lag a frame
+            page.wait_for_function(
+                """() => { const e = document.querySelector('.trainscope-dashboard .trainscope-state');
+                   return e && e.textContent.startsWith('training paused: LR finder'); }""",
+                timeout=5_000,
+            )
             step_paused = _step(nb)
             nb.screenshot(DASH, "ux_3_lr_finder_paused.png")
             _held_click(nb, bar.locator(".trainscope-cancel"), 0.1)

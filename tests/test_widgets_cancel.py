@@ -266,3 +266,25 @@ def test_dashboard_shows_progress_and_a_cancel_click_stops_the_sweep(monkeypatch
     finally:
         dash.close()
         dash.probe.detach()
+
+
+def test_header_says_paused_no_later_than_the_busy_banner(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The header badge and the controls' banner are separate widgets (separate comm messages);
+    the header goes first so the browser never draws "training running" beside a busy banner
+    (a CI run caught the badge a frame behind the banner)."""
+    monkeypatch.setattr(actions, "PROGRESS_EVERY", 0.0)
+    ns = _setup()
+    ns.probe.detach()
+    dash = trainscope.watch(ns.model, ns.opt, loss_fn=nn.CrossEntropyLoss(), data=ns.data, display=False)
+    order: list[tuple[str, bool]] = []
+    dash.header.observe(lambda c: order.append(("header", bool(c["new"].get("busy")))), names="state")
+    dash.controls.observe(lambda c: order.append(("controls", bool(c["new"]))), names="busy")
+    dash._busy = {"id": "x", "action": "lr_find", "label": "LR finder", "seconds": 1.0,
+                  "progress": None, "cancellable": False, "cancel_requested": False}
+    dash._push_busy()
+    dash._busy = None
+    dash._push_busy()
+    assert ("controls", True) in order and ("header", True) in order
+    assert order.index(("header", True)) < order.index(("controls", True)), order
+    last_header = max(i for i, o in enumerate(order) if o == ("header", False))
+    assert last_header < order.index(("controls", False)), order

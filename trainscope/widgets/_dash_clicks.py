@@ -244,5 +244,7 @@ class DashboardClicks(DashboardViews):
         with self._locked(0.5) as ok:
             if not ok or self.closed:
                 return
-            self.controls.busy = dict(self._busy) if self._busy else {}
+            # the header first: the two are separate comm messages and the browser may draw
+            # between them; the state badge must never say "running" beside a busy banner
             self._push_header()
+            self.controls.busy = dict(self._busy) if self._busy else {}
