@@ -7,13 +7,14 @@ import time
 import traceback
 import weakref
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from ..history import History
 from ._series import is_change
 from .config import Thresholds
 from .context import Context, context_from_probe
-from .finding import Finding, severity_rank
+from .finding import Finding, intervention, severity_rank
 from .registry import LABELS, diagnose, finding_order
 
 if TYPE_CHECKING:
@@ -119,6 +120,7 @@ class _ProbeState:
         self.tied: dict[str, str] | None = None
         self.regularization: dict[str, Any] | None = None
         self.demanded: dict[str, int] = {}  # on-demand check -> step it was last asked for
+        self.damage: tuple[int, Any] | None = None  # (step, interventions.recover.Damage) of the latest check
 
 
 _STATES: weakref.WeakKeyDictionary[Any, _ProbeState] = weakref.WeakKeyDictionary()
@@ -270,4 +272,71 @@ def diagnose_probe(
     except Exception:
         if len(d.errors) < 100:
             d.errors.append(traceback.format_exc())
-    return d.findings(min_severity, active_only=active_only)
+    out = d.findings(min_severity, active_only=active_only)
+    try:
+        return _lead_with_recovery(probe, st, out)
+    except Exception:  # a failure here never hides the findings
+        if len(d.errors) < 100:
+            d.errors.append(traceback.format_exc())
+        return out
+
+
+RESTORING = ("recover",)
+"""Suggested fixes that restore the weights themselves (never wrapped by :func:`with_recovery`)."""
+
+
+def with_recovery(f: Finding, what: str, *, can_find_lr: bool = True) -> Finding:
+    """A copy of ``f`` whose first suggested fix first restores usable weights (the ``recover``
+    action), ``what`` naming the damage.  A fix for the cause applied to NaN / blown-up weights
+    changes nothing, so the cause's fix becomes recover's follow-up: a lower learning rate becomes
+    the LR finder's rate measured on the restored weights (a factor computed from updates that
+    replaced the weights says nothing about the rate that trains them), falling back to the
+    suggested factor (``can_find_lr``: the LR finder has data to run on; without, the factor itself);
+    a fix recover cannot chain (a rollback, a re-init) stays listed after it."""
+    from ..interventions.recover import FOLLOW_UPS
+
+    ivs = list(f.interventions)
+    if ivs and ivs[0]["action"] in RESTORING:
+        return f
+    first = ivs[0] if ivs else None
+    act = first["action"] if first is not None else None
+    params = dict(first.get("params", {})) if first is not None else {}
+    if can_find_lr and ((act == "scale_lr" and float(params.get("factor", 1.0)) < 1.0) or act == "set_lr"):
+        lead = intervention("recover", "Restore the damaged weights, then set the learning rate the LR finder "
+                            "measures on them", then="lr_find", then_params={"apply": "set_lr"},
+                            fallback_factor=float(params["factor"]) if act == "scale_lr" else 0.1)
+    elif act is not None and act in FOLLOW_UPS and act != "none":
+        label = str(first["label"]) if first is not None else act
+        lead = intervention("recover", f"Restore the damaged weights, then: {label[:1].lower()}{label[1:]}",
+                            then=act, then_params=params)
+    else:
+        lead = intervention("recover", "Restore the damaged weights (default init or a sound snapshot)")
+    note = f" [the weights are already damaged ({what}): the first fix restores them before fixing the cause]"
+    return replace(f, interventions=[lead, *ivs], evidence=f.evidence + note)
+
+
+def _lead_with_recovery(probe: RunContext, st: _ProbeState, found: list[Finding]) -> list[Finding]:
+    """While an active warning+ finding stands and the weights (or the optimizer state) are damaged
+    -- NaN / Inf, or blown up 1000x past a fresh init (:func:`trainscope.interventions.recover.damage`)
+    -- every active finding's first fix first restores them (:func:`with_recovery`).  The damage is
+    measured at most once per step, and only while such a finding stands (no cost on a healthy run)."""
+    severe = [f for f in found if f.active and severity_rank(f.severity) >= 1]
+    if not severe:
+        return found
+    step = int(probe.step_count)
+    if st.damage is None or st.damage[0] != step:
+        from ..interventions.recover import damage
+
+        st.damage = (step, damage(probe.model, probe.optimizer))
+    dmg = st.damage[1]
+    if not dmg:
+        return found
+    what = dmg.describe()
+    can_find_lr = True
+    try:
+        from ..actions import REGISTRY
+
+        REGISTRY["lr_find"].validate(probe, {"apply": "set_lr"})
+    except Exception:
+        can_find_lr = False
+    return [with_recovery(f, what, can_find_lr=can_find_lr) if f.active else f for f in found]

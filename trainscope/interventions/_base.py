@@ -256,6 +256,26 @@ class Applied:
                 cb()
 
 
+def absorb(part: Applied) -> Callable[[], None]:
+    """Make ``part`` a piece of a composite action (``recover``: restore the weights, then apply a
+    fix): it leaves the undo ledger and the heavy-capture list -- the composite's own record
+    answers for it (its touches, its release) -- and its undo function is returned for the
+    composite's undo to call.  ``part`` itself then reads as not undoable."""
+    fn = part._undo
+    with _LEDGER_LOCK:
+        _LEDGER.discard(part)
+        keep = [r for r in _HEAVY if r() is not part]
+        _HEAVY.clear()
+        _HEAVY.extend(keep)
+    part._undo = None
+
+    def undo() -> None:
+        if fn is not None:
+            fn()
+
+    return undo
+
+
 def _bound_heavy() -> None:
     """Release the oldest heavy undo captures beyond :data:`MAX_HEAVY_UNDO`."""
     with _LEDGER_LOCK:

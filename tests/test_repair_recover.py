@@ -1,0 +1,167 @@
+"""A fix suggested after a blow-up must bring back usable weights (issue 13: the first suggested fix
+repairs the run).  ``recover`` restores the damaged weights (a sound snapshot, else their default
+init; the optimizer state that followed the blow-up cleared), then applies the fix for the cause;
+one undo reverts both exactly.  The diagnosis leads with it while the weights are damaged."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import trainscope
+from trainscope.interventions.recover import damage, recover_
+from trainscope.interventions.snapshots import snapshot_
+
+
+def _data(n: int = 256, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 6, generator=g)
+    y = (x @ torch.linspace(-1, 1, 6).unsqueeze(1)) * 100 + 5  # raw regression targets (std ~ 100)
+    return x, y
+
+
+def _model(seed: int = 0) -> nn.Sequential:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 1))
+
+
+def _train(probe: trainscope.Probe, model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+           steps: int, start: int = 0) -> list[float]:
+    lf = probe.loss_fn if isinstance(probe.loss_fn, nn.Module) else nn.MSELoss()
+    out = []
+    for s in range(start, start + steps):
+        idx = torch.arange(s * 16, s * 16 + 16) % len(x)
+        opt.zero_grad()
+        loss = lf(model(x[idx]), y[idx])
+        loss.backward()
+        opt.step()
+        out.append(float(loss.detach()))
+    return out
+
+
+def _blown_run() -> tuple[trainscope.Probe, nn.Module, torch.optim.Optimizer, torch.Tensor, torch.Tensor]:
+    x, y = _data()
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)  # far too high for targets of this scale
+    probe = trainscope.Probe(model, opt, loss_fn=nn.MSELoss())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _train(probe, model, opt, x, y, 10)
+    assert not all(bool(torch.isfinite(p).all()) for p in model.parameters())  # the premise: NaN weights
+    return probe, model, opt, x, y
+
+
+def test_the_first_fix_after_a_blow_up_restores_the_weights_and_repairs_the_run() -> None:
+    probe, model, opt, x, y = _blown_run()
+    try:
+        severe = [f for f in probe.findings() if f.severity in ("warning", "error")]
+        assert severe
+        iv = severe[0].interventions[0]
+        assert iv["action"] == "recover", severe[0].interventions[:2]
+        assert "already damaged" in severe[0].evidence
+        t = probe.request(iv["action"], **iv["params"])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            losses = _train(probe, model, opt, x, y, 150, start=10)
+        assert t.status == "applied", t.message
+        assert "re-initialized" in t.message and "non-finite" in t.message
+        assert all(bool(torch.isfinite(p).all()) for p in model.parameters())
+        assert math.isfinite(losses[-1]) and losses[-1] < 0.2 * float(y.var())  # it learns again
+    finally:
+        probe.detach()
+
+
+def test_undo_puts_back_the_damaged_weights_the_state_and_the_lr_exactly() -> None:
+    probe, model, opt, _, _ = _blown_run()
+    try:
+        before = [p.detach().clone() for p in model.parameters()]
+        lr0 = opt.param_groups[0]["lr"]
+        rng = torch.get_rng_state()
+        a = recover_(model, opt, then="scale_lr", then_params={"factor": 0.01}, probe=probe)
+        assert torch.equal(torch.get_rng_state(), rng)  # the default init draws on a forked stream
+        assert opt.param_groups[0]["lr"] == pytest.approx(lr0 * 0.01)
+        assert all(bool(torch.isfinite(p).all()) for p in model.parameters())
+        assert not damage(model, opt)
+        a.undo()
+        assert opt.param_groups[0]["lr"] == lr0
+        for p, b in zip(model.parameters(), before, strict=True):
+            assert torch.equal(torch.isnan(p), torch.isnan(b))
+            assert torch.equal(torch.nan_to_num(p.detach()), torch.nan_to_num(b))
+        events = [(e.kind, e.data.get("action")) for e in probe.history.events]
+        assert events == [("intervention", "recover"), ("undo", "recover")], events  # one entry, one undo
+    finally:
+        probe.detach()
+
+
+def test_finite_but_blown_up_weights_are_damage_and_healthy_ones_are_not() -> None:
+    model = _model()
+    opt = torch.optim.Adam(model.parameters())
+    assert not damage(model, opt)
+    with pytest.raises(ValueError, match="nothing to recover"):
+        recover_(model, opt)
+    with torch.no_grad():
+        model[0].weight.mul_(1e6)  # finite, every ReLU dead: 1e6x a fresh init
+    d = damage(model, opt)
+    assert [n for n, _ in d.blown] == ["0.weight"] and not d.nonfinite
+    a = recover_(model, opt)
+    assert float(model[0].weight.detach().abs().max()) < 1.0
+    a.undo()
+    assert float(model[0].weight.detach().abs().max()) > 1e4
+
+
+def test_a_sound_snapshot_is_preferred_to_a_fresh_init() -> None:
+    x, y = _data()
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    probe = trainscope.Probe(model, opt, loss_fn=nn.MSELoss())
+    try:
+        _train(probe, model, opt, x, y, 5)
+        snapshot_(model, opt, probe=probe)
+        good = [p.detach().clone() for p in model.parameters()]
+        with torch.no_grad():
+            model[2].weight.fill_(float("nan"))
+        a = recover_(model, opt, probe=probe)
+        assert "snapshot" in a.message
+        for p, g in zip(model.parameters(), good, strict=True):
+            assert torch.equal(p.detach(), g)
+    finally:
+        probe.detach()
+
+
+def test_a_refused_follow_up_changes_nothing() -> None:
+    probe, model, opt, _, _ = _blown_run()
+    try:
+        before = [p.detach().clone() for p in model.parameters()]
+        with pytest.raises(ValueError):
+            recover_(model, opt, then="scale_lr", then_params={"factor": -1.0}, probe=probe)
+        with pytest.raises(ValueError, match="then_params"):
+            recover_(model, opt, then="scale_lr", then_params="{not json", probe=probe)
+        for p, b in zip(model.parameters(), before, strict=True):
+            assert torch.equal(torch.isnan(p), torch.isnan(b))
+    finally:
+        probe.detach()
+
+
+def test_without_data_for_the_lr_finder_the_recovery_lowers_the_lr_by_the_suggested_factor() -> None:
+    x, y = _data()
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    probe = trainscope.Probe(model, opt)  # no loss_fn: the LR finder cannot run
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            _train(probe, model, opt, x, y, 10)
+        severe = [f for f in probe.findings() if f.severity in ("warning", "error")]
+        iv = severe[0].interventions[0]
+        assert iv["action"] == "recover" and iv["params"]["then"] != "lr_find"
+        t = probe.request(iv["action"], **iv["params"])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            _train(probe, model, opt, x, y, 1, start=10)
+        assert t.status == "applied", t.message
+    finally:
+        probe.detach()
