@@ -57,6 +57,10 @@ PARAM_METRICS: tuple[str, ...] = _metrics.PARAM_NAMES
 PARAM_INDEX = {m: i for i, m in enumerate(PARAM_METRICS)}
 
 
+RUN_END = "run_end"
+"""Timeline kind of the mark :meth:`trainscope.Probe.finish` leaves: the user said training is over."""
+
+
 @dataclass
 class Event:
     """An entry on the run's timeline (an intervention, a check that ran, a note...)."""

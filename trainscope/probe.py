@@ -28,7 +28,7 @@ from torch import nn
 
 from .actions import ActionQueue, Ticket
 from .history import LAYER_METRICS as LAYER_METRICS
-from .history import History
+from .history import RUN_END, History
 from .layers import Selector
 from .recorder import ATTACHED as _ATTACHED  # noqa: F401 (the model -> probe registry)
 from .recorder import Recorder
@@ -248,6 +248,22 @@ class Probe(Recorder):
             except Exception as e:  # a full disk must not turn detach() into a crash
                 self._fail("logdir", e)
         super().detach()
+
+    def finish(self) -> list[Any]:
+        """Say that training is over: flush what is pending, mark the end on the run's timeline
+        and return the findings (:meth:`findings`), now including the end-of-run judgement
+        (``still_improving``: training ended while the model had learned little and was still
+        learning).  The probe stays attached; training that goes on after ``finish()`` makes
+        the mark a thing of the past.  Calling it twice at the same step marks the end once."""
+        try:
+            self.flush()
+        except Exception as e:  # a failed transfer must not make the end of training raise
+            self._fail("finish", e)
+        step = max(self.step_count - 1, 0)
+        last = next((ev for ev in reversed(list(self.history.events)) if ev.kind == RUN_END), None)
+        if last is None or int(last.step) != step:
+            self.history.add_event(RUN_END, "training ended", step=step)
+        return self.findings()
 
     # ------------------------------------------------------------------ services
     def request(self, action: str, /, **params: Any) -> Ticket:

@@ -95,8 +95,9 @@ def run_program(program: Program, *, seed: int = 0, repair: bool = False,
                         first = (sev[0].label, step + 1)
                         if repair:
                             fix = _apply_first_fix(probe, sev[0])
-            probe.flush()
-            final = [f.as_dict() for f in probe.findings()]
+            # the user's loop is over: say so, as a script does at its end (the end-of-run rules
+            # -- stopped while still learning -- judge only then)
+            final = [f.as_dict() for f in probe.finish()]
             model.eval()
             with torch.no_grad():
                 metric = p.metric(model(p.xv), p.yv)

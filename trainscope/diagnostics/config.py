@@ -100,3 +100,6 @@ class Thresholds:
     imbalance_prior_loss: float = 0.9  # ... and the loss is >= 90% of the class entropy: only the prior was learned
     still_window: int = 6  # evaluations over which validation must still be falling
     still_gain: float = 0.02  # ... by >= 2% (median of the later half vs the earlier half)
+    stopped_level: float = 2 / 3  # training ended (probe.finish()) with the loss still >= 2/3 of a constant
+    # prediction's: less than a third of what there was to learn was learned ...
+    stopped_t: float = 3.0  # ... while still falling: the last half's loss slope is 3 standard errors below 0

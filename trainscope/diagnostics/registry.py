@@ -12,7 +12,7 @@ from ..history import History
 from .context import Context
 from .finding import Finding, severity_rank
 
-__all__ = ["HEAD_LABELS", "LABELS", "RULES", "SYMPTOMS", "RuleSpec", "causal_rank", "diagnose", "finding_order", "rule"]
+__all__ = ["HEAD_LABELS", "LABELS", "LAST_RESORT", "RULES", "SYMPTOMS", "RuleSpec", "causal_rank", "diagnose", "finding_order", "rule"]
 
 RuleFn = Callable[[History, Context], "Finding | None"]
 
@@ -79,9 +79,16 @@ HEAD_LABELS: frozenset[str] = frozenset({"wrong_loss", "probabilities_into_loss"
 them at the model's head (its output activation, then its last linear / conv layer)."""
 
 
+LAST_RESORT: frozenset[str] = frozenset({"still_improving"})
+"""Labels that explain a poor result only when nothing else does: "training ended too early" is
+the verdict on a run with nothing else wrong, so it comes after every other finding of its
+severity (a learning rate, a head or an input problem found in the same run is the cause)."""
+
+
 def causal_rank(label: str) -> int:
-    """0 for a cause, 1 for a symptom (:data:`SYMPTOMS`): the first key of the findings' order."""
-    return 1 if label in SYMPTOMS else 0
+    """0 for a cause, 1 for a symptom (:data:`SYMPTOMS`), 2 for a last-resort explanation
+    (:data:`LAST_RESORT`): the second key of the findings' order."""
+    return 2 if label in LAST_RESORT else 1 if label in SYMPTOMS else 0
 
 
 CAUSE_ORDER: tuple[str, ...] = ("unnormalized_inputs", "symmetric_init", "lr_too_high", "lr_too_low")
