@@ -105,7 +105,13 @@ def _input_stats(probe: RunContext | None, model: nn.Module) -> tuple[Tensor, Te
         mean, std = x.mean(dims).view(-1, *[1] * (x.dim() - 2)), x.std(dims).view(-1, *[1] * (x.dim() - 2))
     else:
         mean, std = x.mean(), x.std()
-    std = torch.where(std > 1e-12 * (1 + mean.abs()), std, torch.ones_like(std))  # constant features: only centred
+    varies = std > 1e-12 * (1 + mean.abs())
+    # a feature constant in the measured batches (an always-zero pixel in a small sample) is scaled
+    # like a typical feature (the median std of the others), not by 1: in raw units a value it
+    # takes later (validation, a rarer example) would otherwise pass at its raw scale, e.g. 255
+    # among standardized features of size ~1
+    typical = std[varies].median() if bool(varies.any()) else torch.ones((), dtype=std.dtype)
+    std = torch.where(varies, std, typical.expand_as(std))
     return mean.float(), std.float(), shape
 
 
