@@ -98,6 +98,9 @@ def run_program(program: Program, *, seed: int = 0, repair: bool = False,
             # the user's loop is over: say so, as a script does at its end (the end-of-run rules
             # -- stopped while still learning -- judge only then)
             final = [f.as_dict() for f in probe.finish()]
+            for f in final:  # found only at the end of the run: detected at its last step
+                if f["severity"] in SEVERE:
+                    seen.setdefault(f["label"], p.steps)
             model.eval()
             with torch.no_grad():
                 metric = p.metric(model(p.xv), p.yv)
