@@ -14,7 +14,8 @@ with the first suggested one-click fix applied when the first warning appears.  
 * **fix**: the first warning+ finding's first intervention, requested at the poll that first
   showed a warning, lets the buggy run end at >= 90 % of the fixed program's metric;
 * **false alarms**: warning+ findings on the fixed programs (both versions of the no-fault control);
-* **steps to detection**: the poll step at which a detecting finding was first shown.
+* **steps to detection**: the poll step at which a detecting finding was first shown (the run's last
+  step for a finding that only ``probe.finish()``, called when the loop ends, shows).
 
 Importable: :func:`run` returns the scores, :func:`summary` the aggregates, :func:`table` the
 markdown table.
@@ -109,6 +110,7 @@ def summary(scores: list[Score]) -> dict[str, Any]:
         "evidence_at_step_0": sum(x == 0 for x in ev),
         "detected_by_step_10": sum(x <= 10 for x in steps),
         "detected_within_10pct_of_run": sum(x <= max(20, 0.1 * n) for x, n in zip(steps, runs, strict=True)),
+        "detected_at_finish": sum(x >= n for x, n in zip(steps, runs, strict=True)),
         "by_fault_type": {
             t: {"cases": len(v), "detected": sum(s.detected for s in v), "root_first": sum(s.root_first for s in v),
                 "fixed": sum(s.repaired_ok for s in v)}
@@ -184,7 +186,8 @@ def report(scores: list[Score]) -> str:
         f"{agg['false_alarm_labels'] or '-'}.",
         f"Steps to detection (poll every 10 steps): median {agg['steps_to_detection_median']}; "
         f"{agg['detected_by_step_10']} at the first poll (step 10), {agg['detected_within_10pct_of_run']} within "
-        "max(20 steps, 10% of the run); the detecting finding's evidence starts at step "
+        f"max(20 steps, 10% of the run), {agg['detected_at_finish']} only at the end (probe.finish(): stopped "
+        "long before converging); the detecting finding's evidence starts at step "
         f"{agg['evidence_step_median']} (median), at step 0 in {agg['evidence_at_step_0']}.",
         "Labels proposed for faults with no label today: " + (", ".join(agg["proposed_labels_missing"]) or "-") + ".",
         "",
