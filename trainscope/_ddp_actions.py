@@ -46,31 +46,25 @@ class _SyncedActionQueue(ActionQueue):
             tid = str(id)
         else:
             tid = self.new_id(f"r{p.rank}-a" if p.rank != 0 else "a")
+        def refuse(why: str, params: dict[str, Any]) -> Ticket:
+            t = Ticket(id=tid, action=str(action), params=params, source=source, submitted_step=p.step_count)
+            return self._finish(t, "refused", why)
+
         if p.rank != 0:
-            t = Ticket(
-                id=tid, action=str(action), params=raw, source=source, submitted_step=p.step_count
-            )
-            return self._finish(
-                t,
-                "refused",
+            return refuse(
                 f"in distributed training actions are requested on rank 0 (this is rank {p.rank}); "
                 "rank 0 sends them to every rank, which all apply them at the same step",
+                raw,
             )
         try:
             json.dumps(raw)
         except (TypeError, ValueError) as e:
-            t = Ticket(
-                id=tid, action=str(action), params={}, source=source, submitted_step=p.step_count
-            )
-            return self._finish(
-                t,
-                "refused",
-                f"parameters must be plain numbers, strings, lists or dicts to be sent to every rank ({e})",
+            return refuse(
+                f"parameters must be plain numbers, strings, lists or dicts to be sent to every rank ({e})", {}
             )
         why = _ddp_refusal(p, str(action), raw)
         if why is not None:
-            t = Ticket(id=tid, action=str(action), params=raw, source=source, submitted_step=p.step_count)
-            return self._finish(t, "refused", why)
+            return refuse(why, raw)
         raw = _resolve_on_rank0(p, str(action), raw)
         t = super().submit(action, raw, source=source, id=tid)
         if t.status == "pending":
