@@ -204,7 +204,7 @@ def head_loss_mismatch(h: History, ctx: Context) -> Finding | None:
     )
 
 
-LIVE_FIXES = ("set_output_activation", "set_loss", "standardize_targets", "standardize_inputs")
+LIVE_FIXES = ("set_output_activation", "set_loss", "standardize_targets", "standardize_inputs", "rescale_targets")
 
 
 def without_live(h: History, fixes: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str]:

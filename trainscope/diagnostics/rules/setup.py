@@ -149,11 +149,36 @@ def _loss_fixes(h: History, rec: StepRecord, label: str) -> list[dict[str, Any]]
     if name == "NLLLoss" and hi > 0 and len(ps) >= 2 and ps[1] >= 2:
         out.append(intervention("set_loss", "Cross-entropy of the " + ("probabilities" if rows_sum_1 else "raw outputs (logits)"),
                                 kind="cross_entropy", input="probabilities" if rows_sum_1 else "logits"))
+    out += _bce_target_fixes(h, rec)
     ts = li.get("target_shape")
     if name in _ELEMENTWISE and ts is not None and tuple(ts) != ps and int(np.prod(ts)) == int(np.prod(ps or (0,))) > 0:
         out.append(intervention("set_loss", f"Compare prediction and target element-wise ({_ELEMENTWISE[name]}, no broadcasting)",
                                 kind=_ELEMENTWISE[name]))
     return out
+
+
+def _bce_target_fixes(h: History, rec: StepRecord) -> list[dict[str, Any]]:
+    """Binary cross-entropy on targets outside [0, 1]: labels that take exactly two integer values
+    (``max - min == 1``: 1 / 2) are mapped to 0 / 1; fractional (continuous, bounded) targets are
+    mapped from their observed range onto [0, 1] (``rescale_targets``; the prediction then reads
+    back as ``low + (high - low) * sigmoid(output)``).  None for integer targets spanning 2 or more
+    (class indices: one output per class and cross-entropy is a change of the model only the code
+    can make)."""
+    li = rec.loss_inputs
+    if li.get("loss") not in ("BCEWithLogitsLoss", "BCELoss") or li.get("target_shape") is None:
+        return []
+    recs = [r for r in (h.first_record, rec) if r is not None and r.loss_inputs.get("loss") == li.get("loss")]
+    lo = min(float(r.loss_inputs.get("target_min", math.nan)) for r in recs)
+    hi = max(float(r.loss_inputs.get("target_max", math.nan)) for r in recs)
+    if not (math.isfinite(lo) and math.isfinite(hi) and hi > lo) or (lo >= 0 and hi <= 1):
+        return []
+    integral = all(float(r.loss_inputs.get("target_frac_dev", 1.0)) == 0.0 for r in recs)
+    if integral and hi - lo == 1.0:
+        return [intervention("rescale_targets", f"Map the labels {lo:g} / {hi:g} to 0 / 1", low=lo, high=hi)]
+    if not integral:
+        return [intervention("rescale_targets", f"Map the targets from [{lo:g}, {hi:g}] onto [0, 1] (read predictions "
+                             f"back as {lo:g} + {hi - lo:g} * sigmoid(output))", low=lo, high=hi)]
+    return []
 
 
 def _loss_problem(h: History, label: str) -> Finding | None:
