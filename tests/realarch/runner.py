@@ -59,8 +59,7 @@ def run(case: Case, seed: int = 0, poll_every: int = 10, every: int | None = 4) 
                     r.model.train(was)
                 if step % poll_every == poll_every - 1:
                     probe.findings()
-            probe.flush()
-            findings = probe.findings()
+            findings = probe.finish()  # the loop is over: the end-of-run rules judge too
     finally:
         probe.detach()
     errs = trainscope.diagnostics.diagnoser_for(probe).errors + [str(e) for e in probe.errors]
