@@ -141,3 +141,28 @@ def test_ended_early_is_ranked_after_every_other_finding_of_its_severity() -> No
     symptom = Finding(label="dead_units", severity="warning", title="", evidence="", first_step=90)
     ordered = sorted([late, symptom, cause], key=finding_order)
     assert [f.label for f in ordered] == ["lr_too_low", "dead_units", "still_improving"]
+
+
+def test_mse_prior_only_for_one_target_per_example() -> None:
+    """A constant prediction of several outputs predicts each output's mean: the pooled variance of
+    all target values (what the probe measures) also counts the spread between those means, so it is
+    no prior there (an autoencoder of the broken-run suite was called "ended early" with it)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 8, generator=g)
+    for out, targets, expect in ((1, 3.0 * torch.randn(64, 1, generator=g), True),
+                                 (8, torch.sigmoid(x) + torch.arange(8.0), False)):
+        model = nn.Linear(8, out)
+        opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+        lf = nn.MSELoss()
+        probe = trainscope.Probe(model, opt, loss_fn=lf)
+        for _ in range(3):
+            opt.zero_grad()
+            lf(model(x), targets).backward()
+            opt.step()
+        probe.flush()
+        prior = prior_loss(probe.history, Context())
+        if expect:
+            assert prior is not None and abs(prior[0] - float(targets.var(unbiased=False))) < 1e-3 * prior[0]
+        else:
+            assert prior is None
+        probe.detach()

@@ -151,8 +151,7 @@ def run(case: Case, seed: int = 0, poll_every: int = 10) -> Outcome:
                     model.train()
             if step % poll_every == poll_every - 1:
                 probe.findings()  # as the dashboard does while training runs
-        probe.flush()
-        findings = probe.findings()
+        findings = probe.finish()  # the loop is over: the end-of-run rules judge too
     finally:
         probe.detach()
         quiet.__exit__(None, None, None)

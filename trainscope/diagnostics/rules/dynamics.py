@@ -39,8 +39,8 @@ def prior_loss(h: History, ctx: Context) -> tuple[float, str] | None:
     """``(loss, what)`` of the best *constant* prediction -- what a model that learned nothing
     from its inputs scores: the entropy of the class frequencies (cross-entropy, from the class
     counts of the sampled batches), the mean binary entropy of each output's positive rate
-    (binary cross-entropy), the targets' variance (MSE).  ``None`` when the loss or the targets'
-    statistics do not say."""
+    (binary cross-entropy), the targets' variance (MSE on one target per example).  ``None`` when
+    the loss or the targets' statistics do not say."""
     recs = [r for r in (h.first_record, h.latest) if r is not None and r.loss_inputs]
     li: dict[str, Any] = recs[-1].loss_inputs if recs else {}
     name = li.get("loss") or h.meta.get("loss_fn")
@@ -61,7 +61,10 @@ def prior_loss(h: History, ctx: Context) -> tuple[float, str] | None:
             return None
         rows = float(c.sum()) / (m * len(c))  # every output's positives over as many rows
         return float(_binary_entropy(np.clip(c / rows, 0.0, 1.0)).mean()), "predicting each output's positive rate"
-    if name == "MSELoss":
+    shape = tuple(li.get("target_shape") or ())
+    if name == "MSELoss" and len(shape) >= 1 and math.prod(shape[1:]) == 1:
+        # one target per example: its variance is the mean predictor's loss (with several outputs the
+        # pooled variance also counts the differences between the outputs' means: no constant there)
         var = [float(r.loss_inputs.get("target_std", math.nan)) ** 2 for r in recs]
         v = [x for x in var if math.isfinite(x) and x > 0]
         if v:
