@@ -428,6 +428,8 @@ ACTION_PLAN: list[tuple[str, dict[str, Any]]] = [
     ("loss_landscape", {"dims": 2, "points": 5}),
     ("standardize_targets", {}),  # refused: a classification loss (see _expected_refusal)
     ("standardize_inputs", {}),  # per-rank statistics: rank 0's are sent to every rank
+    ("recover", {}),  # refused: nothing is damaged (see _expected_refusal)
+    ("rescale_targets", {}),  # refused: not a binary cross-entropy (see _expected_refusal)
 ]
 
 
@@ -439,6 +441,10 @@ def _expected_refusal(name: str, params: dict[str, Any]) -> str | None:
         return "DistributedProbe"  # its parametrization re-creates the gradient accumulators DDP hooked
     if name == "standardize_targets":
         return "regression"  # defined for regression losses; the DDP case is in test_new_parameters...
+    if name == "recover":
+        return "nothing to recover"  # the weights are sound
+    if name == "rescale_targets":
+        return "binary cross-entropy"  # defined for BCE; the DDP resolution is in test_repair_recover.py
     return None
 PER_ACTION = 2 * EVERY + 1  # the request's exchange, and one more for a follow-up (lr_find's suggestion)
 

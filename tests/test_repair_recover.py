@@ -165,3 +165,25 @@ def test_without_data_for_the_lr_finder_the_recovery_lowers_the_lr_by_the_sugges
         assert t.status == "applied", t.message
     finally:
         probe.detach()
+
+
+def test_under_ddp_recover_is_judged_by_its_follow_up_and_measured_statistics_come_from_rank0() -> None:
+    from trainscope._ddp_actions import _ddp_refusal, _resolve_on_rank0
+
+    assert _ddp_refusal(None, "recover", {"then": "scale_lr", "then_params": {"factor": 0.1}}) is None
+    why = _ddp_refusal(None, "recover", {"then": "standardize_inputs", "then_params": {"targets": True}})
+    assert why is not None and "targets=True" in why  # the refusal standardize_inputs itself gets
+    why = _ddp_refusal(None, "recover", {"then": "rescale_targets", "then_params": "{}"})
+    assert why is not None and "low / high" in why
+    assert _ddp_refusal(None, "recover", {"then": "rescale_targets", "then_params": {"low": 1, "high": 2}}) is None
+
+    x, y = _data(64)
+    model = _model()
+    lf = nn.BCEWithLogitsLoss()
+    probe = trainscope.Probe(model, torch.optim.SGD(model.parameters(), lr=0.01), loss_fn=lf)
+    try:
+        t = (y > 5).float() + 1  # labels 1 / 2
+        lf(model(x[:16]), t[:16]).backward()
+        assert _resolve_on_rank0(probe, "rescale_targets", {}) == {"low": 1.0, "high": 2.0}
+    finally:
+        probe.detach()

@@ -72,6 +72,8 @@ def test_bounded_regression_targets_are_mapped_onto_0_1_and_class_indices_get_no
 def test_rescale_targets_refuses_constant_targets_and_undo_restores_them() -> None:
     from trainscope.interventions.target_fix import rescale_targets_
 
+    with pytest.raises(ValueError, match="binary cross-entropy"):
+        rescale_targets_(nn.CrossEntropyLoss(), 0.0, 1.0)
     lf = nn.BCEWithLogitsLoss()
     with pytest.raises(ValueError, match="larger than low"):
         rescale_targets_(lf, 2.0, 2.0)

@@ -208,12 +208,37 @@ def _ddp_refusal(probe: Any, action: str, raw: Mapping[str, Any]) -> str | None:
         return ("standardize_inputs with targets=True is refused under DistributedProbe (each rank would measure "
                 "the targets of its own batches); request standardize_inputs, then standardize_targets: its "
                 "mean / std are then rank 0's, sent to every rank")
+    if action == "recover":  # its follow-up fix is judged as if requested on its own
+        then, tp = str(raw.get("then") or "none"), raw.get("then_params") or {}
+        if isinstance(tp, str):
+            try:
+                tp = json.loads(tp)
+            except ValueError:
+                return None  # the action's own validation says what is wrong
+        why = _ddp_refusal(probe, then, tp) if isinstance(tp, Mapping) else None
+        if why is None and then in _MEASURED and any(tp.get(k) is None for k in _MEASURED[then]):
+            why = (f"{then} inside recover measures {' / '.join(_MEASURED[then])} on each rank's own batches under "
+                   f"DistributedProbe; give them in then_params, or request recover, then {then}")
+        return f"recover with then={then}: {why}" if why is not None else None
     return None
+
+
+_MEASURED = {"standardize_targets": ("mean", "std"), "rescale_targets": ("low", "high")}
+"""Actions whose defaults are statistics of the rank's own batches (filled in on rank 0 by
+:func:`_resolve_on_rank0` when requested on their own)."""
 
 
 def _resolve_on_rank0(probe: Any, action: str, raw: dict[str, Any]) -> dict[str, Any]:
     """Rank 0 fills in parameters an action would otherwise measure on each rank's own data, so
     that every rank applies the same numbers."""
+    if action == "rescale_targets" and (raw.get("low") is None or raw.get("high") is None):
+        try:
+            from .interventions.target_fix import _plan
+
+            _, lo, hi = _plan(probe.loss_fn, raw.get("low"), raw.get("high"), probe)
+        except Exception:  # nothing measured yet: the action's own check says why
+            return raw
+        return {**raw, "low": lo, "high": hi}
     if action == "standardize_targets" and (raw.get("mean") is None or raw.get("std") is None):
         try:
             from .interventions.head_fix import _target_stats

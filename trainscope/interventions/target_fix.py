@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 
 __all__ = ["rescale_targets_"]
 
+BCE_LOSSES = ("BCEWithLogitsLoss", "BCELoss")
+
 RESCALE_SCHEMA: dict[str, dict[str, Any]] = {
     "low": {"type": "float", "nullable": True, "default": None, "min": -1e30, "max": 1e30,
             "help": "the target value that becomes 0 (default: the smallest target of the recent batches)"},
@@ -82,6 +84,9 @@ def _plan(loss_fn: Any, low: float | None, high: float | None, probe: RunContext
     if not isinstance(loss_fn, nn.Module):
         raise ValueError("rescale_targets needs the loss module the training loop calls (Probe(..., loss_fn=...)); a loss "
                          "computed with a function cannot be changed live: map the targets in the code")
+    if type(loss_fn).__name__ not in BCE_LOSSES:
+        raise ValueError(f"rescale_targets is defined for binary cross-entropy ({', '.join(BCE_LOSSES)}), whose targets "
+                         f"must lie in [0, 1]; the loss is {type(loss_fn).__name__}")
     active = _MAPS.get(loss_fn)
     if active is not None and active._handle is not None:
         raise ValueError("rescale_targets is already applied to this loss; undo it first")
