@@ -255,9 +255,11 @@ def _restore(model: nn.Module, optimizer: Any, d: Damage, probe: RunContext | No
     saved: list[tuple[Tensor, Tensor]] = []
     touched: list[Tensor] = []
     defaults: list[str] = []
-    for _, mod in d.modules:
-        for t in list(mod._parameters.values()) + list(mod._buffers.values()):
-            if t is not None:
+    ids: set[int] = set()
+    for _, mod in d.modules:  # the whole subtree: a module's reset_parameters may reset its children too
+        for t in list(mod.parameters()) + list(mod.buffers()):
+            if id(t) not in ids:
+                ids.add(id(t))
                 saved.append((t, t.detach().clone()))
                 touched.append(t)
     state_of = {id(p) for p in d.state_params}
