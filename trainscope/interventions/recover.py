@@ -169,12 +169,18 @@ def damage(model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> 
                 owners.setdefault(id(mod), (full.rsplit(".", 1)[0] if "." in full else "", mod))
     if optimizer is not None:
         names = {id(p): n for n, p in model.named_parameters()}
-        bad: list[Tensor] = []
+        owned: list[Tensor] = []
+        flags: list[Tensor] = []
         with torch.no_grad():
             for p, st in list(optimizer.state.items()):
                 vals = [v for v in st.values() if isinstance(v, Tensor) and v.is_floating_point() and v.numel()]
-                if vals and not bool(torch.stack([torch.isfinite(v).all() for v in vals]).all()):
-                    bad.append(p)
+                if vals:
+                    owned.append(p)
+                    flags.append(torch.stack([torch.isfinite(v).all().to(p.device) for v in vals]).all())
+            # one transfer for the whole optimizer state (no host sync per parameter)
+            ok = torch.stack([f.cpu() for f in flags]).tolist() if len({f.device for f in flags}) > 1 else (
+                torch.stack(flags).cpu().tolist() if flags else [])
+        bad: list[Tensor] = [p for p, good in zip(owned, ok, strict=True) if not good]
         d.state_params = bad
         d.state = [names.get(id(p), "(a parameter outside the model)") for p in bad]
     d.modules = list(owners.values())
