@@ -279,6 +279,13 @@ class History:
             dead: np.ndarray = ~ever
             return dead
 
+    def unit_activity(self, layer: int) -> list[np.ndarray]:
+        """The per-unit "fired" flags of the samples in a layer's dead-unit window, oldest first
+        (copies; empty when none): what a rule reads to tell units that died *during* the window
+        from units that never fired."""
+        with self._lock:
+            return [a.copy() for a in self._dead_windows.get(layer, ())]
+
     def dead_window_fill(self, layer: int) -> int:
         """How many samples the dead-unit window of a layer holds so far."""
         win = self._dead_windows.get(layer)

@@ -36,7 +36,8 @@ class Thresholds:
     dead_info: float = 0.25  # share of a layer's ReLU units that never fired over the window
     dead_warning: float = 0.5  # half the layer is wasted capacity and passes no gradient
     dead_error: float = 0.9  # the layer is (almost) a wall for the gradient
-    dead_min_window: int = 5  # samples the dead-unit window must hold before judging
+    dead_min_window: int = 5  # samples the dead-unit window must hold before judging (and the recent
+    # samples in which a whole layer that fired earlier must stay silent to count as died during training)
     sat_info: float = 0.2  # share of bounded-activation outputs within 1% of a bound
     sat_warning: float = 0.5  # (there tanh' <= 0.04, sigmoid' < 0.01: the gradient is cut 25-100x)
     sat_error: float = 0.9

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ...history import History
-from .._series import feeder, fmt, held, names, param_layers, pct, series
+from .._series import feeder, fmt, held, names, param_layers, pct, ran, series
 from ..context import Context
 from ..finding import Finding, intervention
 from ..registry import rule
@@ -100,8 +100,86 @@ def vanishing_activations(h: History, ctx: Context) -> Finding | None:
     """The std of the representation entering the last hidden linear / conv layer is ``depth_ratio``
     (100x) or more below the one entering the second (the profile skips the logits), in
     ``persist_need`` of the last ``persist_of`` samples.  Error from 1e4x.  Exactly-zero layers are
-    left to ``dead_units`` / ``symmetric_init``."""
-    return _scale_finding(h, ctx, vanishing=True)
+    left to ``dead_units`` / ``symmetric_init``.
+
+    Also (warning) when the signal is lost by the output: a network with hidden layers trained with
+    a regression loss (MSE, L1, Huber) on one output per example whose output varies across the
+    batch ``depth_ratio`` (100x) or more less than the targets do, in ``persist_need`` of the last
+    ``persist_of`` samples, after ``min_progress_steps`` steps, while the training loss makes no
+    progress (the ``not_learning`` plateau, from ``min_steps_plateau`` steps) and no layer died
+    (``dead_units`` at warning names that cause): the output hardly depends on the input, so at
+    most ~2% of the targets' variance can be explained.  Info instead when that ratio has at least
+    doubled since the first sample (the signal is coming back: a slow start) or validation improved
+    at each of the last ``val_trend_points`` evaluations down to a new best."""
+    return _scale_finding(h, ctx, vanishing=True) or _constant_output(h, ctx)
+
+
+_REGRESSION_LOSSES = ("MSELoss", "L1Loss", "SmoothL1Loss", "HuberLoss")
+
+
+def _constant_output(h: History, ctx: Context) -> Finding | None:
+    th = ctx.thresholds
+    rec = h.latest
+    li = rec.loss_inputs if rec is not None else {}
+    if not li or li.get("loss") not in _REGRESSION_LOSSES:
+        return None
+    ps, ts = tuple(li.get("pred_shape") or ()), tuple(li.get("target_shape") or ())
+    if len(ps) < 1 or ps[0] < 2 or int(np.prod(ps)) != ps[0] or int(np.prod(ts or (0,))) != ps[0]:
+        return None  # one output per example (a multi-output std mixes the columns' offsets)
+    tstd = float(li.get("target_std", np.nan))
+    if not (tstd > 0 and np.isfinite(tstd)) or h.step < th.min_progress_steps:
+        return None
+    pl = param_layers(h, ctx)
+    order = ran(h, ctx)
+    if len(pl) < 2 or not order:
+        return None  # no hidden layer: a linear model's flat output is the data's, not a lost signal
+    out = order[-1]
+    steps, std = series(h, ctx, "act_std")
+    col = std[:, out] / tstd if len(steps) else np.zeros(0)
+    with np.errstate(invalid="ignore"):
+        flags = col < th.depth_ratio
+    if not held(flags, th.persist_need, th.persist_of):
+        return None
+    from .curves import curve_state  # the loss-curve summary (curves imports this module lazily)
+
+    st = curve_state(h, ctx)
+    if st.curve is None or not st.early_plateau or st.diverging or st.exploding:
+        return None
+    d = dead_units(h, ctx)
+    if d is not None and d.severity != "info":
+        return None  # a dead layer is the cause, and names itself
+    since = int(steps[len(flags) - int(np.argmin(flags[::-1]))]) if not flags.all() else int(steps[0])
+    r = float(np.nanmedian(col[-th.persist_of:]))
+    first = float(col[np.flatnonzero(np.isfinite(col))[0]])
+    growing = r >= 2 * first  # the output's variation is coming back (a slow start, not a lost signal)
+    from .curves import _val_new_bests
+
+    val = _val_new_bests(h, ctx)
+    doubt = (f"; but it grew {fmt(r / first)}x since step {int(steps[0])}: the signal may be coming back" if growing
+             else "") + (f"; but validation improved at each of the last {val} evaluations: the model learns" if val else "")
+    prof = [(h.layers[i].name, float(std[0, i])) for i in order if np.isfinite(std[0, i])]
+    scheme = init_scheme(h)
+    return Finding(
+        label="vanishing_activations",
+        severity="info" if doubt else "warning",
+        title=f"The output hardly depends on the input (it varies {fmt(1 / r)}x less than the targets)",
+        evidence=(
+            f"the output `{h.layers[out].name}` varies across the batch by std {fmt(r * tstd)} while the "
+            f"targets vary by {fmt(tstd)} (median ratio {fmt(r)} over the last {min(th.persist_of, len(flags))} "
+            f"samples, below {fmt(th.depth_ratio)} since step {since}), and the training loss has not moved: "
+            "the forward signal is lost on the way to the output, which predicts about a constant"
+            + (" (activation std by layer at step " + str(int(steps[0])) + ": "
+               + ", ".join(f"`{n}` {fmt(v)}" for n, v in prof[:8]) + ")" if prof else "")
+            + doubt
+        ),
+        first_step=since,
+        layers=[h.layers[i].name for i in pl],
+        interventions=[
+            intervention("reinit", "Re-initialize with LSUV (unit-variance layers)", layers="all", scheme="lsuv"),
+            intervention("reinit", f"Re-initialize ({scheme})", layers="all", scheme=scheme),
+        ],
+        data={"output_vs_target_std": r, "since": since},
+    )
 
 
 @rule("exploding_activations", checklist=("karpathy.init_well", "tobin.bug_numerical"), finite=True)
@@ -126,7 +204,11 @@ def producer(h: History, i: int) -> int | None:
 def dead_units(h: History, ctx: Context) -> Finding | None:
     """ReLU-family units (or linear / conv units, with a functional ReLU) that never produced a
     positive output -- and, for linear / conv, never received a gradient -- over the whole
-    dead-unit window (``Probe(dead_window=...)``, at least ``dead_min_window`` samples).  Severity by
+    dead-unit window (``Probe(dead_window=...)``, at least ``dead_min_window`` samples) -- or, for
+    units that fired earlier in the window, over its last ``dead_min_window`` (5) samples, when at least
+    ``dead_error`` (90%) of the layer went silent that way (the layer died during training; a short
+    run never rolls the window past the samples from before the death; a partial death waits for
+    the whole window: healthy short runs lose half a layer on easy discrete inputs and still fit).  Severity by
     the worst layer's dead share: info >= 25%, warning >= 50%, error >= 90%."""
     th = ctx.thresholds
     rec = h.latest
@@ -142,12 +224,15 @@ def dead_units(h: History, ctx: Context) -> Finding | None:
         own = h.layers[i].kind in ("linear", "conv")
         src = i if own else producer(h, i)
         key = src if src is not None else i
-        g = groups.setdefault(key, {"share": 0.0, "units": int(mask.size), "act": None, "fill": 0})
-        if float(mask.mean()) >= float(g["share"] or 0.0):
-            g["share"], g["units"] = float(mask.mean()), int(mask.size)
+        g = groups.setdefault(key, {"share": 0.0, "units": int(mask.size), "act": None, "fill": 0, "since": None})
+        share, span, since = float(mask.mean()), int(fill.get(i, 0)), None
+        died = _died_recently(h, ctx, i, share)
+        if died is not None:
+            share, span, since = died
+        if share >= float(g["share"] or 0.0):
+            g["share"], g["units"], g["fill"], g["since"] = share, int(mask.size), span, since
         if not own:
             g["act"] = i
-        g["fill"] = max(int(g["fill"] or 0), int(fill.get(i, 0)))
     flagged = sorted(
         ((float(g["share"] or 0.0), k) for k, g in groups.items() if float(g["share"] or 0.0) >= th.dead_info),
         reverse=True,
@@ -171,7 +256,8 @@ def dead_units(h: History, ctx: Context) -> Finding | None:
         parts.append(f"{pct(s)} of {where} ({round(s * units)} of {units} units)")
     g0 = groups[wk]
     shown = h.layers[int(g0["act"])].name if g0["act"] is not None else h.layers[wk].name
-    onset = _dead_onset(h, ctx, [wk] + ([int(g0["act"])] if g0["act"] is not None else []), th.dead_info)
+    onset = (int(g0["since"]) if g0["since"] is not None
+             else _dead_onset(h, ctx, [wk] + ([int(g0["act"])] if g0["act"] is not None else []), th.dead_info))
     cause = root_cause(h, ctx, onset if onset is not None else h.step, symptom="dead")
     sources = [h.layers[k].name for _, k in flagged if h.layers[k].kind in ("linear", "conv")]
     fixes = []
@@ -187,12 +273,39 @@ def dead_units(h: History, ctx: Context) -> Finding | None:
         severity=sev,
         title=(f"{cause.short} -> " if cause else "") + f"Dead ReLU units: {pct(worst)} of `{shown}`",
         evidence=(f"{cause.text} -> " if cause else "") + "; ".join(parts)
-        + f" never fired over the last {int(g0['fill'] or 0)} sampled steps{when}",
+        + f" never fired over the last {int(g0['fill'] or 0)} sampled steps{when}"
+        + (" (they fired before: the units died during training)" if g0["since"] is not None else ""),
         layers=list(dict.fromkeys(layers)),
         interventions=fixes,
-        data={"dead_share": {h.layers[k].name: s for s, k in flagged}, "onset": onset,
+        data={"dead_share": {h.layers[k].name: s for s, k in flagged}, "onset": onset, "shown": shown,
               "cause": cause.key if cause else None},
     )
+
+
+def _died_recently(h: History, ctx: Context, i: int, share: float) -> tuple[float, int, int] | None:
+    """Units of layer ``i`` that fired earlier in the dead-unit window but not in any of its last
+    ``dead_min_window`` samples: ``(share of the layer, samples, step since which the layer's silent
+    share stayed at dead_warning or above)`` when that share reaches ``dead_error`` and exceeds the
+    whole window's ``share``.  A short run never rolls the window past the samples from before a
+    death (a 66-step run holds ~15 samples of a 20-sample window); its recent samples can tell."""
+    th = ctx.thresholds
+    k = th.dead_min_window
+    acts = h.unit_activity(i)
+    if len(acts) <= k or any(a.shape != acts[-1].shape for a in acts):
+        return None
+    act = np.stack(acts)  # (samples, units)
+    recent = ~act[-k:].any(axis=0)
+    r = float(recent.mean())
+    if r < th.dead_error or r <= share:
+        return None
+    silent = (~act).mean(axis=1) >= th.dead_warning
+    j = len(silent) - int(np.argmin(silent[::-1])) if not silent.all() else 0
+    s, v = h.layer_series("act_dead_frac")
+    col = np.asarray(v, dtype=np.float64)[:, i] if len(s) else np.zeros(0)
+    steps = np.asarray(s)[np.isfinite(col)][-len(acts):]
+    if len(steps) != len(acts):
+        return None
+    return r, k, int(steps[min(j, len(steps) - 1)])
 
 
 def _dead_onset(h: History, ctx: Context, idx: list[int], level: float) -> int | None:

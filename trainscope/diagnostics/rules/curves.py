@@ -60,6 +60,24 @@ def _slow_descent(c: LossCurve, th: Thresholds) -> tuple[bool, tuple[float, ...]
     return bool(falling and first > 0 and last >= th.slow_keep * first and 0 < progress < th.slow_progress), q
 
 
+def _flat(c: LossCurve, th: Thresholds) -> bool:
+    """No quarter of the curve is below the first by more than 4 standard errors of
+    the batches' noise: the drop from the start to the best running median is the minimum of many
+    noisy medians (small batches: +-15% on a flat loss), not progress.  The noise is read from the
+    step-to-step changes (robust to a trend); the mean of a quarter of ``n/4`` losses has standard
+    error ``sigma / sqrt(n/4)``.  Needs ``min_loss_points`` losses per quarter and noise above 0."""
+    parts = np.array_split(c.values, 4)
+    k = min(len(p) for p in parts)
+    if k < th.min_loss_points:
+        return False
+    sigma = float(np.median(np.abs(np.diff(c.values)))) / 0.954
+    if not (sigma > 0 and math.isfinite(sigma)):
+        return False
+    m = [float(np.mean(p)) for p in parts]
+    se = sigma * math.sqrt(2.0 / k)
+    return all(m[0] - x < 4 * se for x in m[1:])  # 4 SE: the noise margin divergence uses
+
+
 def _swing(v: np.ndarray) -> tuple[float, float]:
     """(mean |step-to-step change|, mean |loss|) of a window."""
     return float(np.mean(np.abs(np.diff(v)))), float(np.mean(np.abs(v)))
@@ -93,7 +111,7 @@ def curve_state(h: History, ctx: Context) -> CurveState:
             st.oscillating = all(flags)
         steps_run = int(c.steps[-1] - c.steps[0]) + 1
         if steps_run >= th.min_steps_plateau and abs(c.head) > 1e-8:
-            st.early_plateau = (c.head - c.best) / abs(c.head) < th.plateau_progress
+            st.early_plateau = (c.head - c.best) / abs(c.head) < th.plateau_progress or _flat(c, th)
             st.plateau = st.early_plateau and steps_run >= th.not_learning_steps
         st.slow, st.quarters = _slow_descent(c, th)
         if _no_gradient(h, int(c.steps[0])):
@@ -175,9 +193,12 @@ def oscillation(h: History, ctx: Context) -> Finding | None:
 @rule("not_learning", checklist=("tobin.error_dynamics", "karpathy.decreasing_loss", "tobin.overfit_batch"), finite=True)
 def not_learning(h: History, ctx: Context) -> Finding | None:
     """Plateau from the start: after ``not_learning_steps`` (100) steps, the best running median of
-    the training loss is still within ``plateau_progress`` (5%) of the initial one, and the loss is
+    the training loss is still within ``plateau_progress`` (5%) of the initial one -- or no quarter
+    of the curve has a mean 4 standard errors of the batches' noise below the
+    first quarter's (a noisy flat loss: small batches) -- and the loss is
     not rising (that is ``divergence``).  Warning; info when validation improved at each of the
-    last ``val_trend_points`` (4) evaluations (the model learns, slowly; a noisy training loss hides it)."""
+    last ``val_trend_points`` (4) evaluations down to a new best (the model learns, slowly; a noisy
+    training loss hides it)."""
     st = curve_state(h, ctx)
     c = st.curve
     if c is None or not st.plateau or st.diverging or st.exploding:
@@ -195,7 +216,11 @@ def not_learning(h: History, ctx: Context) -> Finding | None:
         evidence=(
             (f"learning rate too low ({cause.evidence}) -> " if lead and cause is not None else "")
             + f"loss {fmt(c.head)} at the start, best {fmt(c.best)}, now {fmt(c.tail)} after "
-            f"{int(c.steps[-1] - c.steps[0]) + 1} steps (less than {pct(ctx.thresholds.plateau_progress)} progress). "
+            f"{int(c.steps[-1] - c.steps[0]) + 1} steps ("
+            + (f"less than {pct(ctx.thresholds.plateau_progress)} progress" if c.head - c.best < ctx.thresholds.plateau_progress * abs(c.head)
+               else "no quarter of the curve is 4 standard errors of the batches' noise below the first: "
+               "the lower medians are noise")
+            + "). "
             "Tobin: error plateaus -> learning rate too low, gradients not flowing, too much regularization, "
             "wrong input to the loss, or corrupted data"
             + (f". But validation improved at each of the last {val} evaluations: the model learns, slowly "
@@ -209,14 +234,17 @@ def not_learning(h: History, ctx: Context) -> Finding | None:
 
 def _val_new_bests(h: History, ctx: Context) -> int:
     """``val_trend_points`` when each of the last that many validation values (``val_loss``, else
-    ``1 - val_acc``) is strictly better than the one before, else 0."""
+    ``1 - val_acc``) is strictly better than the one before and the latest is the best so far, else 0."""
     k = ctx.thresholds.val_trend_points
     for name, flip in (("val_loss", False), ("val_acc", True), ("val_accuracy", True)):
         _, v = scalar(h, name)
         v = v[np.isfinite(v)]
         if len(v):
             v = -v if flip else v
-            return k if len(v) >= k and bool(np.all(np.diff(v[-k:]) < 0)) else 0
+            trend = len(v) >= k and bool(np.all(np.diff(v[-k:]) < 0))
+            # ... down to a new best: four falling values of a flat, noisy series (1 in 24 by chance)
+            # that stay above an earlier evaluation are not a model that learns
+            return k if trend and (len(v) == k or float(v[-1]) < float(np.min(v[:-k]))) else 0
     return 0
 
 
@@ -236,12 +264,15 @@ def lr_too_high(h: History, ctx: Context) -> Finding | None:
     (3e-2, 30x cs231n's ~1e-3), median of the last 10 records, **and** an unhealthy training loss:
     rising, exploding, oscillating, non-finite -- or no progress at all, which has many causes, so
     then only from ``update_high_plateau`` (0.1: a tenth of the weights' norm per step).  Error when the loss diverges or
-    explodes, warning otherwise."""
+    explodes, warning otherwise.  Also (warning) when the damage outlasts the updates: ``dead_units``
+    holds at warning level or above and its root-cause test finds an update / weight ratio of
+    ``update_high`` or more before the units died (the ratio falls afterwards: dead units pass no
+    gradient)."""
     th = ctx.thresholds
     _, u = scalar(h, "update_ratio_total")
     ur = _recent(u, 10)
     if not (ur >= th.update_high):
-        return None
+        return _lr_damage(h, ctx)
     st = curve_state(h, ctx)
     c = st.curve
     _, lv = scalar(h, "loss")
@@ -249,7 +280,7 @@ def lr_too_high(h: History, ctx: Context) -> Finding | None:
     bad = [n for n, f in (("rising", st.diverging), ("exploding", st.exploding), ("oscillating", st.oscillating),
                           ("not improving", st.plateau), ("non-finite", nonfinite)) if f]
     if not bad or (bad == ["not improving"] and ur < th.update_high_plateau):
-        return None  # a plateau has many causes: blame the lr only for clearly excessive updates
+        return _lr_damage(h, ctx)  # a plateau has many causes: blame the lr only for clearly excessive updates
     _, lr = scalar(h, "lr")
     lr_now = _recent(lr, 1)
     factor = _lr_factor(ur)
@@ -269,6 +300,52 @@ def lr_too_high(h: History, ctx: Context) -> Finding | None:
         ),
         interventions=fixes,
         data={"update_ratio": ur, "lr": lr_now},
+    )
+
+
+def _lr_damage(h: History, ctx: Context) -> Finding | None:
+    """The learning rate was too high *before* lasting damage: ``dead_units`` holds at warning
+    level or above and its root-cause test blames the update / weight ratio before the units
+    died (``update_high`` or more per step).  The updates may have shrunk since -- dead units pass
+    no gradient -- so today's ratio cannot show it."""
+    from .activations import dead_units  # the symptom whose root-cause test names the lr
+
+    d = dead_units(h, ctx)
+    if d is None or d.severity == "info" or d.data.get("cause") != "lr_high":
+        return None
+    onset = d.data.get("onset")
+    s, u = scalar(h, "update_ratio_total")
+    ok = np.isfinite(u) & (s <= (onset if onset is not None else h.step))
+    if not ok.any():
+        return None
+    k = int(np.argmax(np.where(ok, u, -np.inf)))
+    peak, at = float(u[k]), int(s[k])
+    _, lr = scalar(h, "lr")
+    lr_now = _recent(lr, 1)
+    factor = _lr_factor(peak)
+    fixes = [intervention("scale_lr", f"Scale the learning rate by {fmt(factor)}", factor=factor)]
+    if np.isfinite(lr_now) and lr_now > 0:
+        fixes.append(intervention("set_lr", f"Set the learning rate to {fmt(lr_now * factor)}", lr=float(lr_now * factor)))
+    fixes += [f for f in d.interventions if f["action"] == "reinit"][:1]
+    fixes.append(intervention("lr_find", "Run the LR finder"))
+    share = max(d.data.get("dead_share", {}).values(), default=0.0)
+    shown = d.data.get("shown") or (d.layers[0] if d.layers else "?")
+    return Finding(
+        label="lr_too_high",
+        severity="warning",
+        title=f"Learning rate too high at the start (updates changed {pct(peak)} of the weights per step)",
+        evidence=(
+            f"update/weight ratio {fmt(peak)} per step at step {at} (rule of thumb ~1e-3)"
+            + (f" at lr {fmt(lr_now)}" if np.isfinite(lr_now) else "")
+            + f", then {pct(share)} of `{shown}`'s units died"
+            + (f" (silent since step {onset})" if onset is not None else "")
+            + ": dead units pass no gradient, so a lower learning rate alone does not revive them"
+            " (re-initialize them too)"
+        ),
+        first_step=at,
+        layers=list(d.layers),
+        interventions=fixes,
+        data={"update_ratio": peak, "lr": lr_now, "path": "damage"},
     )
 
 
