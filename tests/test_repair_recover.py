@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from typing import Any
 
 import pytest
 import torch
@@ -187,3 +188,44 @@ def test_under_ddp_recover_is_judged_by_its_follow_up_and_measured_statistics_co
         assert _resolve_on_rank0(probe, "rescale_targets", {}) == {"low": 1.0, "high": 2.0}
     finally:
         probe.detach()
+
+
+def test_the_exact_damage_check_runs_only_when_the_history_gives_a_reason(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``damage()`` reads every tensor of the model and its optimizer (one pass, ~0.6 of a training
+    step on the diagnosis-cost benchmark); at every findings poll while any warning stood it made a
+    diagnosis cost about a training step.  It now runs only when the recorded history shows a sign
+    of damage (non-finite values, a weight norm grown 100x)."""
+    import trainscope.interventions.recover as rec
+
+    calls: list[int] = []
+    real = rec.damage
+
+    def counted(*a: Any, **k: Any) -> Any:
+        calls.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(rec, "damage", counted)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+    opt = torch.optim.SGD(model[0].parameters(), lr=0.1)  # the last layer is missing: a warning from step 0
+    lf = nn.CrossEntropyLoss()
+    probe = trainscope.Probe(model, opt, loss_fn=lf)
+    x, y = torch.randn(32, 8), torch.randint(0, 3, (32,))
+    for _ in range(12):
+        opt.zero_grad()
+        lf(model(x), y).backward()
+        opt.step()
+        probe.flush()
+        assert any(f.severity != "info" for f in probe.findings())
+    assert calls == []  # a warning stands, the weights are sound: no full read
+    with torch.no_grad():
+        model[0].weight[0, 0] = float("nan")
+    for _ in range(2):
+        opt.zero_grad()
+        lf(model(x), y).backward()
+        opt.step()
+    probe.flush()
+    found = probe.findings()
+    assert calls, "damage is checked once the history shows non-finite values"
+    assert any(f.interventions and f.interventions[0]["action"] == "recover" for f in found if f.active)
+    probe.detach()

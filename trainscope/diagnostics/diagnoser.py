@@ -315,6 +315,33 @@ def with_recovery(f: Finding, what: str, *, can_find_lr: bool = True) -> Finding
     return replace(f, interventions=[lead, *ivs], evidence=f.evidence + note)
 
 
+def _damage_suspected(h: History) -> bool:
+    """Whether the recorded history gives any reason to read every tensor of the model and its
+    optimizer (:func:`trainscope.interventions.recover.damage`, one pass over all of them): a
+    non-finite loss, activation or gradient at the latest sample, a non-finite weight norm or
+    gradient in the parameter series, or a layer's weight norm grown 100x since it was first
+    recorded (the weights the exact check calls blown up are 1000x a fresh init's).  Without such a
+    sign the weights are sound as far as the probe measured, and the check costs nothing."""
+    import numpy as np
+
+    from .registry import _nonfinite_now
+
+    if _nonfinite_now(h):
+        return True
+    _, w = h.layer_series("weight_norm")
+    w = np.asarray(w, dtype=np.float64)
+    if w.ndim == 2 and len(w):
+        last, first = w[-1], w[0]
+        if bool(np.isinf(last).any()) or bool((np.isnan(last) & np.isfinite(first)).any()):
+            return True
+        ok = np.isfinite(first) & (first > 0) & np.isfinite(last)
+        if bool((last[ok] >= 100.0 * first[ok]).any()):
+            return True
+    _, g = h.layer_series("grad_nonfinite")
+    g = np.nan_to_num(np.asarray(g, dtype=np.float64), nan=0.0)
+    return bool(g.ndim == 2 and len(g) and (g[-1] != 0).any())
+
+
 def _lead_with_recovery(probe: RunContext, st: _ProbeState, found: list[Finding]) -> list[Finding]:
     """While an active warning+ finding stands and the weights (or the optimizer state) are damaged
     -- NaN / Inf, or blown up 1000x past a fresh init (:func:`trainscope.interventions.recover.damage`)
@@ -324,6 +351,8 @@ def _lead_with_recovery(probe: RunContext, st: _ProbeState, found: list[Finding]
     if not severe:
         return found
     step = int(probe.step_count)
+    if not _damage_suspected(probe.history):
+        return found
     if st.damage is None or st.damage[0] != step:
         from ..interventions.recover import damage
 
