@@ -229,3 +229,41 @@ def test_the_exact_damage_check_runs_only_when_the_history_gives_a_reason(monkey
     assert calls, "damage is checked once the history shows non-finite values"
     assert any(f.interventions and f.interventions[0]["action"] == "recover" for f in found if f.active)
     probe.detach()
+
+
+def test_recover_layers_reinitializes_a_dead_layer_and_lowers_the_lr_in_one_undoable_click() -> None:
+    """Units killed by too-large updates stay dead at a lower learning rate (no gradient passes a
+    dead ReLU): ``recover(layers=[...], then="scale_lr")`` re-initializes the named layer with its
+    default init and lowers the rate in one action; undo restores both.  ``layers="all"`` and a layer
+    without parameters are refused with the reason."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 1))
+    with torch.no_grad():
+        model[0].bias.fill_(-50.0)  # every unit of relu1 dead
+    opt = torch.optim.Adam(model.parameters(), lr=0.1)
+    lf = nn.MSELoss()
+    probe = trainscope.Probe(model, opt, loss_fn=lf)
+    x, y = torch.randn(64, 8), torch.randn(64, 1)
+    for _ in range(3):
+        opt.zero_grad()
+        lf(model(x), y).backward()
+        opt.step()
+    assert float((model[1](model[0](x)) > 0).float().mean()) == 0.0
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    bad = probe.request("recover", layers="all", then="scale_lr", then_params={"factor": 0.01})
+    assert bad.status == "refused" and "reinit" in bad.message
+    bad = probe.request("recover", layers=["1"])  # the ReLU: no parameters
+    assert bad.status == "refused" and "no parameters" in bad.message
+    t = probe.request("recover", layers=["0"], then="scale_lr", then_params={"factor": 0.01})
+    probe.actions.apply_pending()
+    assert t.status == "applied", t.message
+    assert float((model[1](model[0](x)) > 0).float().mean()) > 0.2  # alive again
+    assert opt.param_groups[0]["lr"] == pytest.approx(1e-3)
+    assert torch.equal(model[2].weight, before["2.weight"])  # only the named layer was touched
+    u = probe.request("undo", ticket=t.id)
+    probe.actions.apply_pending()
+    assert u.status == "applied", u.message
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.1)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    probe.detach()

@@ -40,7 +40,15 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from ._base import Applied, absorb, action_context, opt_state_keys, tensor_keys, validate_params
+from ._base import (
+    Applied,
+    absorb,
+    action_context,
+    opt_state_keys,
+    resolve_modules,
+    tensor_keys,
+    validate_params,
+)
 from ._spec import action
 
 if TYPE_CHECKING:
@@ -63,6 +71,9 @@ RECOVER_SCHEMA: dict[str, dict[str, Any]] = {
              "help": "the fix for the cause, applied on the restored weights in the same click"},
     "then_params": {"type": "str", "default": "",
                     "help": "the follow-up fix's parameters (a dict, or JSON text such as {\"factor\": 0.1})"},
+    "layers": {"type": "layers", "nullable": True, "default": None,
+               "help": "also re-initialize these layers (default init), e.g. ones whose units died after too "
+                       "large updates: a lower learning rate alone does not revive them"},
     "fallback_factor": {"type": "float", "nullable": True, "default": None, "min": 0.0, "min_open": True, "max": 1.0,
                         "log": True, "help": "when the follow-up changes nothing (the LR finder without a suggestion): "
                                              "scale the learning rate by this instead"},
@@ -78,9 +89,19 @@ class Damage:
         self.state: list[str] = []  # parameters whose optimizer state is non-finite
         self.modules: list[tuple[str, nn.Module]] = []
         self.state_params: list[Tensor] = []
+        self.asked: list[str] = []  # layers the request names (units that died): always re-initialized
 
     def __bool__(self) -> bool:
-        return bool(self.nonfinite or self.blown or self.state)
+        return bool(self.nonfinite or self.blown or self.state or self.asked)
+
+    def ask(self, modules: list[tuple[str, nn.Module]]) -> None:
+        """Add layers the request names (:data:`RECOVER_SCHEMA` ``layers``) to what is restored."""
+        have = {id(m) for _, m in self.modules}
+        for name, mod in modules:
+            self.asked.append(name)
+            if id(mod) not in have:
+                have.add(id(mod))
+                self.modules.append((name, mod))
 
     def describe(self) -> str:
         parts: list[str] = []
@@ -92,11 +113,13 @@ class Damage:
                          if math.isfinite(worst) else f"{_names([n for n, _ in self.blown])} blown up (RMS overflows)")
         if self.state:
             parts.append(f"the optimizer state of {_names(self.state)} non-finite")
+        if self.asked:
+            parts.append(f"{_names(self.asked)} to re-initialize (asked for)")
         return "; ".join(parts)
 
     def as_dict(self) -> dict[str, Any]:
         return {"nonfinite": list(self.nonfinite), "blown": [n for n, _ in self.blown], "state": list(self.state),
-                "modules": [n for n, _ in self.modules]}
+                "asked": list(self.asked), "modules": [n for n, _ in self.modules]}
 
 
 def _names(names: list[str], k: int = 4) -> str:
@@ -230,7 +253,8 @@ def _restore(model: nn.Module, optimizer: Any, d: Damage, probe: RunContext | No
     """Bring back usable weights; returns ``(undo, message, touches, details)``."""
     from .snapshots import rollback_, snapshots
 
-    snap = _clean_snapshot(model, optimizer, d)
+    # layers asked for by name (units that died) are re-initialized: a snapshot's copy of them may be dead too
+    snap = None if d.asked else _clean_snapshot(model, optimizer, d)
     if snap is not None:
         to = "best" if snap is snapshots(model).best else snap.id
         weights_only = snap.optimizer is None
@@ -337,6 +361,11 @@ def _parse_then(then: str, then_params: Any) -> dict[str, Any]:
 
 def _clean(params: dict[str, Any]) -> dict[str, Any]:
     raw = dict(params)
+    lay = raw.get("layers")
+    if lay == "all" or (isinstance(lay, (list, tuple)) and "all" in lay):
+        raise ValueError("recover: layers='all' would re-initialize the whole model; use reinit for that")
+    if isinstance(lay, (list, tuple)) and not lay:
+        raw["layers"] = None
     tp = raw.pop("then_params", None)
     p = validate_params("recover", {k: v for k, v in RECOVER_SCHEMA.items() if k != "then_params"}, raw)
     p["then_params"] = _parse_then(p["then"], tp)
@@ -354,22 +383,24 @@ def _then_spec(then: str) -> Any:
 
 def recover_(model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *, then: str = "none",
              then_params: dict[str, Any] | str | None = None, fallback_factor: float | None = None,
-             probe: RunContext | None = None) -> Applied:
+             layers: Sequence[str] | str | None = (), probe: RunContext | None = None) -> Applied:
     """Restore usable weights (a sound snapshot, else the damaged modules' default init; the
     optimizer state that followed the blow-up cleared), then apply ``then(**then_params)`` -- one
     undoable action (see the module docstring).  Refused, changing nothing, when nothing is damaged
     or when the follow-up is refused."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"recover needs the model (an nn.Module), got {type(model).__name__}")
-    p = _clean({"then": then, "then_params": then_params, "fallback_factor": fallback_factor})
+    p = _clean({"then": then, "then_params": then_params, "fallback_factor": fallback_factor,
+                "layers": [layers] if isinstance(layers, str) else list(layers or ())})
     if optimizer is None and probe is not None:
         optimizer = probe.optimizer
     if p["then"] != "none" and probe is None:
         raise ValueError("recover: a follow-up fix (then=...) needs the probe (recover_(..., probe=probe))")
     d = damage(model, optimizer)
+    d.ask(_asked(model, p["layers"]))
     if not d:
         raise ValueError("recover: no parameter, buffer or optimizer state is non-finite or blown up "
-                         f"(>= {DAMAGE_RATIO:g}x a fresh init): nothing to recover"
+                         f"(>= {DAMAGE_RATIO:g}x a fresh init) and no layers were named: nothing to recover"
                          + (f"; apply {p['then']} directly" if p["then"] != "none" else ""))
     spec = None
     sub_params: dict[str, Any] = {}
@@ -424,11 +455,25 @@ def recover_(model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *
 def _check(ctx: RunContext, p: dict[str, Any]) -> None:
     if not isinstance(ctx.model, nn.Module):
         raise TypeError("recover needs the model (an nn.Module)")
-    if not damage(ctx.model, ctx.optimizer):
+    d = damage(ctx.model, ctx.optimizer)
+    d.ask(_asked(ctx.model, p["layers"]))
+    if not d:
         raise ValueError("recover: no parameter, buffer or optimizer state is non-finite or blown up "
-                         f"(>= {DAMAGE_RATIO:g}x a fresh init): nothing to recover")
+                         f"(>= {DAMAGE_RATIO:g}x a fresh init) and no layers were named: nothing to recover")
     if p["then"] != "none":
         _then_spec(p["then"]).validate(ctx, dict(p["then_params"]))
+
+
+def _asked(model: nn.Module, layers: Any) -> list[tuple[str, nn.Module]]:
+    """The named layers to re-initialize: modules with parameters ("all" is refused: that is a re-init,
+    not a recovery)."""
+    names = list(layers) if isinstance(layers, (list, tuple)) else [] if layers in (None, "") else [layers]
+    out = resolve_modules(model, names, "recover layers")
+    for name, mod in out:
+        if not any(True for _ in mod.parameters()):
+            raise ValueError(f"recover: layer {name!r} has no parameters to re-initialize (name the layer before "
+                             "the activation whose units died)")
+    return out
 
 
 def _clean_and_check(params: dict[str, Any]) -> dict[str, Any]:
@@ -441,4 +486,4 @@ def _clean_and_check(params: dict[str, Any]) -> dict[str, Any]:
                     "for the cause in the same click; undo reverts both.", check=_check, clean=_clean_and_check)
 def _run_recover(ctx: RunContext, p: dict[str, Any]) -> Applied:
     return recover_(ctx.model, ctx.optimizer, then=p["then"], then_params=p["then_params"],
-                    fallback_factor=p["fallback_factor"], probe=ctx)
+                    fallback_factor=p["fallback_factor"], layers=p["layers"], probe=ctx)
