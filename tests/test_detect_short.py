@@ -103,11 +103,13 @@ def _sigmoid_regression(act: type[nn.Module], steps: int = 300, seed: int = 0) -
 def test_flat_loss_hidden_in_small_batch_noise_is_not_learning() -> None:
     """Sigmoids on a N(0, 0.05) init: the output barely depends on the input and the loss stays at
     the targets' variance.  With batches of 16 the best running median of the flat loss sits
-    10-15% below its start by chance: that must not count as progress."""
+    10-15% below its start by chance: that must not count as progress.  Info only: a flat stretch
+    that noisy looks the same at the slow start of a run that takes off later (the cause,
+    a constant output, is the warning)."""
     found = _sigmoid_regression(nn.Sigmoid)
     nl = [f for f in found if f.label == "not_learning"]
-    assert nl and nl[0].severity == "warning", [(f.severity, f.label, f.evidence) for f in found]
-    assert "standard errors" in nl[0].evidence or "progress" in nl[0].evidence
+    assert nl and nl[0].severity == "info", [(f.severity, f.label, f.evidence) for f in found]
+    assert "standard errors of the batches' noise" in nl[0].evidence
 
 
 def test_same_net_with_relu_learns_and_gets_no_warning() -> None:
@@ -118,7 +120,7 @@ def test_same_net_with_relu_learns_and_gets_no_warning() -> None:
 def _flat_history(val: list[float]) -> History:
     rng = np.random.default_rng(0)
     h = History()
-    for k, v in enumerate(1.0 + 0.2 * rng.standard_normal(300)):
+    for k, v in enumerate(1.0 + 0.01 * rng.standard_normal(300)):
         h.add_scalars(k, {"loss": float(v)})
     for j, v in enumerate(val):
         h.add_scalars(24 + 25 * j, {"val_loss": v})

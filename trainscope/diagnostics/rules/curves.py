@@ -28,6 +28,7 @@ class CurveState:
     plateau: bool = False
     swing: float = 0.0  # mean |step-to-step change| / mean loss, last window
     early_plateau: bool = False  # the plateau condition already after min_steps_plateau steps
+    noise_plateau: bool = False  # ... met only through _flat (the best running median is >= 5% below the start)
     no_gradient: bool = False  # every recorded total gradient norm since the curve's start is exactly 0
     slow: bool = False  # steady, non-decelerating descent with little progress (see lr_too_low)
     quarters: tuple[float, ...] = ()  # medians of the curve's four quarters
@@ -111,7 +112,9 @@ def curve_state(h: History, ctx: Context) -> CurveState:
             st.oscillating = all(flags)
         steps_run = int(c.steps[-1] - c.steps[0]) + 1
         if steps_run >= th.min_steps_plateau and abs(c.head) > 1e-8:
-            st.early_plateau = (c.head - c.best) / abs(c.head) < th.plateau_progress or _flat(c, th)
+            five = (c.head - c.best) / abs(c.head) < th.plateau_progress
+            st.noise_plateau = not five and _flat(c, th)
+            st.early_plateau = five or st.noise_plateau
             st.plateau = st.early_plateau and steps_run >= th.not_learning_steps
         st.slow, st.quarters = _slow_descent(c, th)
         if _no_gradient(h, int(c.steps[0])):
@@ -119,6 +122,7 @@ def curve_state(h: History, ctx: Context) -> CurveState:
             # divergence (the cause is upstream: a constant output, a detached graph -- wrong_loss,
             # frozen_parameters); the loss cannot improve, so it is a plateau once judged
             st.no_gradient = True
+            st.noise_plateau = False
             st.diverging = st.exploding = st.oscillating = st.slow = False
             st.early_plateau = steps_run >= th.min_steps_plateau
             st.plateau = steps_run >= th.not_learning_steps
@@ -195,7 +199,8 @@ def not_learning(h: History, ctx: Context) -> Finding | None:
     """Plateau from the start: after ``not_learning_steps`` (100) steps, the best running median of
     the training loss is still within ``plateau_progress`` (5%) of the initial one -- or no quarter
     of the curve has a mean 4 standard errors of the batches' noise below the
-    first quarter's (a noisy flat loss: small batches) -- and the loss is
+    first quarter's (a noisy flat loss: small batches; info then, unless ``lr_too_low`` leads:
+    a flat stretch that noisy does not tell a stuck run from a slow start) -- and the loss is
     not rising (that is ``divergence``).  Warning; info when validation improved at each of the
     last ``val_trend_points`` (4) evaluations down to a new best (the model learns, slowly; a noisy
     training loss hides it)."""
@@ -211,7 +216,7 @@ def not_learning(h: History, ctx: Context) -> Finding | None:
     val = _val_new_bests(h, ctx)
     return Finding(
         label="not_learning",
-        severity="info" if val else "warning",
+        severity="info" if val or (st.noise_plateau and not lead) else "warning",
         title=("Learning rate too low -> " if lead else "") + "Training loss has not moved since the start",
         evidence=(
             (f"learning rate too low ({cause.evidence}) -> " if lead and cause is not None else "")
@@ -219,7 +224,9 @@ def not_learning(h: History, ctx: Context) -> Finding | None:
             f"{int(c.steps[-1] - c.steps[0]) + 1} steps ("
             + (f"less than {pct(ctx.thresholds.plateau_progress)} progress" if c.head - c.best < ctx.thresholds.plateau_progress * abs(c.head)
                else "no quarter of the curve is 4 standard errors of the batches' noise below the first: "
-               "the lower medians are noise")
+               "the lower medians are noise"
+               + ("" if lead else "; info: a flat stretch this noisy does not tell a stuck run from a slow start "
+                  "-- a finding on the cause, e.g. a constant output, says more"))
             + "). "
             "Tobin: error plateaus -> learning rate too low, gradients not flowing, too much regularization, "
             "wrong input to the loss, or corrupted data"
