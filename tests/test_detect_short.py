@@ -148,3 +148,41 @@ def test_output_that_does_not_depend_on_the_input_is_named_before_the_plateau() 
     assert sev and sev[0].label == "vanishing_activations", [(f.severity, f.label) for f in found]
     assert "hardly depends on the input" in sev[0].title
     assert sev[0].interventions[0]["action"] == "reinit"
+
+
+class _SkipToOutput(nn.Module):
+    """A small correction net on top of a skip from the input: ``net(x) + x[:, :1]``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(8, 8), nn.Sigmoid(), nn.Linear(8, 8), nn.Sigmoid(), nn.Linear(8, 1))
+        for m in self.net:
+            if isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, 0.0, 0.05)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x) + x[:, :1]
+
+
+def test_a_tiny_last_module_behind_a_skip_is_not_a_constant_output() -> None:
+    """The last module's output is ~1e-4 of the targets' spread, but the prediction the loss gets
+    (the skip plus it) varies like the targets: no constant-output finding."""
+    torch.manual_seed(0)
+    x = torch.randn(600, 8)
+    y = x[:, :1] + 0.5 * torch.randn(600, 1)  # the skip already predicts what can be predicted: a flat loss
+    model = _SkipToOutput()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    lf = nn.MSELoss()
+    probe = trainscope.Probe(model, opt, loss_fn=lf)
+    try:
+        for _ in range(300):
+            idx = torch.randint(0, len(x), (16,))
+            opt.zero_grad()
+            lf(model(x[idx]), y[idx]).backward()
+            opt.step()
+        probe.flush()
+        found = probe.findings()
+    finally:
+        probe.detach()
+    assert not [f for f in found if f.label == "vanishing_activations"], [(f.severity, f.title) for f in found]

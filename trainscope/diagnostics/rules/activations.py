@@ -107,7 +107,9 @@ def vanishing_activations(h: History, ctx: Context) -> Finding | None:
     batch ``depth_ratio`` (100x) or more less than the targets do, in ``persist_need`` of the last
     ``persist_of`` samples, after ``min_progress_steps`` steps, while the training loss makes no
     progress (the ``not_learning`` plateau, from ``min_steps_plateau`` steps) and no layer died
-    (``dead_units`` at warning names that cause): the output hardly depends on the input, so at
+    (``dead_units`` at warning names that cause) -- read from the last module's activation std
+    over the samples, and the prediction the loss received at the latest one must agree: the output
+    hardly depends on the input, so at
     most ~2% of the targets' variance can be explained.  Info instead when that ratio has at least
     doubled since the first sample (the signal is coming back: a slow start) or validation improved
     at each of the last ``val_trend_points`` evaluations down to a new best."""
@@ -126,9 +128,11 @@ def _constant_output(h: History, ctx: Context) -> Finding | None:
     ps, ts = tuple(li.get("pred_shape") or ()), tuple(li.get("target_shape") or ())
     if len(ps) < 1 or ps[0] < 2 or int(np.prod(ps)) != ps[0] or int(np.prod(ts or (0,))) != ps[0]:
         return None  # one output per example (a multi-output std mixes the columns' offsets)
-    tstd = float(li.get("target_std", np.nan))
+    tstd, pstd = float(li.get("target_std", np.nan)), float(li.get("pred_std", np.nan))
     if not (tstd > 0 and np.isfinite(tstd)) or h.step < th.min_progress_steps:
         return None
+    if not (pstd < th.depth_ratio * tstd):
+        return None  # what the loss receives varies (a skip from the input, an offset added after the last module)
     pl = param_layers(h, ctx)
     order = ran(h, ctx)
     if len(pl) < 2 or not order:
