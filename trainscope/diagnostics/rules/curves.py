@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ...history import History
-from .._series import LossCurve, fmt, loss_curve, pct, scalar, series
+from .._series import LossCurve, fmt, loss_curve, param_layers, pct, scalar, series
 from ..config import Thresholds
 from ..context import Context
 from ..finding import Finding, intervention
@@ -333,10 +333,27 @@ def _lr_damage(h: History, ctx: Context) -> Finding | None:
     _, lr = scalar(h, "lr")
     lr_now = _recent(lr, 1)
     factor = _lr_factor(peak)
-    fixes = [intervention("scale_lr", f"Scale the learning rate by {fmt(factor)}", factor=factor)]
+    reinit = [f for f in d.interventions if f["action"] == "reinit"][:1]
+    dead = list(reinit[0]["params"].get("layers") or []) if reinit else []
+    # the layers the rate damaged: the dead units' layer and every layer whose own updates reached
+    # update_high per step before the death (they were thrown as far as the dead one)
+    st_, ur_ = series(h, ctx, "update_ratio")
+    if len(st_) and ur_.ndim == 2:
+        keep = st_ <= (onset if onset is not None else h.step)
+        if keep.any():
+            hit = np.nanmax(np.where(np.isfinite(ur_[keep]), ur_[keep], -np.inf), axis=0) >= ctx.thresholds.update_high
+            dead += [h.layers[i].name for i in param_layers(h, ctx) if i < len(hit) and hit[i]
+                     and h.layers[i].name not in dead]
+    # one click for both halves of the fix: the damaged layers re-initialized, then the rate the LR
+    # finder measures on them (a factor from updates that wrecked the weights says little about the
+    # rate that trains them; the factor is the fallback)
+    fixes = [intervention("recover", f"Re-initialize {', '.join(dead)}, then set the learning rate the LR finder "
+                          "measures on them", layers=dead, then="lr_find", then_params={"apply": "set_lr"},
+                          fallback_factor=factor)] if dead else []
+    fixes.append(intervention("scale_lr", f"Scale the learning rate by {fmt(factor)}", factor=factor))
     if np.isfinite(lr_now) and lr_now > 0:
         fixes.append(intervention("set_lr", f"Set the learning rate to {fmt(lr_now * factor)}", lr=float(lr_now * factor)))
-    fixes += [f for f in d.interventions if f["action"] == "reinit"][:1]
+    fixes += reinit
     fixes.append(intervention("lr_find", "Run the LR finder"))
     share = max(d.data.get("dead_share", {}).values(), default=0.0)
     shown = d.data.get("shown") or (d.layers[0] if d.layers else "?")
