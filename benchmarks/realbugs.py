@@ -99,6 +99,8 @@ def summary(scores: list[Score]) -> dict[str, Any]:
         "module": _pct(sum(bool(s.module_ok) for s in local), len(local)),
         "fix": _pct(sum(s.repaired_ok for s in faulty), len(faulty)),
         "fix_where_bug_matters": _pct(sum(s.repaired_ok for s in matters), len(matters)),
+        "detection_where_bug_matters": _pct(sum(s.detected for s in matters), len(matters)),
+        "root_first_where_bug_matters": _pct(sum(s.root_first for s in matters), len(matters)),
         "fix_attempted": len(tried),
         "bug_matters": _pct(len(matters), len(faulty)),
         "fixed_with_false_alarm": _pct(len(fixed_alarm), len(scores)),
@@ -179,7 +181,8 @@ def report(scores: list[Score]) -> str:
         f"Detection {agg['detection']} (where a trainscope label exists today: {agg['detected_where_a_label_exists']}); "
         f"root cause ranked first {agg['root_first']}; right module {agg['module']}; first suggested one-click fix "
         f"restores >= 90% of the fixed metric {agg['fix']} (a fix was applied in {agg['fix_attempted']}); the bug costs "
-        f"> 10% of the metric in {agg['bug_matters']}.",
+        f"> 10% of the metric in {agg['bug_matters']}; on those, detection {agg['detection_where_bug_matters']}, root cause "
+        f"first {agg['root_first_where_bug_matters']}, first fix repairs {agg['fix_where_bug_matters']}.",
         f"False alarms: {agg['fixed_with_false_alarm']} fixed programs get a warning+ finding "
         f"({agg['fixed_with_unexplained_alarm']} not counting conditions the patch leaves in place; "
         f"{agg['fixed_with_alarm_active_at_end']} with one still active at the end); labels: "
