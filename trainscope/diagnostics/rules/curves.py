@@ -315,12 +315,14 @@ def _lr_damage(h: History, ctx: Context) -> Finding | None:
     level or above and its root-cause test blames the update / weight ratio before the units
     died (``update_high`` or more per step).  The updates may have shrunk since -- dead units pass
     no gradient -- so today's ratio cannot show it."""
-    from ..registry import _nonfinite_now
-    from .activations import dead_units  # the symptom whose root-cause test names the lr
+    from ..registry import RULES, _nonfinite_now
 
     if _nonfinite_now(h):
         return None  # NaN units never "fire": dead_units is skipped then (finite=True), and so is this
-    d = dead_units(h, ctx)
+    # the symptom whose root-cause test names the lr, called through the registry (activations.py
+    # reads this module's curve summary: importing it back would make an import cycle)
+    spec = RULES.get("dead_units")
+    d = spec.fn(h, ctx) if spec is not None else None
     if d is None or d.severity == "info" or d.data.get("cause") != "lr_high":
         return None
     onset = d.data.get("onset")
