@@ -3,8 +3,10 @@ the right step, naming the layer, and stays silent on the healthy twin."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -265,3 +267,24 @@ def test_unscaled_targets_that_are_learned_anyway_are_only_an_info() -> None:
     raw = Y_REG * 100 + 500  # plain SGD at a learning rate that suits this linear problem fits them
     f = only(train(nn.Linear(8, 1), nn.MSELoss(), X, raw, steps=100, lr=0.1, opt="sgd"), "unscaled_targets")
     assert f is not None and f.severity == "info", f
+
+
+# ------------------------------------------------------------------------------- oscillation
+def test_a_converged_models_noise_after_a_click_is_not_an_oscillation() -> None:
+    """After a change (here a scale_lr click) the rules read the losses since it; on a converged model
+    that segment has made no progress, so the batches' noise around a loss of 1e-5 (swinging 1e-6 to
+    1e-4) met "jumps by as much as it improved" and the browser test's dashboard recommended the LR
+    finder for it.  The improvement is now counted from the run's start."""
+    rng = np.random.default_rng(0)
+    h = History()
+    n = 300
+    for i in range(n):
+        base = math.exp(-i / 10) + 1e-5  # converged (flat at 1e-5) from step ~120
+        h.add_scalars(i, {"loss": float(base * math.exp(rng.normal(0, 1.2)) if i > 150 else base)})
+    h.add_event("intervention", "Scale learning rate", step=200, action="scale_lr")
+    assert diagnose(h, Context(), labels=["oscillation"]) == []
+    # a loss that swings by as much as the run ever gained is still one
+    g = History()
+    for i in range(n):
+        g.add_scalars(i, {"loss": 1.0 + (0.6 if i % 2 else -0.6) * (i > 100)})
+    assert [f.label for f in diagnose(g, Context(), labels=["oscillation"])] == ["oscillation"]

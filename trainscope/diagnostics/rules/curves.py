@@ -102,11 +102,17 @@ def curve_state(h: History, ctx: Context) -> CurveState:
         st.exploding = c.head > 0 and c.tail > th.explosion_factor * c.head
         w = th.osc_window
         if c.n >= 2 * w:
+            # the improvement is counted from the run's start, not from the latest change: after a click
+            # on a converged model the new segment has made no progress, and the batches' noise around a
+            # loss of 1e-5 is not an oscillation
+            _, whole = scalar(h, "loss", whole=True)
+            whole = whole[np.isfinite(whole)]
+            start = max(c.head, float(np.median(whole[: c.w]))) if len(whole) else c.head
             flags = []
             for k in (2, 1):
                 win = c.values[c.n - k * w : c.n - (k - 1) * w]
                 sw, lv = _swing(win)
-                gain = max(c.head - float(np.mean(win)), 0.0)
+                gain = max(start - float(np.mean(win)), 0.0)
                 flags.append(sw >= th.osc_swing * lv and sw >= th.osc_vs_progress * gain)
                 st.swing = sw / max(lv, 1e-12)
             st.oscillating = all(flags)
@@ -173,7 +179,9 @@ def oscillation(h: History, ctx: Context) -> Finding | None:
     """The training loss jumps up and down by as much as it has improved: in each of the last two
     windows of ``osc_window`` (20) losses, the mean absolute step-to-step change is at least
     ``osc_swing`` (50%) of the mean loss and at least ``osc_vs_progress`` (50%) of the drop from the
-    initial loss to the window's mean.  Warning."""
+    initial loss to the window's mean (the initial loss of the run, or of the segment since the latest
+    change when that is higher: a converged model's noise after a click is not an oscillation).
+    Warning."""
     st = curve_state(h, ctx)
     c = st.curve
     if c is None or not st.oscillating:
