@@ -25,7 +25,7 @@ from ._base import owner_alive, report_error
 if TYPE_CHECKING:
     from ..run import RunContext
 
-__all__ = ["SMOOTH_KINDS", "InputSide", "LossSide", "smoothing_kind", "state"]
+__all__ = ["SMOOTH_KINDS", "InputSide", "LossSide", "OwnedHook", "smoothing_kind", "state"]
 
 
 _SALT = {"mixup": 0x6D69787570, "input_noise": 0x6E6F697365}
@@ -107,15 +107,46 @@ def _unregister_detach(owner: RunContext | None, d: _Detach | None) -> None:
             handles.remove(d)
 
 
+class OwnedHook:
+    """One hook of an intervention on one module: installed once (:meth:`_install`), removed by
+    :meth:`remove` or by the owning probe's ``detach()`` (a token in its hook handles).  The base
+    of every hook the live fixes put on a model or a loss module (mixup / noise / smoothing, the
+    head and loss fixes, standardized inputs, rescaled targets)."""
+
+    owner: RunContext | None
+
+    def __init__(self, owner: RunContext | None = None) -> None:
+        self.owner = owner
+        self._handle: Any = None
+        self._detach: _Detach | None = None
+
+    @property
+    def installed(self) -> bool:
+        return self._handle is not None
+
+    def _install(self, register: Callable[..., Any], **kwargs: Any) -> None:
+        """``register(self, **kwargs)`` (e.g. ``module.register_forward_hook``) unless installed."""
+        if self._handle is None:
+            self._handle = register(self, **kwargs)
+            self._detach = _register_detach(self.owner, self.remove)
+
+    def remove(self) -> None:
+        h, self._handle = self._handle, None
+        if h is not None:
+            h.remove()
+        d, self._detach = self._detach, None
+        _unregister_detach(self.owner, d)
+
+
 # ---------------------------------------------------------------------------- the input side
-class InputSide:
+class InputSide(OwnedHook):
     """Mixup's input half and the input noise of one model (a forward pre-hook while on)."""
 
     def __init__(self, model: nn.Module) -> None:
+        super().__init__()
         self.model = weakref.ref(model)
         self.alpha = 0.0
         self.std = 0.0
-        self.owner: RunContext | None = None
         self.loss: weakref.ref[nn.Module] | None = None
         self.pending: tuple[float, Tensor, int] | None = None
         self.unpaired = 0
@@ -126,8 +157,6 @@ class InputSide:
         self.noise_seed = 0
         self.noise_gens: dict[str, torch.Generator] = {}
         self.seen: set[str] = set()
-        self._handle: Any = None
-        self._detach: _Detach | None = None
 
     def seed_mixup(self, seed: int | None) -> None:
         s = _seed("mixup", seed)
@@ -141,20 +170,15 @@ class InputSide:
     def sync(self) -> None:
         m = self.model()
         on = self.alpha > 0 or self.std > 0
-        if on and self._handle is None and m is not None:
-            self._handle = m.register_forward_pre_hook(self, with_kwargs=True)  # after the probe's: it records the user's batch
-            self._detach = _register_detach(self.owner, self._remove)
+        if on and m is not None:
+            self._install(m.register_forward_pre_hook, with_kwargs=True)  # after the probe's: it records the user's batch
         elif not on:
-            self._remove()
+            self.remove()
         if self.alpha <= 0:
             self.pending = None
 
-    def _remove(self) -> None:
-        h, self._handle = self._handle, None
-        if h is not None:
-            h.remove()
-        d, self._detach = self._detach, None
-        _unregister_detach(self.owner, d)
+    def remove(self) -> None:
+        super().remove()
         self.pending = None
 
     def _noise_gen(self, device: torch.device) -> torch.Generator:
@@ -166,7 +190,7 @@ class InputSide:
 
     def __call__(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         if not owner_alive(self.owner):
-            self._remove()
+            self.remove()
             return None
         try:
             return self._apply(module, args, kwargs)
@@ -268,38 +292,28 @@ def smoothing_kind(loss_fn: Any) -> str:
         f"BCEWithLogitsLoss); the loss is {type(loss_fn).__name__}")
 
 
-class LossSide:
+class LossSide(OwnedHook):
     """Mixup's loss half and the hooked label smoothing of one loss module (a forward hook)."""
 
     def __init__(self, loss_fn: nn.Module) -> None:
+        super().__init__()
         self.loss = weakref.ref(loss_fn)
         self.mix: weakref.ref[InputSide] | None = None
         self.eps = 0.0  # hooked smoothing (nll / binary); CrossEntropyLoss uses its attribute
         self.kind = ""
-        self.owner: RunContext | None = None
         self.seen: set[str] = set()
-        self._handle: Any = None
-        self._detach: _Detach | None = None
 
     def sync(self) -> None:
         m = self.loss()
         on = self.mix is not None or self.eps > 0
-        if on and self._handle is None and m is not None:
-            self._handle = m.register_forward_hook(self, prepend=True)  # before the probe's: it records this loss
-            self._detach = _register_detach(self.owner, self._remove)
+        if on and m is not None:
+            self._install(m.register_forward_hook, prepend=True)  # before the probe's: it records this loss
         elif not on:
-            self._remove()
-
-    def _remove(self) -> None:
-        h, self._handle = self._handle, None
-        if h is not None:
-            h.remove()
-        d, self._detach = self._detach, None
-        _unregister_detach(self.owner, d)
+            self.remove()
 
     def __call__(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
         if not owner_alive(self.owner):
-            self._remove()
+            self.remove()
             return None
         try:
             return self._apply(module, args, output)

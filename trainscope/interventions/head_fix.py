@@ -49,7 +49,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._base import Applied, opt_state_keys, owner_alive, report_error, resolve_modules
-from ._data_reg_hooks import _Detach, _note, _register_detach, _unregister_detach
+from ._data_reg_hooks import OwnedHook, _note
 from ._spec import action
 
 if TYPE_CHECKING:
@@ -84,7 +84,7 @@ TARGETS_SCHEMA: dict[str, dict[str, Any]] = {
 
 
 # ---------------------------------------------------------------------------- one hook per module
-class _Fixes:
+class _Fixes(OwnedHook):
     """The fixes applied to one module, composed by a single forward hook (installed while any is on).
 
     On a model / activation module: ``("act", fn)`` entries (the latest wins: output = fn(input))
@@ -92,12 +92,10 @@ class _Fixes:
     latest wins: output = fn(prediction, target)) then ``("scale", factor)`` entries in order."""
 
     def __init__(self, module: nn.Module, owner: RunContext | None) -> None:
+        super().__init__(owner)
         self.module = weakref.ref(module)
-        self.owner = owner
         self.entries: list[tuple[Any, ...]] = []
         self.seen: set[str] = set()
-        self._handle: Any = None
-        self._detach: _Detach | None = None
 
     def add(self, entry: tuple[Any, ...]) -> None:
         self.entries.append(entry)
@@ -109,22 +107,14 @@ class _Fixes:
 
     def sync(self) -> None:
         m = self.module()
-        if self.entries and self._handle is None and m is not None:
-            self._handle = m.register_forward_hook(self, prepend=True)  # before the probe's: it records the fixed values
-            self._detach = _register_detach(self.owner, self._remove)
+        if self.entries and m is not None:
+            self._install(m.register_forward_hook, prepend=True)  # before the probe's: it records the fixed values
         elif not self.entries:
-            self._remove()
-
-    def _remove(self) -> None:
-        h, self._handle = self._handle, None
-        if h is not None:
-            h.remove()
-        d, self._detach = self._detach, None
-        _unregister_detach(self.owner, d)
+            self.remove()
 
     def __call__(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
         if not owner_alive(self.owner):
-            self._remove()
+            self.remove()
             return None
         try:
             return self._apply(module, args, output)

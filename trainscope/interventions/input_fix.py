@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from ._base import Applied, opt_state_keys, owner_alive, report_error
-from ._data_reg_hooks import _Detach, _note, _register_detach, _unregister_detach
+from ._data_reg_hooks import OwnedHook, _note
 from ._spec import action
 from .head_fix import _install_targets, _plan_targets
 
@@ -30,30 +30,20 @@ INPUTS_SCHEMA: dict[str, dict[str, Any]] = {
 }
 
 
-class _InputFix:
+class _InputFix(OwnedHook):
     """``x -> (x - mean) / std`` on the model's first floating tensor argument (a forward pre-hook,
     installed while applied), with the statistics measured when it was applied."""
 
     def __init__(self, model: nn.Module, owner: RunContext | None, mean: Tensor, std: Tensor, shape: tuple[int, ...]) -> None:
+        super().__init__(owner)
         self.model = weakref.ref(model)
-        self.owner = owner
         self.mean, self.std, self.shape = mean, std, shape
         self.seen: set[str] = set()
-        self._handle: Any = None
-        self._detach: _Detach | None = None
 
     def install(self) -> None:
         m = self.model()
-        if m is not None and self._handle is None:
-            self._handle = m.register_forward_pre_hook(self, with_kwargs=True)
-            self._detach = _register_detach(self.owner, self.remove)
-
-    def remove(self) -> None:
-        h, self._handle = self._handle, None
-        if h is not None:
-            h.remove()
-        d, self._detach = self._detach, None
-        _unregister_detach(self.owner, d)
+        if m is not None:
+            self._install(m.register_forward_pre_hook, with_kwargs=True)
 
     def __call__(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         if not owner_alive(self.owner):
@@ -80,7 +70,7 @@ _INPUT_FIXES: weakref.WeakKeyDictionary[nn.Module, _InputFix] = weakref.WeakKeyD
 
 def _input_stats(probe: RunContext | None, model: nn.Module) -> tuple[Tensor, Tensor, tuple[int, ...]]:
     active = _INPUT_FIXES.get(model)
-    if active is not None and active._handle is not None:
+    if active is not None and active.installed:
         raise ValueError("standardize_inputs is already applied to this model (its statistics are of the raw inputs); "
                          "undo it first to measure again")
     batches = list(probe.recent_batches if probe is not None else ())

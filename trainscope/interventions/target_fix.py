@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from ._base import Applied, owner_alive, report_error, validate_params
-from ._data_reg_hooks import _Detach, _register_detach, _unregister_detach
+from ._data_reg_hooks import OwnedHook
 from ._spec import action
 
 if TYPE_CHECKING:
@@ -39,27 +39,17 @@ RESCALE_SCHEMA: dict[str, dict[str, Any]] = {
 }
 
 
-class _TargetMap:
+class _TargetMap(OwnedHook):
     def __init__(self, loss: nn.Module, owner: RunContext | None, low: float, high: float) -> None:
+        super().__init__(owner)
         self.loss = weakref.ref(loss)
-        self.owner = owner
         self.low, self.high = low, high
         self.seen: set[str] = set()
-        self._handle: Any = None
-        self._detach: _Detach | None = None
 
     def install(self) -> None:
         m = self.loss()
-        if m is not None and self._handle is None:
-            self._handle = m.register_forward_pre_hook(self, prepend=True)
-            self._detach = _register_detach(self.owner, self.remove)
-
-    def remove(self) -> None:
-        h, self._handle = self._handle, None
-        if h is not None:
-            h.remove()
-        d, self._detach = self._detach, None
-        _unregister_detach(self.owner, d)
+        if m is not None:
+            self._install(m.register_forward_pre_hook, prepend=True)
 
     def __call__(self, module: nn.Module, args: tuple[Any, ...]) -> Any:
         if not owner_alive(self.owner):
@@ -88,7 +78,7 @@ def _plan(loss_fn: Any, low: float | None, high: float | None, probe: RunContext
         raise ValueError(f"rescale_targets is defined for binary cross-entropy ({', '.join(BCE_LOSSES)}), whose targets "
                          f"must lie in [0, 1]; the loss is {type(loss_fn).__name__}")
     active = _MAPS.get(loss_fn)
-    if active is not None and active._handle is not None:
+    if active is not None and active.installed:
         raise ValueError("rescale_targets is already applied to this loss; undo it first")
     if low is None or high is None:
         ts = [b.target for b in (probe.recent_batches if probe is not None else ()) if isinstance(b.target, Tensor)]
