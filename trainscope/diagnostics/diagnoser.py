@@ -10,12 +10,14 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from ..history import History
 from ._series import is_change
 from .config import Thresholds
 from .context import Context, context_from_probe
 from .finding import Finding, intervention, severity_rank
-from .registry import LABELS, diagnose, finding_order
+from .registry import LABELS, _nonfinite_now, diagnose, finding_order
 
 if TYPE_CHECKING:
     from ..run import RunContext
@@ -322,10 +324,6 @@ def _damage_suspected(h: History) -> bool:
     gradient in the parameter series, or a layer's weight norm grown 100x since it was first
     recorded (the weights the exact check calls blown up are 1000x a fresh init's).  Without such a
     sign the weights are sound as far as the probe measured, and the check costs nothing."""
-    import numpy as np
-
-    from .registry import _nonfinite_now
-
     if _nonfinite_now(h):
         return True
     _, w = h.layer_series("weight_norm")
